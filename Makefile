@@ -1,0 +1,44 @@
+# Two entry points do all set-up on a fresh Debian 12 machine:
+#   make demo   - the main job: the whole system on one machine
+#   make test   - the whole test suite (unit + functional, real etcd + LVM)
+PYTHON ?= python3
+DEB_PACKAGES := lvm2 etcd-server shellcheck
+STAMP := .setup-done
+
+.PHONY: setup demo test unit functional bench pep8 genconfig clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt test-requirements.txt extra-requirements.txt setup.cfg
+	@if ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
+		apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PACKAGES); \
+	fi
+	$(PYTHON) -m pip install -q -r requirements.txt -r test-requirements.txt \
+		-r extra-requirements.txt
+	$(PYTHON) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+demo: setup
+	lvmcoord-demo
+
+test: setup
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+unit: setup
+	$(PYTHON) -m pytest -q tests/unit
+
+functional: setup
+	$(PYTHON) -m pytest -q tests/functional
+
+bench: setup
+	$(PYTHON) -m bench.run
+
+pep8: setup
+	ruff check coordinator driver tests bench lvmcoord_tempest_plugin
+
+genconfig: setup
+	oslo-config-generator --config-file etc/lvmcoord/lvmcoord-config-generator.conf
+
+clean:
+	rm -f $(STAMP)

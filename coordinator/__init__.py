@@ -1,0 +1,1 @@
+"""lvmcoord: etcd-backed locks and activation leases for LVM on a shared LU."""

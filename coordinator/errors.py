@@ -1,0 +1,87 @@
+"""Errors the coordinator raises; each names what was wrong."""
+
+
+class CoordError(Exception):
+    """Base class: every error carries a short machine-readable code."""
+
+    code = 'error'
+
+    def to_dict(self):
+        return {'code': self.code, 'message': str(self)}
+
+
+class InvalidInput(CoordError):
+    """A request field failed validation; nothing was run."""
+
+    code = 'invalid'
+
+    def __init__(self, field, reason):
+        super().__init__(f'{field}: {reason}')
+        self.field = field
+
+
+class EtcdUnavailable(CoordError):
+    """No etcd endpoint answered within the configured timeout."""
+
+    code = 'etcd-unavailable'
+
+
+class SessionLost(CoordError):
+    """This host's session expired; everything it held is void."""
+
+    code = 'session-lost'
+
+
+class LockTimeout(CoordError):
+    """The VG lock was not acquired in time; names the current holder."""
+
+    code = 'lock-timeout'
+
+
+class LockLost(CoordError):
+    """The VG lock is no longer ours (session expired or lock broken)."""
+
+    code = 'lock-lost'
+
+
+class LeaseConflict(CoordError):
+    """An activation lease is held elsewhere in an incompatible mode."""
+
+    code = 'lease-conflict'
+
+    def __init__(self, message, holders=()):
+        super().__init__(message)
+        self.holders = list(holders)
+
+
+class LeaseFenceWait(LeaseConflict):
+    """The holder's session ended; the grace period has not run out yet."""
+
+    code = 'fence-wait'
+
+
+class HostUnavailable(CoordError):
+    """The target host has no live session or did not answer."""
+
+    code = 'host-unavailable'
+
+
+class SeqnoBehind(CoordError):
+    """This host's view of VG metadata stays older than etcd's record."""
+
+    code = 'seqno-behind'
+
+
+class LVMError(CoordError):
+    """An LVM command failed; ``kind`` classifies the failure."""
+
+    code = 'lvm'
+
+    def __init__(self, message, kind='failed', cmd=None, stderr=''):
+        super().__init__(message)
+        self.kind = kind
+        self.cmd = cmd
+        self.stderr = stderr
+
+    def to_dict(self):
+        return {'code': self.code, 'kind': self.kind, 'message': str(self)}

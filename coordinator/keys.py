@@ -1,0 +1,71 @@
+"""The key layout in etcd: every key the coordinator writes is named here."""
+
+
+class Keys:
+    """Key names under ``<prefix>/<cluster>/``."""
+
+    def __init__(self, prefix='/lvmcoord', cluster='default'):
+        self.root = f'{prefix.rstrip("/")}/{cluster}/'
+
+    def session(self, host):
+        """A host's live-session marker, bound to its session lease."""
+        return f'{self.root}sessions/{host}'
+
+    def sessions(self):
+        return f'{self.root}sessions/'
+
+    def vg_lock(self, vg):
+        """Prefix of the VG metadata lock's queue (one key per waiter)."""
+        return f'{self.root}vg/{vg}/lock/'
+
+    def vg_seqno(self, vg):
+        """The VG's metadata seqno as recorded after the last change."""
+        return f'{self.root}vg/{vg}/seqno'
+
+    def vg_intent(self, vg):
+        """A metadata change in progress (written before, cleared after)."""
+        return f'{self.root}vg/{vg}/intent'
+
+    def vgs(self):
+        return f'{self.root}vg/'
+
+    def lease(self, vg, lv):
+        """Prefix of one LV's activation lease."""
+        return f'{self.root}leases/{vg}/{lv}/'
+
+    def lease_ledger(self, vg, lv):
+        """Who was granted the LV, in which mode; survives sessions."""
+        return f'{self.lease(vg, lv)}ledger'
+
+    def lease_holder(self, vg, lv, host):
+        """A holder's liveness key, bound to its session lease."""
+        return f'{self.lease(vg, lv)}holder/{host}'
+
+    def leases(self):
+        return f'{self.root}leases/'
+
+    def request(self, host, request_id):
+        """A request addressed to ``host``'s daemon."""
+        return f'{self.root}requests/{host}/{request_id}'
+
+    def requests(self, host):
+        return f'{self.root}requests/{host}/'
+
+    def reply(self, request_id):
+        """The reply to a request, watched by the caller."""
+        return f'{self.root}replies/{request_id}'
+
+    def events(self):
+        """Prefix of the event log (fences, breaks, alerts)."""
+        return f'{self.root}events/'
+
+    def tooz_group(self):
+        """The tooz membership group of this cluster."""
+        return self.root.strip('/').replace('/', '.').encode()
+
+    @staticmethod
+    def split_lease(key, root):
+        """(vg, lv, kind, host) from a key under leases/."""
+        parts = key[len(root) + len('leases/'):].split('/')
+        host = parts[3] if len(parts) > 3 else None
+        return parts[0], parts[1], parts[2], host

@@ -1,0 +1,170 @@
+"""Session: one etcd lease per host, kept alive, resumable after a restart.
+
+Everything a host holds in etcd (lock queue entries, activation leases) is
+attached to its session lease, so a dead host's claims vanish on their own.
+The lease id is kept in a state file: a daemon restarted within the TTL
+resumes the *same* lease, so a restart never opens a window in which
+another host could take an LV that is in use here.
+"""
+import json
+import logging
+import os
+import threading
+import time
+
+from coordinator import errors
+
+LOG = logging.getLogger(__name__)
+
+
+class Session:
+    """This host's etcd lease, its keepalive, and its loss detection."""
+
+    def __init__(self, etcd, keys, host, ttl=10, keepalive_interval=None,
+                 state_file=None):
+        self.etcd = etcd
+        self.keys = keys
+        self.host = host
+        self.ttl = int(ttl)
+        self.interval = keepalive_interval or self.ttl / 3.0
+        self.state_file = state_file
+        self.id = 0
+        self.resumed = False
+        self.lost = False
+        # Monotonic time the last successful keepalive was *sent*: etcd's
+        # deadline is at least this plus the TTL, which fencing relies on.
+        self.last_ok = 0.0
+        self.keepalive_rtt = 0.0
+        self._on_lost = []
+        self._stop = threading.Event()
+        self._thread = None
+
+    def on_lost(self, callback):
+        """Call ``callback(session)`` once when the lease is found expired."""
+        self._on_lost.append(callback)
+
+    def open(self):
+        """Resume the persisted lease if still alive, else grant a new one."""
+        sent = time.monotonic()
+        lease_id = self._resume()
+        if lease_id:
+            self.resumed = True
+            LOG.info('resumed session %x for %s', lease_id, self.host)
+        else:
+            lease_id = self.etcd.lease_grant(self.ttl)
+            LOG.info('opened session %x for %s (ttl %ss)', lease_id,
+                     self.host, self.ttl)
+        self.id, self.lost, self.last_ok = lease_id, False, sent
+        self._save()
+        self.etcd.put(self.keys.session(self.host),
+                      {'host': self.host, 'lease': lease_id, 'pid': os.getpid(),
+                       'ttl': self.ttl, 'since': time.time()},
+                      lease=lease_id)
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._keepalive_loop,
+                                            name='session-keepalive',
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def reopen(self):
+        """After a loss: drop the persisted id and open a fresh session."""
+        self._forget()
+        self.resumed = False
+        return self.open()
+
+    def _resume(self):
+        if not self.state_file or not os.path.exists(self.state_file):
+            return 0
+        try:
+            with open(self.state_file) as f:
+                state = json.load(f)
+            if state.get('host') != self.host:
+                return 0
+            lease_id = int(state['lease'])
+        except (OSError, ValueError, KeyError) as exc:
+            LOG.warning('ignoring unreadable session state %s: %s',
+                        self.state_file, exc)
+            return 0
+        # A keepalive both checks the lease exists and restarts its TTL.
+        if self.etcd.lease_keepalive(lease_id) > 0:
+            return lease_id
+        return 0
+
+    def _save(self):
+        if not self.state_file:
+            return
+        tmp = self.state_file + '.tmp'
+        os.makedirs(os.path.dirname(self.state_file) or '.', exist_ok=True)
+        with open(tmp, 'w') as f:
+            json.dump({'host': self.host, 'lease': self.id, 'ttl': self.ttl},
+                      f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_file)
+
+    def _forget(self):
+        if self.state_file:
+            try:
+                os.unlink(self.state_file)
+            except FileNotFoundError:
+                pass
+
+    def _keepalive_loop(self):
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            try:
+                # One short attempt: a failing keepalive is retried soon
+                # rather than blocking past the fencing deadline.
+                ttl = self.etcd.lease_keepalive(self.id,
+                                                window=self.interval / 2)
+            except errors.EtcdUnavailable as exc:
+                LOG.warning('session %x keepalive failed (%.1fs silent): %s',
+                            self.id, time.monotonic() - self.last_ok, exc)
+                self._stop.wait(min(0.5, self.interval))
+                continue
+            if ttl <= 0:
+                self._mark_lost()
+                # Wait for reopen() instead of hammering a dead lease.
+                while self.lost and not self._stop.wait(0.2):
+                    pass
+                continue
+            self.last_ok = sent
+            self.keepalive_rtt = time.monotonic() - sent
+            self._stop.wait(self.interval)
+
+    def _mark_lost(self):
+        if self.lost:
+            return
+        self.lost = True
+        LOG.error('session %x of %s has expired', self.id, self.host)
+        for cb in list(self._on_lost):
+            try:
+                cb(self)
+            except Exception:
+                LOG.exception('session-lost callback failed')
+
+    def silent_for(self):
+        """Seconds since the last keepalive known to have reached etcd."""
+        return time.monotonic() - self.last_ok
+
+    def check(self):
+        """Raise SessionLost unless the session is believed alive."""
+        if self.lost or not self.id:
+            raise errors.SessionLost(f'session of {self.host} has expired')
+        if self.silent_for() >= self.ttl:
+            raise errors.SessionLost(
+                f'session of {self.host} silent for {self.silent_for():.1f}s '
+                f'(ttl {self.ttl}s): treated as lost')
+
+    def close(self, revoke=False):
+        """Stop keepalives; ``revoke`` also releases everything held."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=self.interval + 1)
+            self._thread = None
+        if revoke and self.id:
+            self.etcd.lease_revoke(self.id)
+            self._forget()
+            self.id = 0

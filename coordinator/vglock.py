@@ -1,0 +1,163 @@
+"""VGLock: a cluster-wide FIFO mutex over one VG's metadata.
+
+The recipe is etcd's concurrency.Mutex: each contender puts a key under the
+VG's lock prefix, attached to its session lease; keys are served in order of
+creation revision; a waiter watches only its predecessor, so a release wakes
+exactly one process and no one polls. A crashed holder's key vanishes with
+its session.
+"""
+import logging
+import os
+import time
+import uuid
+
+from coordinator import errors
+from coordinator import etcd as etcdlib
+
+LOG = logging.getLogger(__name__)
+
+# A lost watch stream (etcd member killed) must not strand a waiter: it
+# re-reads its predecessor this often even when no event arrived.
+RECHECK = 2.0
+
+
+def _queue_empty(prefix):
+    # A compare over a range holds for every key in it; over no keys it
+    # compares the zero KV, so version == 0 means "nobody queued".
+    cmp = {'key': etcdlib.b64(prefix), 'range_end':
+           etcdlib.b64(etcdlib.prefix_end(prefix)),
+           'target': 'VERSION', 'result': 'EQUAL', 'version': 0}
+    return cmp
+
+
+class Hold:
+    """A held VG lock: the compare that proves it, and its release."""
+
+    def __init__(self, lock, key, revision, immediate, results):
+        self.lock = lock
+        self.key = key
+        self.revision = revision
+        self.immediate = immediate
+        # Range results of the ops run with an immediate acquisition.
+        self.results = results
+        self.acquired_at = time.monotonic()
+
+    def guard(self):
+        """etcd compare that holds only while this lock is ours."""
+        return etcdlib.cmp_create(self.key, self.revision)
+
+    def txn(self, ops, what='guarded action'):
+        """Run ``ops`` only if we still hold the lock; else LockLost."""
+        res = self.lock.etcd.txn([self.guard()], ops)
+        if not res.succeeded:
+            raise errors.LockLost(
+                f'VG {self.lock.vg} lock lost before {what} '
+                f'(session expired or lock broken)')
+        return res
+
+    def check(self):
+        """Prove ownership with a compare; raise LockLost if not ours."""
+        self.txn([], 'check')
+
+    def release(self, ops=()):
+        """Delete our queue key (with ``ops`` in the same txn)."""
+        if ops:
+            self.txn(list(ops) + [etcdlib.op_delete(self.key)], 'release')
+        else:
+            self.lock.etcd.delete(self.key)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class VGLock:
+    """FIFO mutex on one VG, bound to this host's session."""
+
+    def __init__(self, etcd, keys, session, vg):
+        self.etcd = etcd
+        self.keys = keys
+        self.session = session
+        self.vg = vg
+        self.prefix = keys.vg_lock(vg)
+
+    def acquire(self, op='', timeout=60.0, with_ops=()):
+        """Queue up and wait until first; ``with_ops`` run atomically with
+        the acquisition when the queue was empty (``Hold.immediate``)."""
+        self.session.check()
+        deadline = time.monotonic() + timeout
+        key = f'{self.prefix}{self.session.id:016x}-{uuid.uuid4().hex[:12]}'
+        value = {'host': self.session.host, 'op': op, 'pid': os.getpid(),
+                 'since': time.time()}
+        put = etcdlib.op_put(key, value, lease=self.session.id)
+        res = self.etcd.txn([_queue_empty(self.prefix)],
+                            [put] + list(with_ops),
+                            [put, etcdlib.op_range(key)])
+        if res.succeeded:
+            return Hold(self, key, res.revision, True, res.ranges)
+        revision = res.ranges[0][0].create_revision
+        try:
+            self._wait_predecessors(key, revision, deadline)
+        except BaseException:
+            self.etcd.delete(key)
+            raise
+        return Hold(self, key, revision, False, [])
+
+    def _wait_predecessors(self, key, revision, deadline):
+        # Wait until no key created before ours remains (etcd waitDeletes).
+        # One read returns our own key and its predecessor: ours missing
+        # means the session expired while we queued.
+        while True:
+            kvs, header = self.etcd.range(
+                self.prefix, prefix=True, last_created=True, limit=2,
+                max_create_revision=revision)
+            if not kvs or kvs[0].key != key:
+                raise errors.LockLost(
+                    f'VG {self.vg} lock queue entry vanished while waiting '
+                    f'(session expired?)')
+            if len(kvs) == 1:
+                return
+            pred = kvs[1]
+            with self.etcd.watch(pred.key, header + 1) as watch:
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise errors.LockTimeout(
+                            f'VG {self.vg} lock not acquired in time; '
+                            f'{self.describe_holder()}')
+                    event = watch.get(min(left, RECHECK))
+                    if event and event[0] == 'DELETE':
+                        break
+                    if event is None and self.etcd.get(pred.key) is None:
+                        break
+                    self.session.check()
+
+    def holder(self):
+        """The current holder's queue entry (KV) or None."""
+        kvs, _ = self.etcd.range(self.prefix, prefix=True,
+                                 first_created=True, limit=1)
+        return kvs[0] if kvs else None
+
+    def queue(self):
+        """Every queue entry, holder first, as dicts."""
+        kvs, _ = self.etcd.range(self.prefix, prefix=True,
+                                 first_created=True)
+        return [dict(kv.json(), key=kv.key, revision=kv.create_revision)
+                for kv in kvs]
+
+    def describe_holder(self):
+        """Human-readable 'held by ...' for errors."""
+        kv = self.holder()
+        if kv is None:
+            return 'no current holder'
+        h = kv.json()
+        age = time.time() - h.get('since', time.time())
+        return (f'held by {h.get("host")} (pid {h.get("pid")}) for '
+                f'{h.get("op") or "an operation"} since {age:.1f}s')
+
+    def clear_stale(self):
+        """Drop queue entries this session left from a previous process."""
+        mine = f'{self.prefix}{self.session.id:016x}-'
+        return self.etcd.delete(mine, prefix=True)

@@ -156,8 +156,3 @@ class VGLock:
         age = time.time() - h.get('since', time.time())
         return (f'held by {h.get("host")} (pid {h.get("pid")}) for '
                 f'{h.get("op") or "an operation"} since {age:.1f}s')
-
-    def clear_stale(self):
-        """Drop queue entries this session left from a previous process."""
-        mine = f'{self.prefix}{self.session.id:016x}-'
-        return self.etcd.delete(mine, prefix=True)

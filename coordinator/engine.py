@@ -1,0 +1,60 @@
+"""Engine: the lease core for one host, wired from configuration."""
+import os
+
+from coordinator import etcd as etcdlib
+from coordinator import keys as keyslib
+from coordinator import lease
+from coordinator import metadata
+from coordinator import session as sessionlib
+from coordinator import vglock
+
+
+class Engine:
+    """etcd access, session, VG locks, activation leases for one host."""
+
+    def __init__(self, etcd, host, cluster='default', prefix='/lvmcoord',
+                 ttl=10, keepalive_interval=None, state_file=None, grace=3.0,
+                 lock_timeout=60.0):
+        self.etcd = etcd
+        self.host = host
+        self.keys = keyslib.Keys(prefix, cluster)
+        self.session = sessionlib.Session(etcd, self.keys, host, ttl,
+                                          keepalive_interval, state_file)
+        self.leases = lease.LeaseTable(etcd, self.keys, self.session, grace)
+        self.lock_timeout = lock_timeout
+
+    @classmethod
+    def from_conf(cls, conf):
+        """Build from oslo.config options (see coordinator.conf)."""
+        state = os.path.join(conf.session.state_dir,
+                             f'session-{conf.cluster}.json')
+        return cls(etcdlib.Etcd.from_conf(conf), conf.host, conf.cluster,
+                   conf.etcd.prefix, conf.session.ttl,
+                   conf.session.keepalive_interval or None, state,
+                   conf.lease.grace, conf.lock.acquire_timeout)
+
+    def open(self):
+        """Open or resume the session; drop lock entries a previous process
+        of this session left queued (it can no longer be waiting)."""
+        self.session.open()
+        if self.session.resumed:
+            kvs, _ = self.etcd.range(self.keys.vgs(), prefix=True)
+            mine = f'{self.session.id:016x}-'
+            for kv in kvs:
+                if '/lock/' in kv.key and kv.key.rsplit('/', 1)[1].startswith(
+                        mine):
+                    self.etcd.delete(kv.key)
+        return self
+
+    def vglock(self, vg):
+        """The metadata mutex of ``vg``."""
+        return vglock.VGLock(self.etcd, self.keys, self.session, vg)
+
+    def guard(self, read_seqno, on_alert=None):
+        """A MetadataGuard using ``read_seqno(vg, fresh)``."""
+        return metadata.MetadataGuard(self.etcd, self.keys, self.session,
+                                      read_seqno, self.lock_timeout,
+                                      on_alert=on_alert)
+
+    def close(self, revoke=False):
+        self.session.close(revoke=revoke)

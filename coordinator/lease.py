@@ -1,0 +1,205 @@
+"""LeaseTable: per-LV activation leases in etcd, bound to holders' sessions.
+
+Per LV there is a *ledger* (who was granted it, in which mode; it outlives
+sessions) and one *holder key* per host, attached to that host's session
+lease. A ledger entry whose holder key is gone belongs to a host whose
+session ended without releasing: that host may still have the LV active
+until its fencer acts, so nobody else gets the LV until the grace period
+has passed since the expiry was seen. Every change is a txn guarded by the
+ledger's mod revision, so concurrent grants serialize per LV. A grant's
+fencing token is the revision that wrote its holder key.
+"""
+import logging
+import time
+
+from coordinator import errors
+from coordinator import etcd as etcdlib
+from coordinator import modes
+
+LOG = logging.getLogger(__name__)
+
+RECHECK = 2.0
+
+
+class LeaseTable:
+    """Grant, release, list and watch activation leases for this host."""
+
+    def __init__(self, etcd, keys, session, grace=3.0):
+        self.etcd = etcd
+        self.keys = keys
+        self.session = session
+        self.grace = grace
+        # When this process first saw each holder's session gone: the grace
+        # is counted on our own monotonic clock, never against another
+        # host's wall clock.
+        self._orphans = {}
+
+    # -- reading --
+
+    def read(self, vg, lv):
+        """(holders, ledger mod revision, header revision) of one LV."""
+        kvs, header = self.etcd.range(self.keys.lease(vg, lv), prefix=True)
+        holders, ledger_rev = self._parse(kvs)
+        return holders, ledger_rev, header
+
+    def _parse(self, kvs):
+        ledger, ledger_rev, live = {}, 0, {}
+        for kv in kvs:
+            if kv.key.endswith('/ledger'):
+                ledger, ledger_rev = kv.json().get('holders', {}), \
+                    kv.mod_revision
+            else:
+                live[kv.key.rsplit('/', 1)[1]] = kv
+        holders = []
+        for host, entry in sorted(ledger.items()):
+            key = live.get(host)
+            alive = key is not None and key.lease == entry.get('session')
+            token = key.mod_revision if alive else entry.get('token')
+            holders.append(modes.Holder(
+                host=host, mode=entry['mode'], instance=entry.get('instance'),
+                token=token, since=entry.get('since', 0.0),
+                session=entry.get('session', 0), alive=alive))
+        return holders, ledger_rev
+
+    def holders(self, vg, lv):
+        """Current holders of one LV."""
+        return self.read(vg, lv)[0]
+
+    def list(self):
+        """{(vg, lv): [Holder]} for every LV with a lease."""
+        kvs, _ = self.etcd.range(self.keys.leases(), prefix=True)
+        by_lv = {}
+        for kv in kvs:
+            vg, lv = kv.key[len(self.keys.leases()):].split('/')[:2]
+            by_lv.setdefault((vg, lv), []).append(kv)
+        result = {}
+        for name, group in sorted(by_lv.items()):
+            holders, _ = self._parse(group)
+            if holders:
+                result[name] = holders
+        return result
+
+    def grace_left(self, vg, lv, holder):
+        """Seconds before a holder whose session ended may be superseded."""
+        if holder.alive:
+            return 0.0
+        seen = self._orphans.setdefault(
+            (vg, lv, holder.host, holder.session), time.monotonic())
+        return max(0.0, self.grace - (time.monotonic() - seen))
+
+    # -- writing --
+
+    def grant(self, vg, lv, mode=modes.EXCLUSIVE, instance=None, wait=0.0):
+        """Grant this host a lease on vg/lv; returns our Holder.
+
+        With ``wait`` > 0 a conflicting or fencing holder is waited for (by
+        watch) up to that many seconds before the error is raised.
+        """
+        modes.validate(mode, instance)
+        deadline = time.monotonic() + wait
+        while True:
+            self.session.check()
+            holders, ledger_rev, header = self.read(vg, lv)
+            want = modes.Holder(host=self.session.host, mode=mode,
+                                instance=instance, since=time.time(),
+                                session=self.session.id)
+            try:
+                new, changed = modes.decide(
+                    holders, want,
+                    lambda h: self.grace_left(vg, lv, h))
+            except errors.LeaseConflict as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                pause = min(left, RECHECK)
+                if isinstance(exc, errors.LeaseFenceWait):
+                    pause = min(pause, max(0.01, max(
+                        self.grace_left(vg, lv, h) for h in exc.holders)))
+                self._wait_change(vg, lv, header, pause)
+                continue
+            mine = next(h for h in new if h.host == self.session.host)
+            if not changed:
+                return mine
+            res = self._write(vg, lv, ledger_rev, new, mine)
+            if res is not None:
+                mine.token = res.revision
+                LOG.info('granted %s/%s to %s: %s', vg, lv, mine.host,
+                         mine.describe())
+                return mine
+
+    def _write(self, vg, lv, ledger_rev, new, mine):
+        entries = {h.host: h.ledger_entry() for h in new}
+        holder_key = self.keys.lease_holder(vg, lv, mine.host)
+        value = {'session': self.session.id, 'mode': mine.mode,
+                 'instance': mine.instance, 'since': mine.since}
+        res = self.etcd.txn(
+            [etcdlib.cmp_mod(self.keys.lease_ledger(vg, lv), ledger_rev)],
+            [etcdlib.op_put(self.keys.lease_ledger(vg, lv),
+                            {'holders': entries}),
+             etcdlib.op_put(holder_key, value, lease=self.session.id)])
+        # A lost race (another grant or release in between) re-reads.
+        return res if res.succeeded else None
+
+    def release(self, vg, lv, host=None):
+        """Drop ``host``'s (default: our) grant on vg/lv; True if held."""
+        host = host or self.session.host
+        while True:
+            holders, ledger_rev, _ = self.read(vg, lv)
+            if not any(h.host == host for h in holders):
+                self.etcd.delete(self.keys.lease_holder(vg, lv, host))
+                return False
+            if self._commit_without(vg, lv, ledger_rev, holders, host):
+                LOG.info('released %s/%s from %s', vg, lv, host)
+                return True
+
+    def break_(self, vg, lv, host, token, force=False):
+        """Admin override: drop ``host``'s grant, proven by its token."""
+        holders, ledger_rev, _ = self.read(vg, lv)
+        h = next((h for h in holders if h.host == host), None)
+        if h is None:
+            raise errors.InvalidInput('host', f'{host} holds no lease on '
+                                      f'{vg}/{lv}')
+        if h.token != token:
+            raise errors.InvalidInput('token', f'{token} is not the current '
+                                      f'token of {h.describe()}')
+        if h.alive and not force:
+            raise errors.LeaseConflict(
+                f'refusing to break: the session of {h.describe()} is alive '
+                f'(use force, after making sure it is not in use)', [h])
+        if not self._commit_without(vg, lv, ledger_rev, holders, host):
+            raise errors.LeaseConflict(f'{vg}/{lv} changed while breaking; '
+                                       f'read it again', holders)
+        LOG.warning('lease %s/%s of %s broken by admin', vg, lv, host)
+        return h
+
+    def _commit_without(self, vg, lv, ledger_rev, holders, host):
+        rest = modes.after_release(holders, host)
+        ledger = self.keys.lease_ledger(vg, lv)
+        ops = [etcdlib.op_delete(self.keys.lease_holder(vg, lv, host))]
+        if rest:
+            ops.append(etcdlib.op_put(
+                ledger, {'holders': {h.host: h.ledger_entry()
+                                     for h in rest}}))
+        else:
+            ops.append(etcdlib.op_delete(ledger))
+        return self.etcd.txn([etcdlib.cmp_mod(ledger, ledger_rev)],
+                             ops).succeeded
+
+    def _wait_change(self, vg, lv, header, timeout):
+        with self.etcd.watch(self.keys.lease(vg, lv), header + 1,
+                             prefix=True) as watch:
+            watch.get(timeout)
+
+    def mine(self):
+        """Every (vg, lv, Holder) this host is granted, alive or not."""
+        return [(vg, lv, h) for (vg, lv), hs in self.list().items()
+                for h in hs if h.host == self.session.host]
+
+    def watch(self, start_revision=None):
+        """A Watch over every lease key (for event streams)."""
+        if start_revision is None:
+            _, start_revision = self.etcd.range(self.keys.leases(),
+                                                prefix=True, limit=1)
+            start_revision += 1
+        return self.etcd.watch(self.keys.leases(), start_revision,
+                               prefix=True)

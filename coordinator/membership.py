@@ -1,0 +1,100 @@
+"""Membership: each host joins the cluster's tooz group with its readiness.
+
+tooz (etcd3gw driver, same endpoints and TLS as the engine) carries
+discovery: who is up and what each host reports about itself. Join and
+leave are events delivered by ``poll()``.
+"""
+import logging
+
+from tooz import coordination
+
+LOG = logging.getLogger(__name__)
+
+
+class Membership:
+    """This host's membership in the cluster group, via tooz."""
+
+    def __init__(self, etcd, keys, host, ttl=10):
+        self.etcd = etcd
+        self.group = keys.tooz_group()
+        self.host = host
+        self.ttl = ttl
+        self.capabilities = {}
+        self._coord = None
+        self._callbacks = []
+
+    def _connect(self):
+        url = f'{self.etcd.tooz_url()}&membership_timeout={self.ttl}'
+        coord = coordination.get_coordinator(url, self.host.encode())
+        coord.start(start_heart=False)
+        try:
+            coord.create_group(self.group).get()
+        except coordination.GroupAlreadyExist:
+            pass
+        return coord
+
+    def join(self, capabilities):
+        """Join the group announcing ``capabilities`` (a JSON-able dict)."""
+        self.capabilities = capabilities
+        self._coord = self._connect()
+        try:
+            self._coord.join_group(self.group, capabilities).get()
+        except coordination.MemberAlreadyExist:
+            self._coord.update_capabilities(self.group, capabilities).get()
+        for cb in self._callbacks:
+            self._watch(cb)
+        return self
+
+    def update(self, capabilities):
+        """Publish a new readiness view."""
+        self.capabilities = capabilities
+        self._coord.update_capabilities(self.group, capabilities).get()
+
+    def heartbeat(self):
+        """Keep the membership alive; reconnect (next endpoint) on error."""
+        try:
+            self._coord.heartbeat()
+        except Exception as exc:
+            LOG.warning('membership heartbeat failed (%s); rejoining', exc)
+            self._close()
+            self.join(self.capabilities)
+
+    def members(self):
+        """{host: capabilities} of every member, this one included."""
+        coord = self._coord or self._connect()
+        got = coord.get_members_with_capabilities(self.group).get()
+        return {m.decode(): caps for m, caps in got.items()}
+
+    def on_change(self, callback):
+        """Call ``callback(kind, host)`` on 'join' / 'leave' events."""
+        self._callbacks.append(callback)
+        if self._coord:
+            self._watch(callback)
+
+    def _watch(self, callback):
+        self._coord.watch_join_group(
+            self.group, lambda ev: callback('join', ev.member_id.decode()))
+        self._coord.watch_leave_group(
+            self.group, lambda ev: callback('leave', ev.member_id.decode()))
+
+    def poll(self):
+        """Deliver membership events observed since the last poll."""
+        if self._coord:
+            self._coord.run_watchers()
+
+    def _close(self):
+        try:
+            self._coord.stop()
+        except Exception:
+            LOG.debug('ignoring error stopping tooz', exc_info=True)
+        self._coord = None
+
+    def leave(self):
+        """Leave the group and disconnect."""
+        if self._coord is None:
+            return
+        try:
+            self._coord.leave_group(self.group).get()
+        except coordination.ToozError:
+            pass
+        self._close()

@@ -1,0 +1,119 @@
+"""MetadataGuard: VG metadata changes under the VG lock, seqno recorded.
+
+The discipline of DESIGN.md: take the VG lock; compare the VG's on-disk
+metadata seqno with the one recorded in etcd after the last change; refuse
+to act on an older view (rescan, then fail clearly); report a newer one that
+no coordinated change explains; prove ownership by compare right before the
+command; record the new seqno, guarded by the same compare, after it.
+An *intent* key written with the lock marks a change in flight, so the next
+holder can tell a holder that died mid-command from an out-of-band change.
+"""
+import logging
+import time
+
+from coordinator import errors
+from coordinator import etcd as etcdlib
+from coordinator import vglock
+
+LOG = logging.getLogger(__name__)
+
+# Ownership proven by the acquiring txn is trusted this long: a lease can
+# not expire sooner than TTL after its last keepalive, so a fresh proof on a
+# healthy session stands; anything slower is proven again by compare.
+FRESH_PROOF = 0.5
+
+
+class MetadataGuard:
+    """Runs ``action`` under the VG lock with the seqno discipline."""
+
+    def __init__(self, etcd, keys, session, read_seqno, lock_timeout=60.0,
+                 rescans=3, rescan_delay=0.2, on_alert=None):
+        self.etcd = etcd
+        self.keys = keys
+        self.session = session
+        # read_seqno(vg, fresh) -> int: the VG's committed seqno as this
+        # host sees it on disk; fresh=True must bypass any cache.
+        self.read_seqno = read_seqno
+        self.lock_timeout = lock_timeout
+        self.rescans = rescans
+        self.rescan_delay = rescan_delay
+        self.on_alert = on_alert or (lambda vg, msg: None)
+
+    def recorded(self, vg):
+        """(recorded seqno or None, in-flight intent or None)."""
+        seq = self.etcd.get(self.keys.vg_seqno(vg))
+        intent = self.etcd.get(self.keys.vg_intent(vg))
+        return (seq.json()['seqno'] if seq else None,
+                intent.json() if intent else None)
+
+    def change(self, vg, op, action, timeout=None):
+        """Run ``action()`` as one coordinated metadata change of ``vg``."""
+        lock = vglock.VGLock(self.etcd, self.keys, self.session, vg)
+        seq_key, intent_key = self.keys.vg_seqno(vg), self.keys.vg_intent(vg)
+        claim = [etcdlib.op_range(seq_key), etcdlib.op_range(intent_key),
+                 etcdlib.op_put(intent_key, {'host': self.session.host,
+                                             'op': op, 'at': time.time()})]
+        hold = lock.acquire(op, self.lock_timeout if timeout is None
+                            else timeout, with_ops=claim)
+        proven = time.monotonic()
+        if not hold.immediate:
+            seq_kvs, intent_kvs = hold.txn(claim, 'claiming the VG').ranges
+            proven = time.monotonic()
+        else:
+            seq_kvs, intent_kvs = hold.results[:2]
+        started = False
+        try:
+            recorded = seq_kvs[0].json()['seqno'] if seq_kvs else None
+            intent = intent_kvs[0].json() if intent_kvs else None
+            self._reconcile(vg, recorded, intent)
+            if (time.monotonic() - proven > FRESH_PROOF
+                    or self.session.silent_for() > self.session.ttl / 2):
+                hold.check()
+            started = True
+            result = action()
+        finally:
+            if started:
+                self._record(hold, vg, op, seq_key, intent_key)
+            else:
+                hold.release([etcdlib.op_delete(intent_key)])
+        return result
+
+    def _reconcile(self, vg, recorded, intent):
+        disk = self.read_seqno(vg, False)
+        tries = 0
+        while recorded is not None and disk < recorded:
+            # Our view is older than the last coordinated change: rescan.
+            if tries >= self.rescans:
+                raise errors.SeqnoBehind(
+                    f'VG {vg}: this host sees metadata seqno {disk} but '
+                    f'{recorded} was recorded after the last change; the '
+                    f'PV view here is stale (check multipath/caching)')
+            tries += 1
+            time.sleep(self.rescan_delay * tries)
+            disk = self.read_seqno(vg, True)
+        if recorded is not None and disk > recorded:
+            if intent:
+                LOG.warning('VG %s: adopting seqno %s after %s died during '
+                            '%r', vg, disk, intent.get('host'),
+                            intent.get('op'))
+            else:
+                msg = (f'VG {vg} metadata changed outside lvmcoord: seqno '
+                       f'{disk} on disk, {recorded} recorded')
+                LOG.error(msg)
+                self.on_alert(vg, msg)
+        return disk
+
+    def _record(self, hold, vg, op, seq_key, intent_key):
+        seqno = self.read_seqno(vg, True)
+        try:
+            hold.release([
+                etcdlib.op_put(seq_key, {'seqno': seqno,
+                                         'host': self.session.host,
+                                         'op': op, 'at': time.time()}),
+                etcdlib.op_delete(intent_key)])
+        except errors.LockLost:
+            # The command ran but the lock went: the intent stays behind so
+            # the next holder adopts this seqno instead of crying foul.
+            LOG.error('VG %s: lock lost after %r; seqno %s not recorded',
+                      vg, op, seqno)
+            raise

@@ -1,0 +1,52 @@
+"""Membership through tooz's etcd3gw driver on a real etcd."""
+import time
+
+from coordinator import etcd as etcdlib
+from coordinator import keys as keyslib
+from coordinator.membership import Membership
+
+
+def member(endpoints, host):
+    etcd = etcdlib.Etcd(endpoints, timeout=2.0)
+    return Membership(etcd, keyslib.Keys(cluster='mtest'), host, ttl=3)
+
+
+def test_join_capabilities_and_leave_events(etcd_server):
+    eps = etcd_server.endpoints
+    a = member(eps, 'volume-1').join({'vg_seen': True, 'pvs': ['/dev/sdb']})
+    events = []
+    a.on_change(lambda kind, host: events.append((kind, host)))
+    a.poll()
+    b = member(eps, 'compute-1').join({'vg_seen': False})
+    got = a.members()
+    assert got == {'volume-1': {'vg_seen': True, 'pvs': ['/dev/sdb']},
+                   'compute-1': {'vg_seen': False}}
+    b.update({'vg_seen': True})
+    assert a.members()['compute-1'] == {'vg_seen': True}
+    deadline = time.monotonic() + 10
+    while ('join', 'compute-1') not in events:
+        assert time.monotonic() < deadline
+        a.poll()
+        time.sleep(0.1)
+    b.leave()
+    while ('leave', 'compute-1') not in events:
+        assert time.monotonic() < deadline
+        a.poll()
+        time.sleep(0.1)
+    assert set(a.members()) == {'volume-1'}
+    a.leave()
+
+
+def test_member_vanishes_when_heartbeats_stop(etcd_server):
+    eps = etcd_server.endpoints
+    a = member(eps, 'volume-1').join({})
+    b = member(eps, 'compute-9').join({})
+    # compute-9 never heartbeats: its membership lease (3s) runs out.
+    deadline = time.monotonic() + 15
+    while 'compute-9' in a.members():
+        assert time.monotonic() < deadline, 'dead member never left'
+        a.heartbeat()
+        time.sleep(0.2)
+    assert 'volume-1' in a.members()
+    a.leave()
+    b._close()

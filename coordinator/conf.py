@@ -4,7 +4,8 @@ import socket
 from oslo_config import cfg
 
 default_opts = [
-    cfg.StrOpt('host', default=socket.gethostname(), sample_default='<hostname>',
+    cfg.StrOpt('host', default=socket.gethostname(),
+               sample_default='<hostname>',
                help='Name of this host; must match Nova/Cinder "host".'),
     cfg.StrOpt('cluster', default='default',
                help='Cluster name; hosts sharing a VG share a cluster.'),

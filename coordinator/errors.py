@@ -19,6 +19,9 @@ class InvalidInput(CoordError):
         super().__init__(f'{field}: {reason}')
         self.field = field
 
+    def to_dict(self):
+        return dict(super().to_dict(), field=self.field)
+
 
 class EtcdUnavailable(CoordError):
     """No etcd endpoint answered within the configured timeout."""
@@ -53,6 +56,10 @@ class LeaseConflict(CoordError):
         super().__init__(message)
         self.holders = list(holders)
 
+    def to_dict(self):
+        return dict(super().to_dict(),
+                    holders=[getattr(h, 'host', h) for h in self.holders])
+
 
 class LeaseFenceWait(LeaseConflict):
     """The holder's session ended; the grace period has not run out yet."""
@@ -85,3 +92,21 @@ class LVMError(CoordError):
 
     def to_dict(self):
         return {'code': self.code, 'kind': self.kind, 'message': str(self)}
+
+
+def _classes(cls=CoordError):
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _classes(sub)
+
+
+def from_dict(body, context=''):
+    """Rebuild an error sent as ``to_dict()`` by a daemon."""
+    code = body.get('code')
+    cls = next((c for c in _classes() if c.code == code), CoordError)
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, context + body.get('message', 'failed'))
+    exc.field = body.get('field') or 'request'
+    exc.kind = body.get('kind', 'failed')
+    exc.holders, exc.cmd, exc.stderr = body.get('holders', []), None, ''
+    return exc

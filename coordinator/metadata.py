@@ -11,9 +11,8 @@ holder can tell a holder that died mid-command from an out-of-band change.
 import logging
 import time
 
-from coordinator import errors
+from coordinator import errors, vglock
 from coordinator import etcd as etcdlib
-from coordinator import vglock
 
 LOG = logging.getLogger(__name__)
 

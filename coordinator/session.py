@@ -57,8 +57,9 @@ class Session:
         self.id, self.lost, self.last_ok = lease_id, False, sent
         self._save()
         self.etcd.put(self.keys.session(self.host),
-                      {'host': self.host, 'lease': lease_id, 'pid': os.getpid(),
-                       'ttl': self.ttl, 'since': time.time()},
+                      {'host': self.host, 'lease': lease_id,
+                       'pid': os.getpid(), 'ttl': self.ttl,
+                       'since': time.time()},
                       lease=lease_id)
         if self._thread is None:
             self._stop.clear()

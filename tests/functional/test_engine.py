@@ -1,7 +1,5 @@
 """The lease engine against a real etcd, with several processes."""
-import os
 import signal
-import threading
 import time
 
 import pytest
@@ -28,7 +26,8 @@ def intervals(actors):
 
 
 def assert_no_overlap(sections):
-    for (s1, e1, h1), (s2, e2, h2) in zip(sections, sections[1:]):
+    pairs = zip(sections, sections[1:], strict=False)
+    for (s1, e1, h1), (s2, e2, h2) in pairs:
         assert e1 <= s2, f'{h1} [{s1}, {e1}] overlaps {h2} [{s2}, {e2}]'
 
 

@@ -1,0 +1,1 @@
+"""The daemon's local API: JSON lines over a Unix socket."""

@@ -3,8 +3,10 @@ import os
 
 from coordinator import etcd as etcdlib
 from coordinator import keys as keyslib
-from coordinator import lease, metadata, vglock
+from coordinator import lease
+from coordinator import metadata
 from coordinator import session as sessionlib
+from coordinator import vglock
 
 
 class Engine:

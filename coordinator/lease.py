@@ -12,8 +12,9 @@ fencing token is the revision that wrote its holder key.
 import logging
 import time
 
-from coordinator import errors, modes
+from coordinator import errors
 from coordinator import etcd as etcdlib
+from coordinator import modes
 
 LOG = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ holder can tell a holder that died mid-command from an out-of-band change.
 import logging
 import time
 
-from coordinator import errors, vglock
+from coordinator import errors
 from coordinator import etcd as etcdlib
+from coordinator import vglock
 
 LOG = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ A request is ``{"op": NAME, "args": {...}}``. Each op lists its fields and
 their validators; unknown ops and unknown or missing fields are refused
 with an error naming the field.
 """
-from coordinator import errors, modes
+from coordinator import errors
+from coordinator import modes
 from coordinator.lvm import names
 
 MAX_BODY = 64 * 1024

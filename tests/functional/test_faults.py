@@ -7,7 +7,9 @@ import pytest
 
 from coordinator import errors
 from coordinator import etcd as etcdlib
-from tests.functional.test_engine import assert_no_overlap, engine, intervals
+from tests.functional.test_engine import assert_no_overlap
+from tests.functional.test_engine import engine
+from tests.functional.test_engine import intervals
 
 
 def test_dead_holder_lv_granted_only_after_expiry_and_grace(etcd_server):

@@ -1,7 +1,8 @@
 """Activation mode rules, no etcd needed."""
 import pytest
 
-from coordinator import errors, modes
+from coordinator import errors
+from coordinator import modes
 from coordinator.modes import Holder
 
 

@@ -1,0 +1,57 @@
+"""The interface every activation backend implements."""
+import abc
+import os
+
+
+class Backend(abc.ABC):
+    """Activate, deactivate, refresh and fence LVs on this host."""
+
+    name = 'base'
+
+    @abc.abstractmethod
+    def activate(self, vg, lv, read_only=False):
+        """Make vg/lv a block device here; returns its path."""
+
+    @abc.abstractmethod
+    def deactivate(self, vg, lv):
+        """Remove the block device (no-op when not active)."""
+
+    @abc.abstractmethod
+    def refresh(self, vg, lv):
+        """Pick up a new size after an extend; returns the size in bytes."""
+
+    @abc.abstractmethod
+    def suspend(self, vg, lv):
+        """Fence: no write from this host reaches the LV any more."""
+
+    @abc.abstractmethod
+    def resume(self, vg, lv):
+        """Undo suspend()."""
+
+    @abc.abstractmethod
+    def active(self):
+        """{(vg, lv): {'path', 'suspended', 'open'}} active on this host."""
+
+    def path(self, vg, lv):
+        """Where the block device of an active LV appears."""
+        return self.active().get((vg, lv), {}).get('path')
+
+
+def open_by_others(device):
+    """True if a process other than us has ``device`` open."""
+    real = os.path.realpath(device)
+    me = str(os.getpid())
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit() or pid == me:
+            continue
+        fd_dir = f'/proc/{pid}/fd'
+        try:
+            for fd in os.listdir(fd_dir):
+                try:
+                    if os.readlink(f'{fd_dir}/{fd}') == real:
+                        return True
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return False

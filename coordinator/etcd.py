@@ -257,14 +257,21 @@ class Etcd:
             try:
                 return fn(self._clients[index])
             except _RETRYABLE as exc:
-                self._failover(index)
-                if time.monotonic() + delay > deadline:
-                    raise errors.EtcdUnavailable(
-                        f'etcd unreachable at '
-                        f'{", ".join(u.netloc for u in self.endpoints)}: '
-                        f'{exc}') from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                failure = exc
+            except gw_exc.Etcd3Exception as exc:
+                # A write attached to an expired lease: our session is gone.
+                if 'lease not found' in str(exc):
+                    raise errors.SessionLost(
+                        f'session lease expired: {exc}') from exc
+                raise
+            self._failover(index)
+            if time.monotonic() + delay > deadline:
+                raise errors.EtcdUnavailable(
+                    f'etcd unreachable at '
+                    f'{", ".join(u.netloc for u in self.endpoints)}: '
+                    f'{failure}') from failure
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def _post(self, path, payload, window=None):
         return self.call(lambda c: c.post(c.get_url(path), json=payload),

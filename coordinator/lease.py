@@ -39,15 +39,20 @@ class LeaseTable:
     def read(self, vg, lv):
         """(holders, ledger mod revision, header revision) of one LV."""
         kvs, header = self.etcd.range(self.keys.lease(vg, lv), prefix=True)
-        holders, ledger_rev = self._parse(kvs)
+        holders, ledger_rev, reserved = self._parse(kvs)
+        if reserved:
+            raise errors.LeaseConflict(
+                f'{vg}/{lv} is reserved by {reserved["host"]} for '
+                f'{reserved["op"]}')
         return holders, ledger_rev, header
 
     def _parse(self, kvs):
-        ledger, ledger_rev, live = {}, 0, {}
+        ledger, ledger_rev, live, reserved = {}, 0, {}, None
         for kv in kvs:
             if kv.key.endswith('/ledger'):
-                ledger, ledger_rev = kv.json().get('holders', {}), \
-                    kv.mod_revision
+                body = kv.json()
+                ledger, ledger_rev = body.get('holders', {}), kv.mod_revision
+                reserved = body.get('reserved')
             else:
                 live[kv.key.rsplit('/', 1)[1]] = kv
         holders = []
@@ -59,7 +64,7 @@ class LeaseTable:
                 host=host, mode=entry['mode'], instance=entry.get('instance'),
                 token=token, since=entry.get('since', 0.0),
                 session=entry.get('session', 0), alive=alive))
-        return holders, ledger_rev
+        return holders, ledger_rev, reserved
 
     def holders(self, vg, lv):
         """Current holders of one LV."""
@@ -74,7 +79,7 @@ class LeaseTable:
             by_lv.setdefault((vg, lv), []).append(kv)
         result = {}
         for name, group in sorted(by_lv.items()):
-            holders, _ = self._parse(group)
+            holders, _, _ = self._parse(group)
             if holders:
                 result[name] = holders
         return result
@@ -171,6 +176,31 @@ class LeaseTable:
                                        f'read it again', holders)
         LOG.warning('lease %s/%s of %s broken by admin', vg, lv, host)
         return h
+
+    def reserve(self, vg, lv, op):
+        """Keep vg/lv from being granted while ``op`` (delete, rename)
+        runs; refused, naming the holders, if anyone holds it. The mark is
+        bound to our session, so it cannot outlive a crash."""
+        ledger = self.keys.lease_ledger(vg, lv)
+        res = self.etcd.txn(
+            [etcdlib.cmp_create(ledger, 0)],
+            [etcdlib.op_put(ledger, {'holders': {}, 'reserved': {
+                'host': self.session.host, 'op': op}},
+                lease=self.session.id)],
+            [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)])
+        if not res.succeeded:
+            holders, _, reserved = self._parse(res.ranges[0])
+            reserved = reserved or {}
+            who = ', '.join(h.describe() for h in holders) or \
+                f'{reserved.get("host")} ({reserved.get("op")})'
+            raise errors.LeaseConflict(f'{vg}/{lv} is in use: held by {who}',
+                                       holders)
+
+    def unreserve(self, vg, lv):
+        """Drop our reservation of vg/lv."""
+        self.etcd.txn([etcdlib.cmp_lease(self.keys.lease_ledger(vg, lv),
+                                         self.session.id)],
+                      [etcdlib.op_delete(self.keys.lease_ledger(vg, lv))])
 
     def _commit_without(self, vg, lv, ledger_rev, holders, host):
         rest = modes.after_release(holders, host)

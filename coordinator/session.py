@@ -105,6 +105,15 @@ class Session:
             os.fsync(f.fileno())
         os.replace(tmp, self.state_file)
 
+    def _touch(self):
+        # Other processes of the daemon read the session's health from the
+        # state file's mtime (see AttachedSession).
+        if self.state_file:
+            try:
+                os.utime(self.state_file)
+            except OSError:
+                pass
+
     def _forget(self):
         if self.state_file:
             try:
@@ -133,6 +142,7 @@ class Session:
                 continue
             self.last_ok = sent
             self.keepalive_rtt = time.monotonic() - sent
+            self._touch()
             self._stop.wait(self.interval)
 
     def _mark_lost(self):
@@ -169,3 +179,56 @@ class Session:
             self.etcd.lease_revoke(self.id)
             self._forget()
             self.id = 0
+
+
+class AttachedSession:
+    """The session another process of this daemon keeps alive.
+
+    Worker processes share the keepalive worker's lease: they read its id
+    from the state file (it changes if the session is ever re-opened) and
+    its health from the file's mtime, refreshed on every keepalive.
+    """
+
+    def __init__(self, host, ttl, state_file):
+        self.host = host
+        self.ttl = int(ttl)
+        self.state_file = state_file
+        self.resumed = False
+
+    def _state(self):
+        try:
+            with open(self.state_file) as f:
+                state = json.load(f)
+            return state, os.stat(self.state_file).st_mtime
+        except (OSError, ValueError):
+            return None, 0.0
+
+    @property
+    def id(self):
+        state, _ = self._state()
+        return int(state['lease']) if state else 0
+
+    @property
+    def lost(self):
+        return self.id == 0
+
+    def wait_open(self, timeout=60.0):
+        """Block until the keepalive worker has opened the session."""
+        deadline = time.monotonic() + timeout
+        while not self.id:
+            if time.monotonic() > deadline:
+                raise errors.SessionLost(f'no session opened for {self.host}'
+                                         f' in {timeout:.0f}s')
+            time.sleep(0.05)
+        return self
+
+    def silent_for(self):
+        """Seconds since the keepalive worker last reached etcd."""
+        _, mtime = self._state()
+        return max(0.0, time.time() - mtime) if mtime else float('inf')
+
+    def check(self):
+        """Raise SessionLost unless the session is believed alive."""
+        if not self.id or self.silent_for() >= self.ttl:
+            raise errors.SessionLost(f'session of {self.host} is not alive '
+                                     f'(silent {self.silent_for():.1f}s)')

@@ -14,24 +14,32 @@ class Engine:
 
     def __init__(self, etcd, host, cluster='default', prefix='/lvmcoord',
                  ttl=10, keepalive_interval=None, state_file=None, grace=3.0,
-                 lock_timeout=60.0):
+                 lock_timeout=60.0, session=None):
         self.etcd = etcd
         self.host = host
         self.keys = keyslib.Keys(prefix, cluster)
-        self.session = sessionlib.Session(etcd, self.keys, host, ttl,
-                                          keepalive_interval, state_file)
+        # Worker processes pass an AttachedSession kept alive elsewhere.
+        self.session = session or sessionlib.Session(
+            etcd, self.keys, host, ttl, keepalive_interval, state_file)
         self.leases = lease.LeaseTable(etcd, self.keys, self.session, grace)
         self.lock_timeout = lock_timeout
 
+    @staticmethod
+    def state_file(conf):
+        """Where the session id of this host and cluster is kept."""
+        return os.path.join(conf.session.state_dir,
+                            f'session-{conf.cluster}.json')
+
     @classmethod
-    def from_conf(cls, conf):
+    def from_conf(cls, conf, attached=False):
         """Build from oslo.config options (see coordinator.conf)."""
-        state = os.path.join(conf.session.state_dir,
-                             f'session-{conf.cluster}.json')
+        state = cls.state_file(conf)
+        session = sessionlib.AttachedSession(
+            conf.host, conf.session.ttl, state) if attached else None
         return cls(etcdlib.Etcd.from_conf(conf), conf.host, conf.cluster,
                    conf.etcd.prefix, conf.session.ttl,
                    conf.session.keepalive_interval or None, state,
-                   conf.lease.grace, conf.lock.acquire_timeout)
+                   conf.lease.grace, conf.lock.acquire_timeout, session)
 
     def open(self):
         """Open or resume the session; drop lock entries a previous process

@@ -1,0 +1,56 @@
+"""Options of the daemon (lvmcoordd) beyond the engine's."""
+from oslo_config import cfg
+
+lvm_opts = [
+    cfg.ListOpt('volume_groups', default=[],
+                help='Shared VGs this host coordinates.'),
+    cfg.StrOpt('system_dir',
+               help='LVM_SYSTEM_DIR for LVM commands (its lvm.conf should '
+                    'filter devices to the shared LU).'),
+    cfg.StrOpt('activation_backend', default='auto',
+               choices=['auto', 'lvm', 'loop'],
+               help='lvm: lvchange + dmsetup (production). loop: loop '
+                    'devices over LV extents, for kernels without '
+                    'device-mapper. auto: lvm if device-mapper exists.'),
+    cfg.StrOpt('loop_dev_dir', default='/run/lvmcoord/dev',
+               help='Where the loop backend links VG/LV device paths.'),
+    cfg.IntOpt('command_timeout', default=120, min=1,
+               help='Seconds before an LVM command is killed.'),
+]
+
+fence_opts = [
+    cfg.StrOpt('action', default='suspend',
+               choices=['suspend', 'deactivate', 'none'],
+               help='How I/O is stopped when the session may be lost: '
+                    'suspend (I/O queues, resumed if the session turns '
+                    'out valid) or deactivate (devices not open).'),
+    cfg.FloatOpt('fraction', default=0.5, min=0.1, max=0.9,
+                 help='Fence once this fraction of the TTL may have passed '
+                      'without a keepalive reaching etcd.'),
+    cfg.FloatOpt('interval', default=0.5, min=0.05,
+                 help='Seconds between the fencer\'s own session checks.'),
+    cfg.BoolOpt('on_stop', default=True,
+                help='Fence active LVs when the daemon stops; a restart '
+                     'within the TTL resumes them. Without it, a daemon '
+                     'stopped for longer than TTL + grace leaves LVs '
+                     'active that other hosts may be granted.'),
+]
+
+api_opts = [
+    cfg.StrOpt('socket_path', default='/run/lvmcoord/lvmcoord.sock',
+               help='Unix socket of the local API.'),
+    cfg.StrOpt('socket_group',
+               help='Group allowed to use the socket (besides root).'),
+    cfg.IntOpt('request_workers', default=4, min=1,
+               help='Requests from other hosts run this many at a time.'),
+]
+
+metrics_opts = [
+    cfg.PortOpt('port', default=0,
+                help='Prometheus metrics port; 0 disables.'),
+    cfg.HostAddressOpt('address', default='127.0.0.1',
+                       help='Address the metrics server binds.'),
+]
+
+GROUPS = {'lvm': lvm_opts, 'fence': fence_opts, 'api': api_opts,
+          'metrics': metrics_opts}

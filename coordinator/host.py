@@ -1,0 +1,109 @@
+"""HostContext: the objects one daemon process works with, built from
+configuration after the worker has forked."""
+import logging
+import threading
+import time
+import uuid
+
+from coordinator import activation
+from coordinator import errors
+from coordinator import readiness
+from coordinator.engine import Engine
+from coordinator.lvm import executor
+from coordinator.lvm import mda
+from coordinator.membership import Membership
+from coordinator.ops import Operations
+from coordinator.routing import Router
+
+LOG = logging.getLogger(__name__)
+
+READINESS_TTL = 10.0
+
+
+class HostContext:
+    """Engine, LVM, activation backend, router and operations."""
+
+    def __init__(self, conf, attached=True):
+        self.conf = conf
+        self.engine = Engine.from_conf(conf, attached=attached)
+        self.etcd, self.keys = self.engine.etcd, self.engine.keys
+        backend = conf.lvm.activation_backend
+        if backend == 'auto':
+            backend = 'lvm' if activation.has_device_mapper() else 'loop'
+        self.lvm = executor.LVM(system_dir=conf.lvm.system_dir,
+                                timeout=conf.lvm.command_timeout,
+                                activation=backend == 'lvm')
+        self.backend = activation.load(backend, self.lvm,
+                                       conf.session.state_dir,
+                                       conf.lvm.loop_dev_dir)
+        self.router = Router(self.etcd, self.keys, self.engine.session)
+        self.membership = Membership(self.etcd, self.keys, conf.host,
+                                     conf.session.ttl)
+        self._pv_cache = {}
+        self._ready = (0.0, None)
+        self._mutex = threading.Lock()
+        self.ops = Operations(self.engine, self.lvm, self.backend,
+                              self.router, conf.lvm.volume_groups,
+                              self.read_seqno, self.readiness,
+                              self.membership.members, self.emit)
+
+    def read_seqno(self, vg, fresh=False):
+        """The VG's committed seqno, read from a PV's metadata area."""
+        if fresh or vg not in self._pv_cache:
+            pvs = self.lvm.pvs(vg)
+            if not pvs:
+                raise errors.LVMError(f'no PV of {vg} visible here',
+                                      kind='not-found')
+            self._pv_cache[vg] = [p['name'] for p in pvs]
+        for device in self._pv_cache[vg]:
+            try:
+                return mda.read(device).seqno
+            except errors.LVMError:
+                continue
+        return self.lvm.vg(vg)['seqno']
+
+    def readiness(self, fresh=False):
+        """This host's view of the shared VGs (cached for a few seconds)."""
+        with self._mutex:
+            at, view = self._ready
+            if view is None or fresh or time.monotonic() - at > \
+                    READINESS_TTL:
+                view = readiness.view(self.lvm, self.conf.lvm.volume_groups,
+                                      self.known_uuids(), self.versions())
+                self._ready = (time.monotonic(), view)
+            return view
+
+    def known_uuids(self):
+        """VG UUIDs as first recorded in etcd by any host."""
+        out = {}
+        for vg in self.conf.lvm.volume_groups:
+            kv = self.etcd.get(f'{self.keys.vgs()}{vg}/uuid')
+            if kv:
+                out[vg] = kv.value
+        return out
+
+    def record_uuids(self, view):
+        """First host to see a VG records its UUID for the others."""
+        from coordinator import etcd as etcdlib
+        for vg, entry in view['vgs'].items():
+            key = f'{self.keys.vgs()}{vg}/uuid'
+            self.etcd.txn([etcdlib.cmp_create(key, 0)],
+                          [etcdlib.op_put(key, entry['uuid'])])
+
+    def versions(self):
+        try:
+            etcd_version = self.etcd.status().get('version')
+        except errors.CoordError:
+            etcd_version = None
+        return {'lvm': self.lvm.version(), 'etcd': etcd_version,
+                'backend': self.backend.name}
+
+    def emit(self, kind, **fields):
+        """Publish an event (fence, alert...) for `lvmcoord events`."""
+        key = f'{self.keys.events()}{time.time():.6f}-{uuid.uuid4().hex[:6]}'
+        try:
+            self.etcd.put(key, dict(fields, kind=kind, host=self.conf.host,
+                                    at=time.time()),
+                          lease=self.engine.session.id)
+        except errors.CoordError as exc:
+            LOG.warning('event %s not published: %s', kind, exc)

@@ -1,0 +1,250 @@
+"""Operations: what the local API and routed requests do on this host.
+
+Metadata changes run under the VG lock with the seqno discipline
+(MetadataGuard); activations take an activation lease first and never the
+VG lock; anything that must happen on another host is routed to that
+host's daemon, which takes the lease itself.
+"""
+import logging
+import time
+
+from coordinator import errors
+from coordinator import metrics
+from coordinator import modes
+
+LOG = logging.getLogger(__name__)
+
+MULTIATTACH_TAG = 'lvmcoord_multiattach'
+
+
+class Operations:
+    """Every operation of the daemon, for one host."""
+
+    def __init__(self, engine, lvm, backend, router, vgs, read_seqno,
+                 readiness=None, members=None, events=None):
+        self.engine = engine
+        self.host = engine.host
+        self.leases = engine.leases
+        self.lvm = lvm
+        self.backend = backend
+        self.router = router
+        self.vgs = set(vgs)
+        self.read_seqno = read_seqno
+        self.guard = engine.guard(read_seqno, on_alert=self._alert)
+        # readiness() -> this host's view; members() -> {host: view}.
+        self.readiness = readiness or (lambda: {})
+        self.members = members or (lambda: {})
+        self.events = events or (lambda kind, **kw: None)
+
+    def handle(self, op, args):
+        """Dispatch one validated request."""
+        vg = args.get('vg')
+        if vg is not None and vg not in self.vgs:
+            raise errors.InvalidInput(
+                'vg', f'{vg} is not a shared VG managed here '
+                f'({", ".join(sorted(self.vgs))})')
+        return getattr(self, 'op_' + op)(**args)
+
+    def _alert(self, vg, message):
+        self.events('out-of-band-change', vg=vg, message=message)
+
+    def _change(self, vg, op, action):
+        with metrics.LOCK_WAIT.time():
+            return self.guard.change(vg, op, action)
+
+    # -- metadata --
+
+    def op_create(self, vg, lv, size, tags=(), multiattach=False):
+        free = self.lvm.vg(vg)['free']
+        if size > free:
+            raise errors.InvalidInput('size', f'{size} bytes requested, '
+                                      f'{free} free in {vg}')
+        tags = list(tags) + ([MULTIATTACH_TAG] if multiattach else [])
+        self._change(vg, f'lvcreate {vg}/{lv}',
+                     lambda: self.lvm.create_lv(vg, lv, size, tags))
+        return self.op_show(vg, lv)
+
+    def op_delete(self, vg, lv):
+        self.lvm.lv(vg, lv)
+        # Nobody may be granted the LV from the check until it is gone.
+        self.leases.reserve(vg, lv, 'delete')
+        try:
+            self._change(vg, f'lvremove {vg}/{lv}',
+                         lambda: self.lvm.remove_lv(vg, lv))
+        finally:
+            self.leases.unreserve(vg, lv)
+        return {'vg': vg, 'lv': lv, 'deleted': True}
+
+    def op_rename(self, vg, lv, new_name):
+        self.leases.reserve(vg, lv, 'rename')
+        try:
+            self._change(vg, f'lvrename {vg}/{lv} {new_name}',
+                         lambda: self.lvm.rename_lv(vg, lv, new_name))
+        finally:
+            self.leases.unreserve(vg, lv)
+        return self.op_show(vg, new_name)
+
+    def op_tag(self, vg, lv, add=(), remove=()):
+        def action():
+            if add:
+                self.lvm.add_tags(vg, lv, add)
+            if remove:
+                self.lvm.del_tags(vg, lv, remove)
+        self._change(vg, f'lvchange tags {vg}/{lv}', action)
+        return self.op_show(vg, lv)
+
+    def op_extend(self, vg, lv, size):
+        current = self.lvm.lv(vg, lv)['size']
+        if size <= current:
+            raise errors.InvalidInput('size', f'{size} bytes is not larger '
+                                      f'than the current {current}')
+        free = self.lvm.vg(vg)['free']
+        if size - current > free:
+            raise errors.InvalidInput('size', f'{size - current} more bytes '
+                                      f'requested, {free} free in {vg}')
+        self._change(vg, f'lvextend {vg}/{lv}',
+                     lambda: self.lvm.extend_lv(vg, lv, size))
+        # Every host with the LV active maps the new size.
+        refreshed = {}
+        for h in self.leases.holders(vg, lv):
+            if h.alive:
+                refreshed[h.host] = self.op_refresh(vg, lv, h.host)
+        return dict(self.op_show(vg, lv), refreshed=refreshed)
+
+    def op_snapshot(self, vg, lv, name, size):
+        # The origin's device-mapper table lives on the host that has it
+        # active: the snapshot must be taken there.
+        active_on = [h.host for h in self.leases.holders(vg, lv)
+                     if h.alive and h.mode != modes.SHARED]
+        if active_on and self.host not in active_on:
+            return self.router.call(active_on[0], 'snapshot',
+                                    {'vg': vg, 'lv': lv, 'name': name,
+                                     'size': size})
+        self._change(vg, f'lvcreate -s {vg}/{lv} {name}',
+                     lambda: self.lvm.create_snapshot(vg, lv, name, size))
+        return dict(self.op_show(vg, name), taken_on=self.host)
+
+    # -- activation --
+
+    def op_activate(self, vg, lv, host=None, mode=modes.EXCLUSIVE,
+                    instance=None, wait=0.0, read_only=False):
+        if host and host != self.host:
+            return self._route(host, 'activate', vg=vg, lv=lv, mode=mode,
+                               instance=instance, wait=wait,
+                               read_only=read_only)
+        self._check_ready(vg)
+        info = self.lvm.lv(vg, lv)
+        if mode == modes.SHARED and MULTIATTACH_TAG not in info['tags']:
+            raise errors.InvalidInput('mode', f'{vg}/{lv} is not a '
+                                      f'multiattach volume')
+        self._check_fresh(vg)
+        before = {h.host for h in self.leases.holders(vg, lv)}
+        grant = self.leases.grant(vg, lv, mode, instance, wait)
+        try:
+            path = self.backend.activate(vg, lv, read_only)
+        except errors.CoordError:
+            if self.host not in before:
+                self.leases.release(vg, lv)
+            raise
+        metrics.GRANTS.labels(mode=grant.mode).inc()
+        self.events('grant', vg=vg, lv=lv, mode=grant.mode,
+                    token=grant.token)
+        return {'vg': vg, 'lv': lv, 'host': self.host, 'path': path,
+                'mode': grant.mode, 'token': grant.token,
+                'instance': grant.instance}
+
+    def op_deactivate(self, vg, lv, host=None):
+        if host and host != self.host:
+            return self._route(host, 'deactivate', vg=vg, lv=lv)
+        self.backend.deactivate(vg, lv)
+        released = self.leases.release(vg, lv)
+        if released:
+            metrics.RELEASES.inc()
+            self.events('release', vg=vg, lv=lv)
+        return {'vg': vg, 'lv': lv, 'host': self.host, 'released': released}
+
+    def op_refresh(self, vg, lv, host=None):
+        if host and host != self.host:
+            return self._route(host, 'refresh', vg=vg, lv=lv)
+        self._check_fresh(vg)
+        return {'host': self.host, 'size': self.backend.refresh(vg, lv)}
+
+    def _route(self, host, op, **args):
+        # Fail fast on what the target published about itself.
+        view = self.members().get(host) or {}
+        problem = view.get('problems', {}).get(args['vg'])
+        if problem:
+            raise errors.HostUnavailable(
+                f'host {host} cannot use VG {args["vg"]}: {problem}')
+        args = {k: v for k, v in args.items() if v is not None}
+        timeout = 60.0 + float(args.get('wait') or 0)
+        return self.router.call(host, op, args, timeout)
+
+    def _check_ready(self, vg):
+        ready = self.readiness()
+        problem = ready.get('problems', {}).get(vg)
+        if problem:
+            raise errors.HostUnavailable(f'{self.host} cannot use VG {vg}: '
+                                         f'{problem}')
+
+    def _check_fresh(self, vg):
+        # Activating from a stale view could map extents that now belong
+        # to another LV: never act on metadata older than recorded.
+        recorded, _ = self.guard.recorded(vg)
+        if recorded is None:
+            return
+        for attempt in range(4):
+            disk = self.read_seqno(vg, attempt > 0)
+            if disk >= recorded:
+                return
+            time.sleep(0.1 * (attempt + 1))
+        raise errors.SeqnoBehind(f'VG {vg}: seqno {disk} here, {recorded} '
+                                 f'recorded; refusing to act on stale '
+                                 f'metadata')
+
+    # -- reading --
+
+    def op_show(self, vg, lv):
+        info = self.lvm.lv(vg, lv)
+        holders = self.leases.holders(vg, lv)
+        return {'vg': vg, 'lv': lv, 'size': info['size'],
+                'tags': info['tags'], 'uuid': info.get('uuid'),
+                'origin': info.get('origin') or None,
+                'multiattach': MULTIATTACH_TAG in info['tags'],
+                'holders': [dict(h.ledger_entry(), host=h.host,
+                                 alive=h.alive) for h in holders]}
+
+    def op_list(self, vg=None):
+        leases = self.leases.list()
+        out = []
+        for name in sorted([vg] if vg else self.vgs):
+            for info in self.lvm.lvs(name):
+                hs = leases.get((name, info['name']), [])
+                out.append({'vg': name, 'lv': info['name'],
+                            'size': info['size'], 'tags': info['tags'],
+                            'holders': [h.host for h in hs]})
+        return out
+
+    def op_status(self):
+        session = self.engine.session
+        return {'host': self.host, 'session': f'{session.id:x}',
+                'backend': self.backend.name, 'vgs': sorted(self.vgs),
+                'active': [f'{vg}/{lv}' for vg, lv in self.backend.active()],
+                'readiness': self.readiness()}
+
+    def op_drain(self):
+        """Release every LV that is not open here; report the others."""
+        released, kept = [], []
+        active = self.backend.active()
+        for (vg, lv), info in active.items():
+            if info.get('open'):
+                kept.append(f'{vg}/{lv}')
+                continue
+            self.op_deactivate(vg, lv)
+            released.append(f'{vg}/{lv}')
+        # Leases without an active device here are released too.
+        for vg, lv, _ in self.leases.mine():
+            if (vg, lv) not in active:
+                self.leases.release(vg, lv)
+                released.append(f'{vg}/{lv}')
+        return {'released': sorted(set(released)), 'kept_open': kept}

@@ -12,9 +12,11 @@ compute node) behind the same by-path link.
 """
 import configparser
 import getpass
+import grp
 import json
 import os
 from pathlib import Path
+import pwd
 import shlex
 import shutil
 import socket
@@ -395,6 +397,7 @@ function run_process {
     fi
 }
 function stop_process { _record stop_process "$@"; rm -f "$FAKE_SOCKET"; }
+function clean_lvm_filter { _record clean_lvm_filter; }
 '''
 
 # lib/cinder's hook convention: configure_cinder() calls
@@ -703,8 +706,9 @@ def test_lvmcoord_conf(stacked, node, host, creator):
     assert conf['lvm']['activation_backend'] == 'auto'
     assert conf['fence']['action'] == 'suspend'
     assert conf['api']['socket_path'] == str(node.socket)
-    import grp
-    assert conf['api']['socket_group'] == grp.getgrgid(os.getgid()).gr_name
+    # cinder-volume and nova-compute run as the stack user
+    stack_gid = pwd.getpwnam(getpass.getuser()).pw_gid
+    assert conf['api']['socket_group'] == grp.getgrgid(stack_gid).gr_name
 
 
 def test_only_the_controller_creates_lu_pv_and_vg(stacked):
@@ -813,6 +817,27 @@ def test_lvm_conf_block(stacked, node):
     assert VG not in block.split('activation {')[1]
 
 
+def test_lvm_conf_block_parses_with_lvm(stacked, tmp_path):
+    lvmconfig = shutil.which('lvmconfig')
+    if lvmconfig is None:
+        pytest.skip('lvm2 is not installed (make setup installs it)')
+    (tmp_path / 'lvm.conf').write_text(
+        stacked.controller.lvm_conf.read_text())
+    result = subprocess.run(
+        [lvmconfig, 'devices/filter', 'devices/dir',
+         'activation/auto_activation_volume_list'],
+        env=dict(os.environ, LVM_SYSTEM_DIR=str(tmp_path),
+                 LVM_SUPPRESS_FD_WARNINGS='1'),
+        capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        'filter=["a|^%s$|","a|^/dev/vda3$|","r|.*|"]'
+        % stacked.controller.lu_device,
+        'dir="/dev"',
+        'auto_activation_volume_list="controller-root"',
+    ]
+
+
 def test_volume_type_and_tempest(stacked):
     creates = argvs(stacked.commands('controller'), 'openstack')
     assert creates[-1] == [
@@ -875,6 +900,7 @@ def test_unstack_and_clean_undo_everything(fresh_stacked):
     check(stacked.compute.unstack())
     done = stacked.commands('compute1', since=mark)
     assert argvs(done, 'stop_process') == [['stop_process', 'lvmcoord']]
+    assert argvs(done, 'clean_lvm_filter') == [['clean_lvm_filter']]
     assert ['iscsiadm', '-m', 'node', '-T', IQN, '-p', PORTAL,
             '--logout'] in argvs(done, 'iscsiadm')
     assert ['iscsiadm', '-m', 'node', '-T', IQN, '-p', PORTAL,

@@ -1,0 +1,1 @@
+"""Tempest plugin for lvmcoord: multi-node tests on the shared VG."""

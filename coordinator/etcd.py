@@ -329,9 +329,9 @@ class Etcd:
         resp = self._post('/lease/keepalive', {'ID': lease_id}, window)
         return int(resp.get('result', {}).get('TTL', -1))
 
-    def lease_ttl(self, lease_id):
+    def lease_ttl(self, lease_id, window=None):
         """Seconds left on a lease, -1 if it does not exist."""
-        resp = self._post('/kv/lease/timetolive', {'ID': lease_id})
+        resp = self._post('/kv/lease/timetolive', {'ID': lease_id}, window)
         return int(resp.get('TTL', -1))
 
     def lease_revoke(self, lease_id):

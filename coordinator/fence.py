@@ -22,11 +22,15 @@ class Fencer:
     """Watches the session deadline and fences active LVs in time."""
 
     def __init__(self, probe, backend, ttl, fraction=0.5, action='suspend',
-                 on_event=None, clock=time.monotonic):
-        # probe() -> seconds left on our session lease (-1: it is gone);
+                 on_event=None, clock=time.monotonic, lease=0, resume=None):
+        # probe(lease) -> seconds left on that lease (-1: it is gone);
         # raises EtcdUnavailable when etcd cannot be asked.
         self.probe = probe
+        self.lease = lease
         self.backend = backend
+        # resume(vg, lv) must prove the LV is still ours before undoing
+        # the fence (see FenceWorker); by default it just resumes.
+        self.resume = resume or backend.resume
         self.margin = (1.0 - fraction) * ttl
         self.action = action
         self.on_event = on_event or (lambda kind, **kw: None)
@@ -38,8 +42,10 @@ class Fencer:
     def tick(self):
         """Probe once and act; returns the state."""
         sent = self.clock()
+        if self.state == LOST:
+            return self.state
         try:
-            left = self.probe()
+            left = self.probe(self.lease)
         except errors.EtcdUnavailable as exc:
             LOG.warning('fencer: etcd unreachable (%s)', exc)
             left = None
@@ -62,13 +68,11 @@ class Fencer:
             self.state = OK
         return self.state
 
-    def adopt(self, lvs):
-        """After a loss, LVs taken care of elsewhere are no longer ours."""
-        self.fenced = [x for x in self.fenced if x not in lvs]
-
-    def reset(self):
-        """A new session is open: start watching it afresh."""
-        self.state, self.deadline = OK, None
+    def rearm(self, lease):
+        """After a loss: watch the new session; LVs fenced so far stay
+        fenced until it is confirmed and ``resume`` accepts them."""
+        self.lease, self.deadline = lease, None
+        self.state = FENCED if self.fenced else OK
 
     def _fence(self, why):
         if self.action == 'none':
@@ -94,7 +98,7 @@ class Fencer:
         active = self.backend.active()
         for vg, lv in self.fenced:
             if (vg, lv) in active:
-                self.backend.resume(vg, lv)
+                self.resume(vg, lv)
         LOG.warning('fencer: session confirmed valid again; resumed %s',
                     self.fenced)
         self.on_event('resumed', lvs=list(self.fenced))

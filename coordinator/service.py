@@ -14,6 +14,7 @@ import threading
 import cotyledon
 
 from coordinator import errors
+from coordinator import etcd as etcdlib
 from coordinator import fence
 from coordinator import metrics
 from coordinator.api.server import APIServer
@@ -121,10 +122,12 @@ class FenceWorker(_Worker):
     def work(self):
         ctx = self.ctx
         session = ctx.engine.session
-
-        def probe():
-            lease = session.id
-            return ctx.etcd.lease_ttl(lease) if lease else -1
+        # Its own client: one short attempt per tick, so a partition can
+        # never hold the fencer past its deadline.
+        e = self.conf.etcd
+        quick = etcdlib.Etcd(e.endpoints, e.ca_file, e.cert_file, e.key_file,
+                             timeout=min(e.timeout, self.conf.fence.interval),
+                             retry_window=0)
 
         def on_event(kind, **fields):
             if kind == 'fenced':
@@ -133,37 +136,41 @@ class FenceWorker(_Worker):
                               if k == 'lvs' else val
                               for k, val in fields.items()})
 
-        self.fencer = fence.Fencer(
-            probe, ctx.backend, self.conf.session.ttl,
-            self.conf.fence.fraction, self.conf.fence.action, on_event)
-        # LVs a previous run fenced on stop stay fenced until the session
-        # is confirmed alive again.
-        stale = [k for k, v in ctx.backend.active().items()
-                 if v.get('suspended')]
-        if stale:
-            self.fencer.fenced, self.fencer.state = stale, fence.FENCED
-        lease = session.id
+        fencer = fence.Fencer(
+            lambda lease: quick.lease_ttl(lease) if lease else -1,
+            ctx.backend, self.conf.session.ttl, self.conf.fence.fraction,
+            self.conf.fence.action, on_event, lease=session.id,
+            resume=self._resume_if_ours)
+        # LVs a previous run fenced (on stop, or before a crash) stay
+        # fenced until their leases are proven ours again.
+        fencer.fenced = [k for k, v in ctx.backend.active().items()
+                         if v.get('suspended')]
+        fencer.rearm(session.id)
         while not self.stopping.wait(self.conf.fence.interval):
-            state = self.fencer.tick()
-            if state == fence.LOST and session.id not in (0, lease):
-                self._recover()
-                lease = session.id
+            if fencer.tick() == fence.LOST and \
+                    session.id not in (0, fencer.lease):
+                fencer.rearm(session.id)
 
-    def _recover(self):
-        """After a new session: take back fenced LVs nobody else took;
-        deactivate the ones another host now holds."""
-        ops = self.ctx.ops
-        for vg, lv in list(self.fencer.fenced):
+    def _resume_if_ours(self, vg, lv):
+        """Resume a fenced LV only under a lease held by our current
+        session; re-take it if nobody else did, else drop the device."""
+        ctx = self.ctx
+        me = ctx.engine.session
+        holders = ctx.engine.leases.holders(vg, lv)
+        mine = next((h for h in holders if h.host == me.host), None)
+        if not (mine and mine.alive and mine.session == me.id):
             try:
-                ops.leases.grant(vg, lv)
-                self.ctx.backend.resume(vg, lv)
-                LOG.warning('recovered %s/%s under the new session', vg, lv)
+                ctx.engine.leases.grant(vg, lv, mine.mode if mine else
+                                        'exclusive',
+                                        mine.instance if mine else None)
             except errors.LeaseConflict as exc:
-                LOG.error('%s/%s was taken over (%s); deactivating the '
-                          'stale device here', vg, lv, exc)
-                self.ctx.backend.deactivate(vg, lv)
-        self.fencer.adopt(self.fencer.fenced)
-        self.fencer.reset()
+                LOG.error('%s/%s was taken over (%s); removing the stale '
+                          'device here', vg, lv, exc)
+                ctx.backend.deactivate(vg, lv)
+                ctx.emit('stale-device-removed', vg=vg, lv=lv)
+                return
+        ctx.backend.resume(vg, lv)
+        LOG.warning('resumed %s/%s under session %x', vg, lv, me.id)
 
     def terminate(self):
         super().terminate()

@@ -36,15 +36,18 @@ def make(answers, lvs=(('vg', 'a'), ('vg', 'b')), **kw):
     clock = Clock()
     backend = FakeBackend(lvs)
 
-    def probe():
+    def probe(lease):
+        asked.append(lease)
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    events = []
+    events, asked = [], []
     f = fence.Fencer(probe, backend, ttl=10, fraction=0.5, clock=clock,
-                     on_event=lambda kind, **kw: events.append(kind), **kw)
+                     on_event=lambda kind, **kw: events.append(kind),
+                     lease=7, **kw)
+    f.asked = asked
     return f, backend, clock, events
 
 
@@ -88,13 +91,22 @@ def test_dying_keepalive_fences_even_with_etcd_reachable():
     assert len(backend.calls) == 2
 
 
-def test_expired_session_stays_fenced():
-    f, backend, clock, events = make([10, -1, 10])
+def test_expired_session_stays_fenced_until_rearmed():
+    checked = []
+    f, backend, clock, events = make(
+        [10, -1, 10], resume=lambda vg, lv: checked.append((vg, lv)))
     f.tick()
     assert f.tick() == fence.LOST
-    assert f.tick() == fence.LOST
+    assert f.tick() == fence.LOST        # no probe: the lease is gone
     assert [c[0] for c in backend.calls] == ['suspend', 'suspend']
     assert events == ['fenced', 'session-lost']
+    # A new session never resumes by itself: resume() decides per LV.
+    f.rearm(8)
+    assert f.state == fence.FENCED
+    assert f.tick() == fence.OK
+    assert f.asked == [7, 7, 8]
+    assert checked == [('vg', 'a'), ('vg', 'b')]
+    assert ('resume', 'vg', 'a') not in backend.calls
 
 
 def test_deactivate_action_spares_open_devices():

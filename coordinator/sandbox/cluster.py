@@ -1,0 +1,71 @@
+"""Cluster: private etcd + loop-backed shared VG + one daemon per host."""
+import contextlib
+import os
+import tempfile
+
+from coordinator.sandbox.daemons import Daemon
+from coordinator.sandbox.etcd import EtcdCluster
+from coordinator.sandbox.lvm import SharedVG
+
+
+class Cluster:
+    """Everything started here is stopped by close(), whatever happened."""
+
+    def __init__(self, hosts=('volume-1', 'compute-1', 'compute-2'),
+                 ttl=10, grace=3.0, vg_size=2 << 30, etcd_members=1,
+                 endpoints_for=None, **daemon_opts):
+        self.names = list(hosts)
+        self.ttl, self.grace = ttl, grace
+        self.vg_size = vg_size
+        self.etcd_members = etcd_members
+        # endpoints_for(host, endpoints) lets a test put a proxy between
+        # one daemon and etcd.
+        self.endpoints_for = endpoints_for or (lambda host, eps: eps)
+        self.daemon_opts = daemon_opts
+        self.stack = contextlib.ExitStack()
+        self.dir = None
+        self.daemons = {}
+
+    def start(self):
+        try:
+            self.dir = tempfile.mkdtemp(prefix='lvmcoord-cluster-')
+            self.stack.callback(_rmtree, self.dir)
+            self.etcd = self.stack.enter_context(
+                EtcdCluster(self.etcd_members))
+            self.vg = self.stack.enter_context(
+                SharedVG(hosts=len(self.names), size=self.vg_size))
+            for name, sim in zip(self.names, self.vg.hosts, strict=True):
+                d = Daemon(name, os.path.join(self.dir, name),
+                           self.endpoints_for(name, self.etcd.endpoints),
+                           self.vg.vg, sim.system_dir, ttl=self.ttl,
+                           grace=self.grace, **self.daemon_opts)
+                self.stack.callback(d.stop)
+                self.daemons[name] = d.start(wait=False)
+            for d in self.daemons.values():
+                d.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __getitem__(self, host):
+        return self.daemons[host]
+
+    def restart(self, host):
+        """Start a stopped or killed daemon again (same state dir)."""
+        d = self.daemons[host]
+        return d.start()
+
+    def close(self):
+        self.stack.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _rmtree(path):
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)

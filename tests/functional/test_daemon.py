@@ -1,0 +1,184 @@
+"""lvmcoordd processes on a real etcd and a real loop-backed shared VG."""
+import concurrent.futures
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from coordinator import errors
+from coordinator.sandbox.cluster import Cluster
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope='module')
+def cluster():
+    with Cluster(ttl=4, grace=1.0) as c:
+        yield c
+
+
+def write_block(path, data, offset=0):
+    fd = os.open(path, os.O_WRONLY | os.O_SYNC)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def read_block(path, size, offset=0):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        import mmap
+        buf = mmap.mmap(-1, max(size, 4096))
+        os.preadv(fd, [buf], offset)
+        return bytes(buf[:size])
+    finally:
+        os.close(fd)
+
+
+def test_concurrent_creates_from_two_hosts_lose_nothing(cluster):
+    vg = cluster.vg.vg
+    jobs = [(host, f'cc-{host}-{i}') for i in range(10)
+            for host in ('volume-1', 'compute-1')]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda j: cluster[j[0]].client.call(
+            'create', vg=vg, lv=j[1], size=4 * MiB), jobs))
+    names = {x['lv'] for x in cluster['compute-2'].client.call('list',
+                                                               vg=vg)}
+    assert {lv for _, lv in jobs} <= names
+    # The seqno recorded in etcd is the one on disk.
+    lvm = cluster.vg.hosts[2].lvm
+    out = cluster['volume-1'].client.call('status')
+    assert out['readiness']['vgs'][vg]['uuid'] == lvm.vg(vg)['uuid']
+
+
+def test_attach_refuse_migrate_and_read_back(cluster):
+    vg = cluster.vg.vg
+    v1, c1, c2 = (cluster[h].client for h in
+                  ('volume-1', 'compute-1', 'compute-2'))
+    v1.call('create', vg=vg, lv='vol-a', size=8 * MiB)
+    # The volume host asks compute-1's daemon to take the lease.
+    got = v1.call('activate', vg=vg, lv='vol-a', host='compute-1',
+                  instance='inst-1')
+    assert got['host'] == 'compute-1' and got['mode'] == 'exclusive'
+    assert stat.S_ISBLK(os.stat(got['path']).st_mode)
+    payload = os.urandom(4096)
+    write_block(got['path'], payload, 4096)
+    with pytest.raises(errors.LeaseConflict, match='held by compute-1'):
+        c2.call('activate', vg=vg, lv='vol-a', instance='inst-2')
+    # Live migration: same instance on the destination.
+    dst = v1.call('activate', vg=vg, lv='vol-a', host='compute-2',
+                  mode='migration', instance='inst-1')
+    assert dst['mode'] == 'migration'
+    shown = v1.call('show', vg=vg, lv='vol-a')
+    assert {(h['host'], h['mode']) for h in shown['holders']} == \
+        {('compute-1', 'migration'), ('compute-2', 'migration')}
+    with pytest.raises(errors.LeaseConflict):
+        v1.call('activate', vg=vg, lv='vol-a', host='volume-1',
+                mode='migration', instance='inst-1')
+    c1.call('deactivate', vg=vg, lv='vol-a')
+    assert not os.path.exists(got['path'])
+    shown = v1.call('show', vg=vg, lv='vol-a')
+    assert [(h['host'], h['mode']) for h in shown['holders']] == \
+        [('compute-2', 'exclusive')]
+    assert read_block(dst['path'], 4096, 4096) == payload
+    # Deleting a leased volume is refused, naming the holder.
+    with pytest.raises(errors.LeaseConflict, match='compute-2'):
+        v1.call('delete', vg=vg, lv='vol-a')
+    c2.call('deactivate', vg=vg, lv='vol-a')
+    v1.call('delete', vg=vg, lv='vol-a')
+    assert 'vol-a' not in {x['lv'] for x in v1.call('list', vg=vg)}
+
+
+def test_request_to_unknown_host_fails_at_once(cluster):
+    vg = cluster.vg.vg
+    v1 = cluster['volume-1'].client
+    v1.call('create', vg=vg, lv='vol-x', size=4 * MiB)
+    t0 = time.monotonic()
+    with pytest.raises(errors.HostUnavailable, match='compute-9'):
+        v1.call('activate', vg=vg, lv='vol-x', host='compute-9')
+    assert time.monotonic() - t0 < 5
+
+
+def test_extend_refreshes_holder(cluster):
+    vg = cluster.vg.vg
+    v1, c1 = cluster['volume-1'].client, cluster['compute-1'].client
+    # Last LV in the VG: the loop backend can grow it in place.
+    v1.call('create', vg=vg, lv='vol-grow', size=4 * MiB)
+    got = c1.call('activate', vg=vg, lv='vol-grow')
+    out = v1.call('extend', vg=vg, lv='vol-grow', size=12 * MiB)
+    assert out['size'] == 12 * MiB
+    assert out['refreshed']['compute-1']['size'] == 12 * MiB
+    fd = os.open(got['path'], os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_END) == 12 * MiB
+    finally:
+        os.close(fd)
+    c1.call('deactivate', vg=vg, lv='vol-grow')
+
+
+def test_snapshot_is_taken_on_the_holder_host(cluster):
+    vg = cluster.vg.vg
+    v1, c2 = cluster['volume-1'].client, cluster['compute-2'].client
+    v1.call('create', vg=vg, lv='vol-snap', size=4 * MiB)
+    c2.call('activate', vg=vg, lv='vol-snap')
+    snap = v1.call('snapshot', vg=vg, lv='vol-snap', name='vol-snap-s1',
+                   size=4 * MiB)
+    assert snap['taken_on'] == 'compute-2'
+    assert snap['origin'] == 'vol-snap'
+    c2.call('deactivate', vg=vg, lv='vol-snap')
+
+
+def test_bad_input_is_refused_and_changes_nothing(cluster):
+    vg = cluster.vg.vg
+    v1 = cluster['volume-1'].client
+    before = cluster.vg.hosts[0].lvm.vg(vg)['seqno']
+    cases = [
+        ({'vg': vg, 'lv': '../etc', 'size': MiB}, 'lv'),
+        ({'vg': vg, 'lv': '-rf', 'size': MiB}, 'lv'),
+        ({'vg': vg, 'lv': 'ok', 'size': -5}, 'size'),
+        ({'vg': vg, 'lv': 'ok', 'size': 1 << 50}, 'size'),
+        ({'vg': 'other_vg', 'lv': 'ok', 'size': MiB}, 'vg'),
+        ({'vg': vg, 'lv': 'ok', 'size': MiB, 'bogus': 1}, 'bogus'),
+    ]
+    for args, field in cases:
+        with pytest.raises(errors.InvalidInput) as exc:
+            v1.call('create', **args)
+        assert exc.value.field == field, (args, str(exc.value))
+    assert cluster.vg.hosts[0].lvm.vg(vg)['seqno'] == before
+
+
+def test_killed_daemon_restarts_into_same_session(tmp_path):
+    with Cluster(hosts=('compute-1', 'compute-2'), ttl=4, grace=1.0) as c:
+        vg = c.vg.vg
+        c1, c2 = c['compute-1'], c['compute-2']
+        c1.client.call('create', vg=vg, lv='vol-r', size=4 * MiB)
+        got = c1.client.call('activate', vg=vg, lv='vol-r',
+                             instance='i1')
+        session = c1.client.call('status')['session']
+        result = {}
+
+        def contend():
+            try:
+                result['got'] = c2.client.call(
+                    'activate', vg=vg, lv='vol-r', instance='i2', wait=12)
+            except errors.CoordError as exc:
+                result['error'] = exc
+
+        t = threading.Thread(target=contend)
+        t.start()
+        time.sleep(0.5)
+        c1.kill()                  # -9, every process of the daemon
+        c1.proc.wait()
+        time.sleep(1.0)
+        c.restart('compute-1')
+        assert c1.client.call('status')['session'] == session
+        again = c1.client.call('activate', vg=vg, lv='vol-r',
+                               instance='i1')
+        assert again['token'] == got['token']
+        t.join()
+        assert 'got' not in result, 'contender got in during the restart'
+        assert isinstance(result['error'], errors.LeaseConflict)
+        assert 'compute-1' in str(result['error'])

@@ -1,12 +1,12 @@
 """Fencer: stop this host's I/O on shared LVs before its session can expire.
 
-The fencer does not trust the keepalive worker: it asks etcd itself how
-long the session lease has left. Etcd cannot expire the lease before
-``sent + remaining`` (``sent`` being when the question left), so fencing at
-``sent + remaining - margin`` leaves ``margin`` seconds ((1 - fraction) of
-the TTL) between our I/O stopping and the lease expiring; other hosts wait
-a further grace period on top. If etcd cannot be reached, the last answer's
-deadline still stands.
+etcd cannot expire the session lease before ``sent + TTL``, ``sent`` being
+when the last successful keepalive left this host. Fencing at ``sent +
+fraction * TTL`` leaves ``(1 - fraction) * TTL`` between our I/O stopping
+and the lease expiring; other hosts wait a further grace period on top.
+The deadline needs no etcd answer, so a partition cannot delay it; etcd is
+asked only whether the lease still exists, to tell a lost session (stay
+fenced) from a recovered one (resume).
 """
 import logging
 import time
@@ -21,17 +21,20 @@ OK, FENCED, LOST = 'ok', 'fenced', 'lost'
 class Fencer:
     """Watches the session deadline and fences active LVs in time."""
 
-    def __init__(self, probe, backend, ttl, fraction=0.5, action='suspend',
-                 on_event=None, clock=time.monotonic, lease=0, resume=None):
-        # probe(lease) -> seconds left on that lease (-1: it is gone);
-        # raises EtcdUnavailable when etcd cannot be asked.
+    def __init__(self, last_keepalive, probe, backend, ttl, fraction=0.5,
+                 action='suspend', on_event=None, clock=time.monotonic,
+                 lease=0, resume=None):
+        # last_keepalive() -> when the last good keepalive was sent, on
+        # ``clock`` (0: never); probe(lease) -> seconds left on that lease,
+        # -1 if it is gone; raises EtcdUnavailable when etcd is unreachable.
+        self.last_keepalive = last_keepalive
         self.probe = probe
         self.lease = lease
+        self.window = fraction * ttl
         self.backend = backend
         # resume(vg, lv) must prove the LV is still ours before undoing
         # the fence (see FenceWorker); by default it just resumes.
         self.resume = resume or backend.resume
-        self.margin = (1.0 - fraction) * ttl
         self.action = action
         self.on_event = on_event or (lambda kind, **kw: None)
         self.clock = clock
@@ -41,7 +44,6 @@ class Fencer:
 
     def tick(self):
         """Probe once and act; returns the state."""
-        sent = self.clock()
         if self.state == LOST:
             return self.state
         try:
@@ -50,20 +52,16 @@ class Fencer:
             LOG.warning('fencer: etcd unreachable (%s)', exc)
             left = None
         if left is not None and left < 0:
-            if self.state != LOST:
-                self._fence('session expired')
-                self.state = LOST
-                self.on_event('session-lost', lvs=self.fenced)
+            self._fence('session expired')
+            self.state = LOST
+            self.on_event('session-lost', lvs=list(self.fenced))
             return self.state
-        if left is not None:
-            self.deadline = sent + left - self.margin
-        if self.deadline is None:
-            self.deadline = sent
+        self.deadline = self.last_keepalive() + self.window
         if self.clock() >= self.deadline:
             if self.state == OK:
                 self._fence('session deadline reached')
                 self.state = FENCED
-        elif self.state == FENCED:
+        elif self.state == FENCED and left is not None:
             self._unfence()
             self.state = OK
         return self.state

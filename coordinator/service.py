@@ -137,6 +137,7 @@ class FenceWorker(_Worker):
                               for k, val in fields.items()})
 
         fencer = fence.Fencer(
+            lambda: session.last_ok,
             lambda lease: quick.lease_ttl(lease) if lease else -1,
             ctx.backend, self.conf.session.ttl, self.conf.fence.fraction,
             self.conf.fence.action, on_event, lease=session.id,

@@ -56,6 +56,7 @@ class Session:
                      self.host, self.ttl)
         self.id, self.lost, self.last_ok = lease_id, False, sent
         self._save()
+        self._beat(sent)
         self.etcd.put(self.keys.session(self.host),
                       {'host': self.host, 'lease': lease_id,
                        'pid': os.getpid(), 'ttl': self.ttl,
@@ -105,14 +106,15 @@ class Session:
             os.fsync(f.fileno())
         os.replace(tmp, self.state_file)
 
-    def _touch(self):
-        # Other processes of the daemon read the session's health from the
-        # state file's mtime (see AttachedSession).
+    def _beat(self, sent):
+        # Other processes of the daemon (the fencer above all) read when
+        # the last good keepalive was sent: CLOCK_MONOTONIC is one clock
+        # for every process of the host.
         if self.state_file:
-            try:
-                os.utime(self.state_file)
-            except OSError:
-                pass
+            tmp = self.state_file + '.beat.tmp'
+            with open(tmp, 'w') as f:
+                f.write(repr(sent))
+            os.replace(tmp, self.state_file + '.beat')
 
     def _forget(self):
         if self.state_file:
@@ -142,7 +144,7 @@ class Session:
                 continue
             self.last_ok = sent
             self.keepalive_rtt = time.monotonic() - sent
-            self._touch()
+            self._beat(sent)
             self._stop.wait(self.interval)
 
     def _mark_lost(self):
@@ -198,19 +200,27 @@ class AttachedSession:
     def _state(self):
         try:
             with open(self.state_file) as f:
-                state = json.load(f)
-            return state, os.stat(self.state_file).st_mtime
+                return json.load(f)
         except (OSError, ValueError):
-            return None, 0.0
+            return None
 
     @property
     def id(self):
-        state, _ = self._state()
+        state = self._state()
         return int(state['lease']) if state else 0
 
     @property
     def lost(self):
         return self.id == 0
+
+    @property
+    def last_ok(self):
+        """Monotonic time the last good keepalive was sent (0: unknown)."""
+        try:
+            with open(self.state_file + '.beat') as f:
+                return float(f.read())
+        except (OSError, ValueError):
+            return 0.0
 
     def wait_open(self, timeout=60.0):
         """Block until the keepalive worker has opened the session."""
@@ -224,8 +234,8 @@ class AttachedSession:
 
     def silent_for(self):
         """Seconds since the keepalive worker last reached etcd."""
-        _, mtime = self._state()
-        return max(0.0, time.time() - mtime) if mtime else float('inf')
+        last = self.last_ok
+        return time.monotonic() - last if last else float('inf')
 
     def check(self):
         """Raise SessionLost unless the session is believed alive."""

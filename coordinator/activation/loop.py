@@ -102,6 +102,9 @@ class LoopBackend(base.Backend):
             args = ['losetup', '-f', '--show', '--offset', str(offset),
                     '--sizelimit', str(size)]
             loop = _run(*(args + (['-r'] if read_only else []) + [device]))
+            # The kernel keeps a minor's read-only flag across detach and
+            # attach: set it explicitly, never inherit a past fence.
+            _run('blockdev', '--setro' if read_only else '--setrw', loop)
             link = self._link(vg, lv)
             os.makedirs(os.path.dirname(link), exist_ok=True)
             if os.path.lexists(link):
@@ -117,6 +120,7 @@ class LoopBackend(base.Backend):
             state = self._load()
             entry = state.pop(f'{vg}/{lv}', None)
             if entry:
+                _run('blockdev', '--setrw', entry['loop'])
                 _run('losetup', '-d', entry['loop'])
                 if os.path.lexists(entry['path']):
                     os.unlink(entry['path'])

@@ -1,6 +1,7 @@
 """Cluster: private etcd + loop-backed shared VG + one daemon per host."""
 import contextlib
 import os
+import subprocess
 import tempfile
 
 from coordinator.sandbox.daemons import Daemon
@@ -34,6 +35,9 @@ class Cluster:
                 EtcdCluster(self.etcd_members))
             self.vg = self.stack.enter_context(
                 SharedVG(hosts=len(self.names), size=self.vg_size))
+            # Runs after the daemons stop: LV devices they left active
+            # (a stopped daemon keeps them, on purpose) sit on our PV.
+            self.stack.callback(detach_stacked, self.vg.device)
             for name, sim in zip(self.names, self.vg.hosts, strict=True):
                 d = Daemon(name, os.path.join(self.dir, name),
                            self.endpoints_for(name, self.etcd.endpoints),
@@ -64,6 +68,14 @@ class Cluster:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def detach_stacked(device):
+    """Detach every loop device whose backing device is ``device``."""
+    out = subprocess.run(['losetup', '-j', device, '-O', 'NAME', '-n'],
+                         capture_output=True, text=True, check=False)
+    for loop in out.stdout.split():
+        subprocess.run(['losetup', '-d', loop], check=False)
 
 
 def _rmtree(path):

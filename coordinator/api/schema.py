@@ -81,16 +81,22 @@ OPS = {
 }
 
 
+def _quoted(name):
+    # An unknown name is the caller's text: shown quoted and cut short, so
+    # an empty or unprintable one still reads as a field name.
+    return repr(name[:40])
+
+
 def validate(request):
     """(op, args) of a well-formed request, or InvalidInput."""
     if not isinstance(request, dict):
         raise errors.InvalidInput('request', 'must be a JSON object')
     extra = set(request) - {'op', 'args'}
     if extra:
-        raise errors.InvalidInput(sorted(extra)[0], 'unknown field')
+        raise errors.InvalidInput(_quoted(sorted(extra)[0]), 'unknown field')
     op = request.get('op')
     if not isinstance(op, str) or op not in OPS:
-        raise errors.InvalidInput('op', f'unknown operation {op!r}')
+        raise errors.InvalidInput('op', f'unknown operation {op!r:.60}')
     args = request.get('args', {})
     if not isinstance(args, dict):
         raise errors.InvalidInput('args', 'must be a JSON object')
@@ -98,7 +104,8 @@ def validate(request):
     known = dict(required + optional)
     for field in args:
         if field not in known:
-            raise errors.InvalidInput(field, f'unknown field for {op}')
+            raise errors.InvalidInput(_quoted(field),
+                                      f'unknown field for {op}')
     out = {}
     for field, check in required:
         if field not in args:

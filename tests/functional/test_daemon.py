@@ -153,7 +153,7 @@ def test_bad_input_is_refused_and_changes_nothing(cluster):
         ({'vg': vg, 'lv': 'ok', 'size': -5}, 'size'),
         ({'vg': vg, 'lv': 'ok', 'size': 1 << 50}, 'size'),
         ({'vg': 'other_vg', 'lv': 'ok', 'size': MiB}, 'vg'),
-        ({'vg': vg, 'lv': 'ok', 'size': MiB, 'bogus': 1}, 'bogus'),
+        ({'vg': vg, 'lv': 'ok', 'size': MiB, 'bogus': 1}, "'bogus'"),
     ]
     for args, field in cases:
         with pytest.raises(errors.InvalidInput) as exc:

@@ -1,0 +1,1 @@
+"""LVM access: name validation, the command executor, metadata reader."""

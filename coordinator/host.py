@@ -1,6 +1,7 @@
 """HostContext: the objects one daemon process works with, built from
 configuration after the worker has forked."""
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -40,6 +41,8 @@ class HostContext:
         self.membership = Membership(self.etcd, self.keys, conf.host,
                                      conf.session.ttl)
         self._pv_cache = {}
+        self._events = queue.Queue()
+        self._publisher = None
         self._ready = (0.0, None)
         self._mutex = threading.Lock()
         self.ops = Operations(self.engine, self.lvm, self.backend,
@@ -99,11 +102,24 @@ class HostContext:
                 'backend': self.backend.name}
 
     def emit(self, kind, **fields):
-        """Publish an event (fence, alert...) for `lvmcoord events`."""
-        key = f'{self.keys.events()}{time.time():.6f}-{uuid.uuid4().hex[:6]}'
-        try:
-            self.etcd.put(key, dict(fields, kind=kind, host=self.conf.host,
-                                    at=time.time()),
-                          lease=self.engine.session.id)
-        except errors.CoordError as exc:
-            LOG.warning('event %s not published: %s', kind, exc)
+        """Publish an event (fence, alert...) for `lvmcoord events`.
+
+        Never blocks: the fencer emits while etcd may be unreachable."""
+        self._events.put(dict(fields, kind=kind, host=self.conf.host,
+                              at=time.time()))
+        with self._mutex:
+            if self._publisher is None:
+                self._publisher = threading.Thread(target=self._publish,
+                                                   daemon=True)
+                self._publisher.start()
+
+    def _publish(self):
+        while True:
+            event = self._events.get()
+            key = f'{self.keys.events()}{event["at"]:.6f}-' \
+                  f'{uuid.uuid4().hex[:6]}'
+            try:
+                self.etcd.put(key, event, lease=self.engine.session.id)
+            except errors.CoordError as exc:
+                LOG.warning('event %s not published: %s', event['kind'],
+                            exc)

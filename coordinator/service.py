@@ -69,6 +69,12 @@ class SessionWorker(_Worker):
                 self.ctx.emit('session-reopened',
                               session=f'{eng.session.id:x}')
             metrics.KEEPALIVE.set(eng.session.keepalive_rtt)
+            for vg in self.conf.lvm.volume_groups:
+                try:
+                    depth = len(eng.vglock(vg).queue())
+                except errors.CoordError:
+                    continue
+                metrics.QUEUE_DEPTH.labels(vg=vg).set(depth)
             self.ctx.membership.heartbeat()
             if ticks % 15 == 0:
                 self.ctx.membership.update(self.ctx.readiness(fresh=True))

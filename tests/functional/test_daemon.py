@@ -194,3 +194,56 @@ def test_killed_daemon_restarts_into_same_session(tmp_path):
         assert 'got' not in result, 'contender got in during the restart'
         assert isinstance(result['error'], errors.LeaseConflict)
         assert 'compute-1' in str(result['error'])
+
+
+def test_metrics_and_drain(tmp_path):
+    import requests
+
+    from coordinator.sandbox.etcd import free_port
+    port = free_port()
+    with Cluster(hosts=('compute-1',), ttl=4, metrics__port=port) as c:
+        vg, d = c.vg.vg, c['compute-1']
+        paths = {}
+        for lv in ('open-one', 'idle-one'):
+            d.client.call('create', vg=vg, lv=lv, size=4 * MiB)
+            paths[lv] = d.client.call('activate', vg=vg, lv=lv)['path']
+        # A VM has open-one open: drain must keep it.
+        held_open = os.open(paths['open-one'], os.O_RDONLY)
+        try:
+            out = d.client.call('drain')
+            assert out['released'] == [f'{vg}/idle-one']
+            assert out['kept_open'] == [f'{vg}/open-one']
+        finally:
+            os.close(held_open)
+        text = requests.get(f'http://127.0.0.1:{port}/metrics',
+                            timeout=5).text
+        assert 'lvmcoord_grants_total{mode="exclusive"} 2.0' in text
+        assert 'lvmcoord_releases_total 1.0' in text
+        assert 'lvmcoord_vg_lock_seconds_count' in text
+
+
+def test_grant_to_host_that_cannot_see_the_vg_fails_fast(tmp_path):
+    with Cluster(hosts=('volume-1', 'compute-1'), ttl=4) as c:
+        vg = c.vg.vg
+        # A third host whose LVM filter hides the shared LU.
+        blind_dir = tmp_path / 'blind-lvm'
+        blind_dir.mkdir()
+        (blind_dir / 'lvm.conf').write_text(
+            'devices { filter = [ "r|.*|" ] global_filter = [ "r|.*|" ] '
+            'use_devicesfile = 0 obtain_device_list_from_udev = 0 }\n'
+            f'global {{ locking_dir = "{blind_dir}" }}\n')
+        from coordinator.sandbox.daemons import Daemon
+        blind = Daemon('compute-9', str(tmp_path / 'compute-9'),
+                       c.etcd.endpoints, vg, str(blind_dir),
+                       cluster='sandbox', ttl=4)
+        try:
+            blind.start()
+            v1 = c['volume-1'].client
+            v1.call('create', vg=vg, lv='vol-blind', size=4 * MiB)
+            with pytest.raises(errors.HostUnavailable) as exc:
+                v1.call('activate', vg=vg, lv='vol-blind', host='compute-9')
+            assert 'compute-9 cannot use VG' in str(exc.value)
+            assert 'not visible' in str(exc.value)
+            assert v1.call('show', vg=vg, lv='vol-blind')['holders'] == []
+        finally:
+            blind.stop()

@@ -1,0 +1,116 @@
+"""Entry point: ``python -m bench.run [--json PATH] [--quick]``.
+
+Starts a private etcd and loop-device LVM, measures the VG lock, its
+hand-off and coordinated lvcreate against baselines taken in the same run,
+prints a table with the targets, and stops and detaches everything it
+started, also on failure or Ctrl-C.
+"""
+import argparse
+import contextlib
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+import bench  # noqa: F401  (quiets the eventlet warning)
+from bench import clients
+from bench import handoff
+from bench import lockbench
+from bench.report import Report
+from coordinator.sandbox.etcd import EtcdCluster
+
+
+def parse_args(argv):
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog='python -m bench.run',
+                                description=__doc__.splitlines()[0])
+    p.add_argument('--json', metavar='PATH',
+                   help='also write the figures as JSON to PATH')
+    p.add_argument('--quick', action='store_true',
+                   help='fewer samples (a smoke run, not for figures)')
+    p.add_argument('--skip-lvm', action='store_true',
+                   help='etcd sections only')
+    p.add_argument('--strict', action='store_true',
+                   help='exit 1 when a target is missed')
+    return p.parse_args(argv)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f'signal {signum}')
+
+
+def measure(args, report, stack, workdir):
+    """Run every section (cleanups go on ``stack``); names of failures."""
+    quick = args.quick
+    print('starting etcd ...', flush=True)
+    cluster = stack.enter_context(EtcdCluster(1))
+    endpoint = cluster.endpoints[0]
+    eng = clients.engine([endpoint], 'bench-holder')
+    stack.callback(eng.close, revoke=True)
+    coord = clients.tooz(endpoint, 'bench-holder')
+    stack.callback(coord.stop)
+    sections = [
+        ('1. uncontended lock', lambda: lockbench.run(
+            report, endpoint, eng, coord, batches=12 if quick else 120,
+            per_batch=5)),
+        ('2. hand-off', lambda: handoff.run(
+            report, endpoint, eng, coord, workdir,
+            samples=20 if quick else 100, tooz_samples=3 if quick else 10)),
+    ]
+    if not args.skip_lvm:
+        sections.append(('3. lvcreate on a shared VG', lambda: _lvm(
+            report, endpoint, stack, quick)))
+    failed = []
+    for name, section in sections:
+        print(f'{name} ...', flush=True)
+        try:
+            section()
+        except Exception:
+            traceback.print_exc()
+            report.note(f'section "{name}" FAILED (traceback above)')
+            failed.append(name)
+    return failed
+
+
+def _lvm(report, endpoint, stack, quick):
+    from bench import lvmbench  # needs LVM and loop devices (root)
+    lvmbench.run(report, [endpoint], stack, quick)
+
+
+def main(argv=None):
+    """Run the bench; 0, 2 if a section failed, 1 if --strict and missed."""
+    args = parse_args(argv)
+    handlers = {sig: signal.getsignal(sig)
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _terminate)
+    report = Report()
+    started = time.monotonic()
+    stack = contextlib.ExitStack()
+    try:
+        workdir = tempfile.mkdtemp(prefix='lvmcoord-bench-')
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        failed = measure(args, report, stack, workdir)
+    finally:
+        # Cleanup must not be cut short by a second Ctrl-C.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            stack.close()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+    report.data['wall_seconds'] = round(time.monotonic() - started, 1)
+    print(f'\nlvmcoord bench ({report.data["wall_seconds"]} s)')
+    print(report.table())
+    if args.json:
+        report.write_json(args.json)
+        print(f'figures written to {args.json}')
+    if failed:
+        return 2
+    return 1 if args.strict and report.misses() else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

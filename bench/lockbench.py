@@ -54,8 +54,10 @@ def run(report, endpoint, eng, coord, batches, per_batch):
                    f'{med:.3f}x median, {p99:.3f}x p99', f'<= {target}x',
                    med <= target)
     report.data['lock']['ratios'] = ratios
-    report.note('lock/put ratios: "engine session" = etcd3gw client built '
-                'with coordinator.etcd.http_session (trust_env off, like '
-                'the engine itself: the like-for-like baseline); "stock" '
-                '= etcd3gw.client() defaults. Verdicts use medians.')
+    report.note('lock/put ratios: "stock" = etcd3gw.client() defaults, the '
+                'issue\'s "raw etcd3gw put"; "engine session" = etcd3gw '
+                'with the engine\'s own lean transport '
+                '(coordinator.etcdhttp): like for like, it counts round '
+                'trips, and a lock cycle is two writes. Verdicts use '
+                'medians.')
 

@@ -21,6 +21,7 @@ from etcd3gw import watch as gw_watch
 import requests
 
 from coordinator import errors
+from coordinator import etcdhttp
 
 LOG = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class Watch:
         url = etcd.endpoint()
         # A private HTTP session: a stream holds its connection for its whole
         # life and must not starve the request pool.
-        client = etcdgw_client(url, etcd.tls, timeout=None)
+        client = etcdgw_client(url, etcd.tls, timeout=None, stream=True)
         client._api_path = etcd.client().api_path
         kwargs = {'start_revision': start_revision}
         if prefix:
@@ -168,8 +169,11 @@ class Watch:
         self.cancel()
 
 
-def http_session(tls):
-    """A requests session for etcd: TLS as configured, no proxies."""
+def http_session(tls, stream=False):
+    """An HTTP session for etcd: TLS as configured, no proxies; the lean
+    one (coordinator.etcdhttp) except for watch streams."""
+    if not stream:
+        return etcdhttp.Session(tls)
     session = requests.Session()
     # etcd must never be reached through an HTTP proxy, and reading the
     # proxy environment costs more than the request itself on loopback.
@@ -181,11 +185,11 @@ def http_session(tls):
     return session
 
 
-def etcdgw_client(url, tls, timeout):
+def etcdgw_client(url, tls, timeout, stream=False):
     """An etcd3gw client for one parsed endpoint URL."""
     return etcd3gw.client(host=url.hostname, port=url.port or 2379,
                           protocol=url.scheme, timeout=timeout,
-                          session=http_session(tls))
+                          session=http_session(tls, stream))
 
 
 class Etcd:

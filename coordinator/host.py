@@ -51,18 +51,21 @@ class HostContext:
                               self.membership.members, self.emit)
 
     def read_seqno(self, vg, fresh=False):
-        """The VG's committed seqno, read from a PV's metadata area."""
-        if fresh or vg not in self._pv_cache:
-            pvs = self.lvm.pvs(vg)
-            if not pvs:
-                raise errors.LVMError(f'no PV of {vg} visible here',
-                                      kind='not-found')
-            self._pv_cache[vg] = [p['name'] for p in pvs]
-        for device in self._pv_cache[vg]:
-            try:
-                return mda.read(device).seqno
-            except errors.LVMError:
-                continue
+        """The VG's committed seqno, read from a PV's metadata area.
+
+        O_DIRECT reads are always fresh; ``fresh`` only matters to the LVM
+        fallback. PV paths are resolved once and again only when the
+        metadata read fails or finds another VG (a path changed)."""
+        for attempt in range(2):
+            if attempt or vg not in self._pv_cache:
+                self._pv_cache[vg] = [p['name'] for p in self.lvm.pvs(vg)]
+            for device in self._pv_cache[vg]:
+                try:
+                    found = mda.read(device)
+                except errors.LVMError:
+                    continue
+                if found.vg_name == vg:
+                    return found.seqno
         return self.lvm.vg(vg)['seqno']
 
     def readiness(self, fresh=False):

@@ -107,11 +107,11 @@ class VGLock:
 
     def _wait_predecessors(self, key, revision, deadline):
         # Wait until no key created before ours remains (etcd waitDeletes).
-        # One read returns our own key and its predecessor: ours missing
-        # means the session expired while we queued.
+        # One read returns our own key and up to two predecessors: ours
+        # missing means the session expired while we queued.
         while True:
             kvs, header = self.etcd.range(
-                self.prefix, prefix=True, last_created=True, limit=2,
+                self.prefix, prefix=True, last_created=True, limit=3,
                 max_create_revision=revision)
             if not kvs or kvs[0].key != key:
                 raise errors.LockLost(
@@ -119,20 +119,29 @@ class VGLock:
                     f'(session expired?)')
             if len(kvs) == 1:
                 return
-            pred = kvs[1]
-            with self.etcd.watch(pred.key, header + 1) as watch:
-                while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise errors.LockTimeout(
-                            f'VG {self.vg} lock not acquired in time; '
-                            f'{self.describe_holder()}')
-                    event = watch.get(min(left, RECHECK))
-                    if event and event[0] == 'DELETE':
-                        break
-                    if event is None and self.etcd.get(pred.key) is None:
-                        break
-                    self.session.check()
+            # No key older than ours can appear later, so when a sole
+            # predecessor goes we are first: no need to read again.
+            if self._await_delete(kvs[1].key, header, deadline) and \
+                    len(kvs) == 2:
+                self.session.check()
+                return
+
+    def _await_delete(self, pred, header, deadline):
+        """True on the predecessor's DELETE event, False if it is found
+        gone by a re-check (the event may have been missed)."""
+        with self.etcd.watch(pred, header + 1) as watch:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.LockTimeout(
+                        f'VG {self.vg} lock not acquired in time; '
+                        f'{self.describe_holder()}')
+                event = watch.get(min(left, RECHECK))
+                if event and event[0] == 'DELETE':
+                    return True
+                if event is None and self.etcd.get(pred) is None:
+                    return False
+                self.session.check()
 
     def holder(self):
         """The current holder's queue entry (KV) or None."""

@@ -24,6 +24,9 @@ class Membership:
         self._callbacks = []
 
     def _connect(self):
+        # tooz takes one endpoint: ask through the engine's fail-over
+        # first, so the URL names one that answers.
+        self.etcd.status()
         url = f'{self.etcd.tooz_url()}&membership_timeout={self.ttl}'
         coord = coordination.get_coordinator(url, self.host.encode())
         coord.start(start_heart=False)

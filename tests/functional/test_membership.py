@@ -50,3 +50,14 @@ def test_member_vanishes_when_heartbeats_stop(etcd_server):
     assert 'volume-1' in a.members()
     a.leave()
     b._close()
+
+
+def test_join_fails_over_past_a_dead_endpoint(etcd_server):
+    from tests.fixtures.etcd import free_port
+    dead = f'http://127.0.0.1:{free_port()}'
+    etcd = etcdlib.Etcd([dead] + etcd_server.endpoints, timeout=1.0)
+    m = Membership(etcd, keyslib.Keys(cluster='mtest'), 'volume-1', ttl=3)
+    m.join({'ok': True})
+    assert m.members() == {'volume-1': {'ok': True}}
+    assert f':{etcd.endpoint().port}' in etcd_server.endpoints[0]
+    m.leave()

@@ -59,7 +59,12 @@ class LeaseTable:
         for host, entry in sorted(ledger.items()):
             key = live.get(host)
             alive = key is not None and key.lease == entry.get('session')
-            token = key.mod_revision if alive else entry.get('token')
+            # A grant learns its token (its txn's revision) only after the
+            # write, so its entry is stored without one; the next ledger
+            # write stores it. Until then the entry came from the last
+            # write: its token is the ledger's mod revision.
+            token = key.mod_revision if alive else \
+                (entry.get('token') or ledger_rev)
             holders.append(modes.Holder(
                 host=host, mode=entry['mode'], instance=entry.get('instance'),
                 token=token, since=entry.get('since', 0.0),

@@ -48,9 +48,13 @@ def test_fence_wait_error_names_the_vanished_holder(etcd_server):
     eps = etcd_server.endpoints
     dying = engine(eps, 'compute-1', ttl=2)
     taker = engine(eps, 'compute-2', grace=30)
-    dying.leases.grant('vg0', 'v1')
+    granted = dying.leases.grant('vg0', 'v1')
     dying.session.close()
     dying.etcd.lease_revoke(dying.session.id)
+    # The dead holder still shows the token of its grant (lease break
+    # needs it).
+    [dead] = taker.leases.holders('vg0', 'v1')
+    assert (dead.alive, dead.token) == (False, granted.token)
     with pytest.raises(errors.LeaseFenceWait) as exc:
         taker.leases.grant('vg0', 'v1')
     assert 'compute-1' in str(exc.value) and 'session ended' in str(exc.value)

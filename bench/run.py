@@ -2,6 +2,7 @@
 
 Starts a private etcd and loop-device LVM, measures the VG lock, its
 hand-off and coordinated lvcreate against baselines taken in the same run,
+and failover with real daemons at default settings;
 prints a table with the targets, and stops and detaches everything it
 started, also on failure or Ctrl-C.
 """
@@ -62,6 +63,7 @@ def measure(args, report, stack, workdir):
     if not args.skip_lvm:
         sections.append(('3. lvcreate on a shared VG', lambda: _lvm(
             report, endpoint, stack, quick)))
+        sections.append(('4. failover', lambda: _failover(report, quick)))
     failed = []
     for name, section in sections:
         print(f'{name} ...', flush=True)
@@ -72,6 +74,11 @@ def measure(args, report, stack, workdir):
             report.note(f'section "{name}" FAILED (traceback above)')
             failed.append(name)
     return failed
+
+
+def _failover(report, quick):
+    from bench import failover  # daemons on loop-device LVM (root)
+    failover.run(report, quick)
 
 
 def _lvm(report, endpoint, stack, quick):

@@ -225,11 +225,21 @@ class Operations:
                             'holders': [h.host for h in hs]})
         return out
 
+    def op_vg_stats(self, vg):
+        """Capacity of the VG as this host sees it (fresh metadata)."""
+        self._check_fresh(vg)
+        info = self.lvm.vg(vg)
+        return {k: info[k] for k in ('uuid', 'size', 'free', 'extent_size',
+                                     'lv_count', 'seqno')} | {'vg': vg}
+
     def op_status(self):
         session = self.engine.session
+        active = self.backend.active()
         return {'host': self.host, 'session': f'{session.id:x}',
                 'backend': self.backend.name, 'vgs': sorted(self.vgs),
-                'active': [f'{vg}/{lv}' for vg, lv in self.backend.active()],
+                'active': [f'{vg}/{lv}' for vg, lv in active],
+                'devices': {f'{vg}/{lv}': info['path']
+                            for (vg, lv), info in active.items()},
                 'readiness': self.readiness()}
 
     def op_drain(self):

@@ -76,6 +76,7 @@ OPS = {
     'refresh': ([VG, LV], [('host', _host)]),
     'show': ([VG, LV], []),
     'list': ([], [VG]),
+    'vg_stats': ([VG], []),
     'status': ([], []),
     'drain': ([], []),
 }

@@ -9,7 +9,7 @@ from urllib import parse
 import pytest
 
 from coordinator.sandbox.cluster import Cluster
-from tests.fixtures.proxy import Proxy
+from coordinator.sandbox.proxy import Proxy
 
 MiB = 1 << 20
 

@@ -247,3 +247,33 @@ def test_grant_to_host_that_cannot_see_the_vg_fails_fast(tmp_path):
             assert v1.call('show', vg=vg, lv='vol-blind')['holders'] == []
         finally:
             blind.stop()
+
+
+def test_stop_fences_and_restart_resumes():
+    with Cluster(hosts=('compute-1', 'compute-2'), ttl=6, grace=1.0) as c:
+        vg = c.vg.vg
+        c1, c2 = c['compute-1'], c['compute-2']
+        c1.client.call('create', vg=vg, lv='vol-stop', size=4 * MiB)
+        got = c1.client.call('activate', vg=vg, lv='vol-stop',
+                             instance='vm-1')
+        loop = os.path.basename(os.path.realpath(got['path']))
+
+        def read_only():
+            with open(f'/sys/block/{loop}/ro') as f:
+                return f.read().strip() == '1'
+
+        assert not read_only()
+        c1.stop()                       # SIGTERM: an orderly stop
+        # A stopped daemon cannot fence later: its LVs are fenced now.
+        assert read_only()
+        with pytest.raises(errors.LeaseConflict, match='compute-1'):
+            c2.client.call('activate', vg=vg, lv='vol-stop', instance='vm-2')
+        c.restart('compute-1')
+        deadline = time.monotonic() + 15
+        while read_only():
+            assert time.monotonic() < deadline, 'never resumed'
+            time.sleep(0.1)
+        shown = c2.client.call('show', vg=vg, lv='vol-stop')
+        assert [(h['host'], h['alive'], h['token']) for h in
+                shown['holders']] == [('compute-1', True, got['token'])]
+        write_block(got['path'], b'still ours' + bytes(4086))

@@ -90,10 +90,8 @@ def _serial(engine, batches, per_batch):
         creators = {'plain': serial.Creator(plain),
                     'guarded': serial.Creator(guarded, engine, read)}
         daemon_vg = vgs.enter_context(_fresh_vg(1))
-        daemon_read = seqno.daemon_reader(daemon_vg)
-        if daemon_read:
-            creators['daemon_reader'] = serial.Creator(daemon_vg, engine,
-                                                       daemon_read)
+        creators['daemon_reader'] = serial.Creator(
+            daemon_vg, engine, seqno.daemon_reader(daemon_vg))
         samples = serial.run(creators, batches, per_batch)
         parts = {k: c.breakdown() for k, c in creators.items()
                  if k != 'plain'}

@@ -3,6 +3,8 @@ import socket
 
 from oslo_config import cfg
 
+from coordinator import daemon_opts
+
 default_opts = [
     cfg.StrOpt('host', default=socket.gethostname(),
                sample_default='<hostname>',
@@ -63,22 +65,12 @@ def register(conf=None):
     conf.register_opts(default_opts)
     for group, opts in GROUPS.items():
         conf.register_opts(opts, group=group)
-    for group, opts in _extra_groups():
+    for group, opts in daemon_opts.GROUPS.items():
         conf.register_opts(opts, group=group)
     return conf
-
-
-def _extra_groups():
-    # Daemon options live beside the daemon; imported lazily so the engine
-    # library does not depend on the service layer.
-    try:
-        from coordinator import daemon_opts
-    except ImportError:
-        return []
-    return daemon_opts.GROUPS.items()
 
 
 def list_opts():
     """Entry point for oslo-config-generator."""
     return [(None, default_opts)] + list(GROUPS.items()) + \
-        list(_extra_groups())
+        list(daemon_opts.GROUPS.items())

@@ -157,6 +157,16 @@ class Watch:
             return None
         return ev.get('type', 'PUT'), KV.from_gateway(ev['kv'])
 
+    def until(self, deadline, recheck):
+        """Events as get() gives them until monotonic ``deadline``, with
+        None after each ``recheck`` seconds without one: a stream lost
+        with an etcd member must not strand the caller, who re-reads."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            yield self.get(min(left, recheck))
+
     def cancel(self):
         """Stop the stream and release its connection."""
         self._watcher.stop()

@@ -39,7 +39,6 @@ class Fencer:
         self.on_event = on_event or (lambda kind, **kw: None)
         self.clock = clock
         self.state = OK
-        self.deadline = None
         self.fenced = []
 
     def tick(self):
@@ -56,8 +55,8 @@ class Fencer:
             self.state = LOST
             self.on_event('session-lost', lvs=list(self.fenced))
             return self.state
-        self.deadline = self.last_keepalive() + self.window
-        if self.clock() >= self.deadline:
+        deadline = self.last_keepalive() + self.window
+        if self.clock() >= deadline:
             if self.state == OK:
                 self._fence('session deadline reached')
                 self.state = FENCED
@@ -69,7 +68,7 @@ class Fencer:
     def rearm(self, lease):
         """After a loss: watch the new session; LVs fenced so far stay
         fenced until it is confirmed and ``resume`` accepts them."""
-        self.lease, self.deadline = lease, None
+        self.lease = lease
         self.state = FENCED if self.fenced else OK
 
     def _fence(self, why):

@@ -8,6 +8,7 @@ import uuid
 
 from coordinator import activation
 from coordinator import errors
+from coordinator import etcd as etcdlib
 from coordinator import readiness
 from coordinator.engine import Engine
 from coordinator.lvm import executor
@@ -90,7 +91,6 @@ class HostContext:
 
     def record_uuids(self, view):
         """First host to see a VG records its UUID for the others."""
-        from coordinator import etcd as etcdlib
         for vg, entry in view['vgs'].items():
             key = f'{self.keys.vgs()}{vg}/uuid'
             self.etcd.txn([etcdlib.cmp_create(key, 0)],

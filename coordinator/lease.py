@@ -105,6 +105,12 @@ class LeaseTable:
         With ``wait`` > 0 a conflicting or fencing holder is waited for (by
         watch) up to that many seconds before the error is raised.
         """
+        return self.claim(vg, lv, mode, instance, wait)[0]
+
+    def claim(self, vg, lv, mode=modes.EXCLUSIVE, instance=None, wait=0.0):
+        """As grant(), and whether this call granted anything (False for
+        an idempotent re-grant), so a failed activation knows whether to
+        release."""
         modes.validate(mode, instance)
         deadline = time.monotonic() + wait
         while True:
@@ -129,13 +135,15 @@ class LeaseTable:
                 continue
             mine = next(h for h in new if h.host == self.session.host)
             if not changed:
-                return mine
+                return mine, False
             res = self._write(vg, lv, ledger_rev, new, mine)
             if res is not None:
                 mine.token = res.revision
+                # The new ledger lists no vanished holder any more.
+                self._forget_orphans(vg, lv)
                 LOG.info('granted %s/%s to %s: %s', vg, lv, mine.host,
                          mine.describe())
-                return mine
+                return mine, True
 
     def _write(self, vg, lv, ledger_rev, new, mine):
         entries = {h.host: h.ledger_entry() for h in new}
@@ -217,8 +225,17 @@ class LeaseTable:
                                      for h in rest}}))
         else:
             ops.append(etcdlib.op_delete(ledger))
-        return self.etcd.txn([etcdlib.cmp_mod(ledger, ledger_rev)],
+        done = self.etcd.txn([etcdlib.cmp_mod(ledger, ledger_rev)],
                              ops).succeeded
+        if done and not rest:
+            self._forget_orphans(vg, lv)
+        return done
+
+    def _forget_orphans(self, vg, lv):
+        # Grace clocks of holders no ledger lists any more: a long-lived
+        # daemon must not keep one per LV it ever saw.
+        for key in [k for k in self._orphans if k[:2] == (vg, lv)]:
+            del self._orphans[key]
 
     def _wait_change(self, vg, lv, header, timeout):
         with self.etcd.watch(self.keys.lease(vg, lv), header + 1,

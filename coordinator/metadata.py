@@ -41,10 +41,11 @@ class MetadataGuard:
 
     def recorded(self, vg):
         """(recorded seqno or None, in-flight intent or None)."""
-        seq = self.etcd.get(self.keys.vg_seqno(vg))
-        intent = self.etcd.get(self.keys.vg_intent(vg))
-        return (seq.json()['seqno'] if seq else None,
-                intent.json() if intent else None)
+        seq, intent = self.etcd.txn([], [
+            etcdlib.op_range(self.keys.vg_seqno(vg)),
+            etcdlib.op_range(self.keys.vg_intent(vg))]).ranges
+        return (seq[0].json()['seqno'] if seq else None,
+                intent[0].json() if intent else None)
 
     def change(self, vg, op, action, timeout=None):
         """Run ``action()`` as one coordinated metadata change of ``vg``."""

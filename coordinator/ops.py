@@ -133,17 +133,18 @@ class Operations:
                                instance=instance, wait=wait,
                                read_only=read_only)
         self._check_ready(vg)
-        info = self.lvm.lv(vg, lv)
-        if mode == modes.SHARED and MULTIATTACH_TAG not in info['tags']:
+        # Only shared mode needs the LV's tags; the backend itself finds a
+        # missing LV (and the fresh grant is then released).
+        if mode == modes.SHARED and \
+                MULTIATTACH_TAG not in self.lvm.lv(vg, lv)['tags']:
             raise errors.InvalidInput('mode', f'{vg}/{lv} is not a '
                                       f'multiattach volume')
         self._check_fresh(vg)
-        before = {h.host for h in self.leases.holders(vg, lv)}
-        grant = self.leases.grant(vg, lv, mode, instance, wait)
+        grant, new = self.leases.claim(vg, lv, mode, instance, wait)
         try:
             path = self.backend.activate(vg, lv, read_only)
         except errors.CoordError:
-            if self.host not in before:
+            if new:
                 self.leases.release(vg, lv)
             raise
         metrics.GRANTS.labels(mode=grant.mode).inc()

@@ -48,14 +48,8 @@ class Router:
                             lease=self.session.id)
         try:
             with self.etcd.watch(reply_key, rev) as watch:
-                deadline = time.monotonic() + timeout
-                while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise errors.HostUnavailable(
-                            f'host {host} did not answer {op} within '
-                            f'{timeout:.0f}s')
-                    event = watch.get(min(left, RESCAN))
+                for event in watch.until(time.monotonic() + timeout,
+                                         RESCAN):
                     kv = event[1] if event and event[0] == 'PUT' else \
                         self.etcd.get(reply_key)
                     if kv is not None:
@@ -64,9 +58,11 @@ class Router:
                         raise errors.HostUnavailable(
                             f'host {host} lost its session while running '
                             f'{op}')
+            raise errors.HostUnavailable(
+                f'host {host} did not answer {op} within {timeout:.0f}s')
         finally:
-            self.etcd.delete(req_key)
-            self.etcd.delete(reply_key)
+            self.etcd.txn([], [etcdlib.op_delete(req_key),
+                               etcdlib.op_delete(reply_key)])
 
     @staticmethod
     def _unwrap(host, reply):
@@ -79,28 +75,26 @@ class Router:
         stop()."""
         prefix = self.keys.requests(self.session.host)
         pool = concurrent.futures.ThreadPoolExecutor(workers)
-        seen = set()
         try:
             while not self._stop.is_set():
                 kvs, header = self.etcd.range(prefix, prefix=True)
                 for kv in kvs:
-                    self._claim(pool, handler, kv, seen)
+                    self._claim(pool, handler, kv)
                 with self.etcd.watch(prefix, header + 1,
                                      prefix=True) as watch:
-                    until = time.monotonic() + RESCAN
-                    while not self._stop.is_set() and \
-                            time.monotonic() < until:
-                        event = watch.get(0.5)
+                    # Short ticks: stop() is noticed within half a second.
+                    for event in watch.until(time.monotonic() + RESCAN,
+                                             0.5):
+                        if self._stop.is_set():
+                            break
                         if event and event[0] == 'PUT':
-                            self._claim(pool, handler, event[1], seen)
+                            self._claim(pool, handler, event[1])
         finally:
             pool.shutdown(wait=True)
 
-    def _claim(self, pool, handler, kv, seen):
-        if kv.key in seen:
-            return
-        seen.add(kv.key)
-        # Deleting the request is the claim: only one server runs it.
+    def _claim(self, pool, handler, kv):
+        # Deleting the request is the claim: only one server runs it, and
+        # a request seen twice (rescan and watch) fails the compare.
         res = self.etcd.txn([etcdlib.cmp_create(kv.key, kv.create_revision)],
                             [etcdlib.op_delete(kv.key)])
         if res.succeeded:

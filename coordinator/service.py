@@ -116,9 +116,6 @@ class APIWorker(_Worker):
         self.stopping.wait()
         self.server.shutdown()
 
-    def terminate(self):
-        super().terminate()
-
 
 class FenceWorker(_Worker):
     """Fences active LVs before the session can expire."""
@@ -181,16 +178,18 @@ class FenceWorker(_Worker):
 
     def terminate(self):
         super().terminate()
-        if self.ctx and self.conf.fence.on_stop and \
-                self.ctx.backend.active():
-            # A daemon that is down cannot fence: stop I/O now; a restart
-            # within the TTL resumes it.
-            for vg, lv in self.ctx.backend.active():
-                try:
-                    self.ctx.backend.suspend(vg, lv)
-                except errors.CoordError:
-                    LOG.exception('could not fence %s/%s on stop', vg, lv)
-            LOG.warning('stopping: fenced %s', list(self.ctx.backend.active()))
+        if not (self.ctx and self.conf.fence.on_stop):
+            return
+        # A daemon that is down cannot fence: stop I/O now; a restart
+        # within the TTL resumes it.
+        active = list(self.ctx.backend.active())
+        for vg, lv in active:
+            try:
+                self.ctx.backend.suspend(vg, lv)
+            except errors.CoordError:
+                LOG.exception('could not fence %s/%s on stop', vg, lv)
+        if active:
+            LOG.warning('stopping: fenced %s', active)
 
 
 def build(conf):

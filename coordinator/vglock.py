@@ -130,18 +130,14 @@ class VGLock:
         """True on the predecessor's DELETE event, False if it is found
         gone by a re-check (the event may have been missed)."""
         with self.etcd.watch(pred, header + 1) as watch:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise errors.LockTimeout(
-                        f'VG {self.vg} lock not acquired in time; '
-                        f'{self.describe_holder()}')
-                event = watch.get(min(left, RECHECK))
+            for event in watch.until(deadline, RECHECK):
                 if event and event[0] == 'DELETE':
                     return True
                 if event is None and self.etcd.get(pred) is None:
                     return False
                 self.session.check()
+        raise errors.LockTimeout(f'VG {self.vg} lock not acquired in time; '
+                                 f'{self.describe_holder()}')
 
     def holder(self):
         """The current holder's queue entry (KV) or None."""

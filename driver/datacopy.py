@@ -13,16 +13,32 @@ CHUNK = 4 * units.Mi
 _ZERO = bytes(CHUNK)
 
 
-def _open(path, flags):
+@contextlib.contextmanager
+def _opened(path, flags):
+    """A file descriptor of ``path``, unbuffered where the FS allows."""
     try:
         # Unbuffered: another host may have written the LV since our page
         # cache last saw it.
-        return os.open(path, flags | os.O_DIRECT)
+        fd = os.open(path, flags | os.O_DIRECT)
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
         # tmpfs and a few others refuse O_DIRECT.
-        return os.open(path, flags)
+        fd = os.open(path, flags)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _buffer():
+    """A page-aligned chunk buffer, as O_DIRECT needs."""
+    buf = mmap.mmap(-1, CHUNK)
+    try:
+        yield buf
+    finally:
+        buf.close()
 
 
 def _chunks(size):
@@ -51,47 +67,30 @@ def copy_data(src, dst, size, pause=None):
     Zero chunks are written only where the destination is not zero
     already, so a copy onto a fresh LV leaves unwritten space unwritten.
     """
-    sbuf, dbuf = mmap.mmap(-1, CHUNK), mmap.mmap(-1, CHUNK)
-    try:
-        fin = _open(src, os.O_RDONLY)
-        try:
-            fout = _open(dst, os.O_RDWR)
-            try:
-                for offset, length in _chunks(size):
-                    data = _read(fin, sbuf, offset, length)
-                    if data == _ZERO[:length] and \
-                            _read(fout, dbuf, offset, length) == data:
-                        continue
-                    _write(fout, sbuf, offset, length)
-                    if pause:
-                        pause()
-                os.fsync(fout)
-            finally:
-                os.close(fout)
-        finally:
-            os.close(fin)
-    finally:
-        sbuf.close()
-        dbuf.close()
+    with _buffer() as sbuf, _buffer() as dbuf, \
+            _opened(src, os.O_RDONLY) as fin, \
+            _opened(dst, os.O_RDWR) as fout:
+        for offset, length in _chunks(size):
+            data = _read(fin, sbuf, offset, length)
+            if data == _ZERO[:length] and \
+                    _read(fout, dbuf, offset, length) == data:
+                continue
+            _write(fout, sbuf, offset, length)
+            if pause:
+                pause()
+        os.fsync(fout)
 
 
 def zero_data(path, size, pause=None):
     """Zero the first ``size`` bytes of ``path``, skipping zero chunks."""
-    buf, zeros = mmap.mmap(-1, CHUNK), mmap.mmap(-1, CHUNK)
-    try:
-        fd = _open(path, os.O_RDWR)
-        try:
-            for offset, length in _chunks(size):
-                if _read(fd, buf, offset, length) != _ZERO[:length]:
-                    _write(fd, zeros, offset, length)
-                    if pause:
-                        pause()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        buf.close()
-        zeros.close()
+    with _buffer() as buf, _buffer() as zeros, \
+            _opened(path, os.O_RDWR) as fd:
+        for offset, length in _chunks(size):
+            if _read(fd, buf, offset, length) != _ZERO[:length]:
+                _write(fd, zeros, offset, length)
+                if pause:
+                    pause()
+        os.fsync(fd)
 
 
 def accessible(path, write=False):

@@ -37,18 +37,25 @@ def _shown(text, limit=40):
     return repr(text[:limit]) + '...'
 
 
-def _name(name, field, what):
-    if not isinstance(name, str):
+def _text(value, field, what, limit, pattern, allowed):
+    # The checks every LVM name and tag share: a non-empty string within
+    # ``limit`` characters, every one of them in ``pattern``.
+    if not isinstance(value, str):
         raise InvalidInput(field, f'{what} must be a string, not '
-                           f'{type(name).__name__}')
-    if not name:
+                           f'{type(value).__name__}')
+    if not value:
         raise InvalidInput(field, f'{what} must not be empty')
-    if len(name) > MAX_NAME:
-        raise InvalidInput(field, f'{what} is {len(name)} characters long, '
-                           f'at most {MAX_NAME} allowed')
-    if not _NAME.fullmatch(name):
-        raise InvalidInput(field, f'{what} {_shown(name)} may contain only '
-                           f'a-z A-Z 0-9 + _ . -')
+    if len(value) > limit:
+        raise InvalidInput(field, f'{what} is {len(value)} characters long, '
+                           f'at most {limit} allowed')
+    if not pattern.fullmatch(value):
+        raise InvalidInput(field, f'{what} {_shown(value)} may contain only '
+                           f'{allowed}')
+    return value
+
+
+def _name(name, field, what):
+    _text(name, field, what, MAX_NAME, _NAME, 'a-z A-Z 0-9 + _ . -')
     # '-' separates VG and LV in device-mapper names.
     if name.startswith('-'):
         raise InvalidInput(field, f'{what} {name!r} must not start with "-"')
@@ -78,18 +85,8 @@ def lv_name(name, field='lv'):
 
 def tag(value, field='tag'):
     """A valid LVM tag, or InvalidInput naming ``field``."""
-    if not isinstance(value, str):
-        raise InvalidInput(field, f'tag must be a string, not '
-                           f'{type(value).__name__}')
-    if not value:
-        raise InvalidInput(field, 'tag must not be empty')
-    if len(value) > MAX_TAG:
-        raise InvalidInput(field, f'tag is {len(value)} characters long, '
-                           f'at most {MAX_TAG} allowed')
-    if not _TAG.fullmatch(value):
-        raise InvalidInput(field, f'tag {_shown(value)} may contain only '
-                           f'A-Z a-z 0-9 _ + . - / = ! : & #')
-    return value
+    return _text(value, field, 'tag', MAX_TAG, _TAG,
+                 'A-Z a-z 0-9 _ + . - / = ! : & #')
 
 
 def _parse_size(value, field):

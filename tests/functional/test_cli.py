@@ -17,7 +17,7 @@ from coordinator import etcd as etcdlib
 from coordinator import keys as keyslib
 from coordinator.engine import Engine
 from coordinator.membership import Membership
-from tests.fixtures import etcd as etcd_fixture
+from coordinator.sandbox.etcd import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 CLUSTER = 'clitest'
@@ -508,7 +508,7 @@ def test_doctor_without_daemon(conf, etcd_server):
 
 def test_doctor_all_etcd_endpoints_session_and_daemon(tmp_path, etcd_server,
                                                       cluster, daemon):
-    dead = f'http://127.0.0.1:{etcd_fixture.free_port()}'
+    dead = f'http://127.0.0.1:{free_port()}'
     conf = write_conf(tmp_path / 'two.conf', etcd_server.endpoints + [dead],
                       tmp_path / 'state', tmp_path / 'lvmcoord.sock')
     # This host's daemon session, as the daemon persists it.
@@ -564,7 +564,7 @@ needs_lvm = pytest.mark.skipif(
 
 @pytest.fixture
 def shared():
-    from tests.fixtures.lvm import SharedVG
+    from coordinator.sandbox.lvm import SharedVG
     with SharedVG(hosts=2) as vg:
         yield vg
 

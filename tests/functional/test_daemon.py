@@ -49,7 +49,7 @@ def test_concurrent_creates_from_two_hosts_lose_nothing(cluster):
     names = {x['lv'] for x in cluster['compute-2'].client.call('list',
                                                                vg=vg)}
     assert {lv for _, lv in jobs} <= names
-    # The seqno recorded in etcd is the one on disk.
+    # volume-1 publishes the very VG (by UUID) another host sees on disk.
     lvm = cluster.vg.hosts[2].lvm
     out = cluster['volume-1'].client.call('status')
     assert out['readiness']['vgs'][vg]['uuid'] == lvm.vg(vg)['uuid']

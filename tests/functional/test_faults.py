@@ -7,6 +7,7 @@ import pytest
 
 from coordinator import errors
 from coordinator import etcd as etcdlib
+from coordinator.sandbox.etcd import free_port
 from tests.functional.test_engine import assert_no_overlap
 from tests.functional.test_engine import engine
 from tests.functional.test_engine import intervals
@@ -66,7 +67,6 @@ def test_fence_wait_error_names_the_vanished_holder(etcd_server):
 
 
 def test_endpoint_failover_to_next(etcd_server):
-    from tests.fixtures.etcd import free_port
     dead = f'http://127.0.0.1:{free_port()}'
     etcd = etcdlib.Etcd([dead] + etcd_server.endpoints, timeout=1.0)
     etcd.put('/failover', 'ok')
@@ -75,7 +75,6 @@ def test_endpoint_failover_to_next(etcd_server):
 
 
 def test_unreachable_etcd_is_a_clear_error():
-    from tests.fixtures.etcd import free_port
     etcd = etcdlib.Etcd([f'http://127.0.0.1:{free_port()}'], timeout=0.5,
                         retry_window=1.0)
     with pytest.raises(errors.EtcdUnavailable, match='etcd unreachable'):

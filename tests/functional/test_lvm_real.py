@@ -79,7 +79,7 @@ def test_fixture_cleans_up_when_the_test_fails():
 def _child_holding_a_vg(tmp_path, action):
     out = tmp_path / 'vg'
     code = ('import os, signal, sys, time\n'
-            'from tests.fixtures.lvm import SharedVG\n'
+            'from coordinator.sandbox.lvm import SharedVG\n'
             'vg = SharedVG(hosts=1, size=64 * 2 ** 20).__enter__()\n'
             f'open({str(out)!r}, "w").write(vg.backing + "\\n" + '
             'vg.tmpdir)\n'

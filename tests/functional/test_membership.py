@@ -4,6 +4,7 @@ import time
 from coordinator import etcd as etcdlib
 from coordinator import keys as keyslib
 from coordinator.membership import Membership
+from coordinator.sandbox.etcd import free_port
 
 
 def member(endpoints, host):
@@ -53,7 +54,6 @@ def test_member_vanishes_when_heartbeats_stop(etcd_server):
 
 
 def test_join_fails_over_past_a_dead_endpoint(etcd_server):
-    from tests.fixtures.etcd import free_port
     dead = f'http://127.0.0.1:{free_port()}'
     etcd = etcdlib.Etcd([dead] + etcd_server.endpoints, timeout=1.0)
     m = Membership(etcd, keyslib.Keys(cluster='mtest'), 'volume-1', ttl=3)

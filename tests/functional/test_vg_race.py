@@ -1,6 +1,11 @@
 """Concurrent lvcreate from 3 simulated hosts on one real shared VG: plain
 LVM loses LVs (or the VG); under the VG lock none is lost and the seqno
 recorded in etcd is the VG's."""
+import contextlib
+
+import pytest
+
+from coordinator import errors
 from coordinator import etcd as etcdlib
 from coordinator.engine import Engine
 from coordinator.lvm import mda
@@ -42,20 +47,25 @@ def test_vg_lock_loses_nothing_and_records_seqno(etcd_server):
                 e.close(revoke=True)
 
 
-def _guarded(etcd_server, shared, reader=None, alerts=None):
+@contextlib.contextmanager
+def _guarded(etcd_server, shared, alerts=None):
+    """An engine for one host and its MetadataGuard on ``shared``."""
     eng = Engine(etcdlib.Etcd(etcd_server.endpoints), 'host-0', 'seq',
                  ttl=10).open()
-    reader = reader or (lambda vg, fresh: mda.read(shared.device).seqno)
-    guard = eng.guard(reader, on_alert=lambda vg, msg: alerts.append(msg)
+    guard = eng.guard(lambda vg, fresh: mda.read(shared.device).seqno,
+                      on_alert=lambda vg, msg: alerts.append(msg)
                       if alerts is not None else None)
     guard.rescan_delay = 0.01
-    return eng, guard
+    try:
+        yield eng, guard
+    finally:
+        eng.close(revoke=True)
 
 
 def test_out_of_band_change_is_reported(etcd_server):
     alerts = []
-    with SharedVG(hosts=2, size=256 << 20) as shared:
-        eng, guard = _guarded(etcd_server, shared, alerts=alerts)
+    with SharedVG(hosts=2, size=256 << 20) as shared, \
+            _guarded(etcd_server, shared, alerts) as (eng, guard):
         vg, lvm = shared.vg, shared.hosts[0].lvm
         guard.change(vg, 'a', lambda: lvm.create_lv(vg, 'a', 4 << 20))
         # Someone runs LVM by hand on another host, around lvmcoord.
@@ -64,15 +74,11 @@ def test_out_of_band_change_is_reported(etcd_server):
         assert len(alerts) == 1
         assert 'changed outside lvmcoord' in alerts[0] and vg in alerts[0]
         assert guard.recorded(vg)[0] == lvm.vg(vg)['seqno']
-        eng.close(revoke=True)
 
 
 def test_stale_view_refuses_to_act(etcd_server):
-    import pytest
-
-    from coordinator import errors
-    with SharedVG(hosts=1, size=256 << 20) as shared:
-        eng, guard = _guarded(etcd_server, shared)
+    with SharedVG(hosts=1, size=256 << 20) as shared, \
+            _guarded(etcd_server, shared) as (eng, guard):
         vg, lvm = shared.vg, shared.hosts[0].lvm
         guard.change(vg, 'a', lambda: lvm.create_lv(vg, 'a', 4 << 20))
         recorded = guard.recorded(vg)[0]
@@ -83,22 +89,19 @@ def test_stale_view_refuses_to_act(etcd_server):
         assert ran == []
         # The lock was released: the next holder gets in at once.
         assert eng.vglock(vg).queue() == []
-        eng.close(revoke=True)
 
 
 def test_holder_dying_mid_change_is_adopted_not_alerted(etcd_server):
-    from coordinator import etcd as e
     alerts = []
-    with SharedVG(hosts=1, size=256 << 20) as shared:
-        eng, guard = _guarded(etcd_server, shared, alerts=alerts)
+    with SharedVG(hosts=1, size=256 << 20) as shared, \
+            _guarded(etcd_server, shared, alerts) as (eng, guard):
         vg, lvm = shared.vg, shared.hosts[0].lvm
         guard.change(vg, 'a', lambda: lvm.create_lv(vg, 'a', 4 << 20))
         # A holder wrote its intent, ran lvcreate, and died before
         # recording the new seqno.
-        eng.etcd.txn([], [e.op_put(eng.keys.vg_intent(vg),
-                                   {'host': 'dead-host', 'op': 'x'})])
+        eng.etcd.txn([], [etcdlib.op_put(eng.keys.vg_intent(vg),
+                                         {'host': 'dead-host', 'op': 'x'})])
         lvm.create_lv(vg, 'x', 4 << 20)
         guard.change(vg, 'b', lambda: lvm.create_lv(vg, 'b', 4 << 20))
         assert alerts == []
         assert guard.recorded(vg) == (lvm.vg(vg)['seqno'], None)
-        eng.close(revoke=True)

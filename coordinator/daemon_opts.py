@@ -24,9 +24,10 @@ fence_opts = [
                help='How I/O is stopped when the session may be lost: '
                     'suspend (I/O queues, resumed if the session turns '
                     'out valid) or deactivate (devices not open).'),
-    cfg.FloatOpt('fraction', default=0.5, min=0.1, max=0.9,
+    cfg.FloatOpt('fraction', default=0.6, min=0.1, max=0.9,
                  help='Fence once this fraction of the TTL may have passed '
-                      'without a keepalive reaching etcd.'),
+                      'without a keepalive reaching etcd. The default '
+                      'rides out an etcd leader election (doc/design.md).'),
     cfg.FloatOpt('interval', default=0.5, min=0.05,
                  help='Seconds between the fencer\'s own session checks.'),
     cfg.BoolOpt('on_stop', default=True,
@@ -34,6 +35,15 @@ fence_opts = [
                      'within the TTL resumes them. Without it, a daemon '
                      'stopped for longer than TTL + grace leaves LVs '
                      'active that other hosts may be granted.'),
+    cfg.StrOpt('watchdog_device',
+               help='Watchdog device (e.g. /dev/watchdog) petted only '
+                    'while the session is provably valid and an LV is '
+                    'active: a hung or dead daemon resets the host before '
+                    'another host can be granted its LVs. Required for '
+                    'production (doc/design.md).'),
+    cfg.IntOpt('watchdog_timeout', default=5, min=1,
+               help='Watchdog timeout in seconds; fraction * TTL + this '
+                    '+ 1 must not exceed TTL + grace.'),
 ]
 
 api_opts = [

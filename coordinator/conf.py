@@ -28,6 +28,10 @@ etcd_opts = [
                       '(covers a leader election).'),
     cfg.StrOpt('prefix', default='/lvmcoord',
                help='Root of every key lvmcoord writes in etcd.'),
+    cfg.FloatOpt('startup_timeout', default=30.0, min=0.0,
+                 help='Seconds lvmcoordd waits at start for an etcd '
+                      'endpoint to answer (every retry is logged) before '
+                      'it exits non-zero.'),
 ]
 
 session_opts = [

@@ -53,6 +53,12 @@ api_opts = [
                help='Group allowed to use the socket (besides root).'),
     cfg.IntOpt('request_workers', default=4, min=1,
                help='Requests from other hosts run this many at a time.'),
+    cfg.IntOpt('max_connections', default=64, min=1,
+               help='Local API connections served at once; beyond this a '
+                    'client gets a "busy" error and is disconnected.'),
+    cfg.FloatOpt('idle_timeout', default=60.0, min=1.0,
+                 help='Seconds a local API connection may stay silent '
+                      '(no complete request line) before it is closed.'),
 ]
 
 metrics_opts = [

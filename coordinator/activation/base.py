@@ -9,12 +9,14 @@ class Backend(abc.ABC):
     name = 'base'
 
     @abc.abstractmethod
-    def activate(self, vg, lv, read_only=False):
-        """Make vg/lv a block device here; returns its path."""
+    def activate(self, vg, lv, read_only=False, info=None):
+        """Make vg/lv a block device here; returns its path. ``info`` is
+        the LV as LVM.lv() reports it, when the caller has read it."""
 
     @abc.abstractmethod
     def deactivate(self, vg, lv):
-        """Remove the block device (no-op when not active)."""
+        """Remove the block device (no-op when not active); refuses with
+        LVMError kind 'busy' while another process has it open."""
 
     @abc.abstractmethod
     def refresh(self, vg, lv):
@@ -29,8 +31,19 @@ class Backend(abc.ABC):
         """Undo suspend()."""
 
     @abc.abstractmethod
+    def retire(self, vg, lv):
+        """Remove a device that may still be open without it ever being
+        writable again: the grant behind it is gone."""
+
+    @abc.abstractmethod
     def active(self):
-        """{(vg, lv): {'path', 'suspended', 'open'}} active on this host."""
+        """{(vg, lv): {'path', 'device', 'suspended', 'open'}} active on
+        this host, from the backend's own record."""
+
+    @abc.abstractmethod
+    def identity(self, vg, lv):
+        """What the device maps now: {'uuid': LV uuid or None,
+        'extents': [[pv, first_pe, last_pe], ...]}; None if not active."""
 
     def path(self, vg, lv):
         """Where the block device of an active LV appears."""

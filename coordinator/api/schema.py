@@ -28,11 +28,8 @@ def _text(limit):
 
 
 def _host(value, field):
-    value = _text(255)(value, field)
-    if not all(c.isalnum() or c in '-_.' for c in value):
-        raise errors.InvalidInput(field, 'host names use letters, digits, '
-                                  '"-", "_" and "." only')
-    return value
+    # The same rule as [DEFAULT] host (checked at daemon start).
+    return names.host_name(value, field)
 
 
 def _tags(value, field):
@@ -58,6 +55,8 @@ def _seconds(value, field):
 
 VG = ('vg', names.vg_name)
 LV = ('lv', names.lv_name)
+# Fields naming an LV of the request's VG.
+LV_FIELDS = ('lv', 'new_name', 'name')
 
 # op -> (required fields, optional fields)
 OPS = {
@@ -78,6 +77,9 @@ OPS = {
     'list': ([], [VG]),
     'vg_stats': ([VG], []),
     'status': ([], []),
+    # Read-only: the hosts of the cluster (membership), for the driver's
+    # host-name mapping and its errors.
+    'hosts': ([], []),
     'drain': ([], []),
 }
 
@@ -115,4 +117,8 @@ def validate(request):
     for field, check in optional:
         if field in args and args[field] is not None:
             out[field] = check(args[field], field)
+    # LVM limits "vg/lv" as a whole: refused here, not under the VG lock.
+    for field in LV_FIELDS:
+        if field in out and 'vg' in out:
+            names.full_name(out['vg'], out[field], field)
     return op, out

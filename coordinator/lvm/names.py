@@ -1,6 +1,7 @@
-"""Validation of VG/LV names, tags and sizes before any LVM command runs.
+"""Validation of VG/LV names, tags, sizes and host names before anything
+runs.
 
-The rules are LVM2's own (lib/misc/lvm-string.c, 2.03.16): a name that
+The LVM rules are LVM2's own (lib/misc/lvm-string.c, 2.03.16): a name that
 passes here is one lvcreate/vgcreate accepts, so a bad request fails with
 an error naming the field instead of an LVM error after a lock was taken.
 """
@@ -10,11 +11,18 @@ from coordinator.errors import InvalidInput
 
 # LVM's NAME_LEN is 128 including the terminating NUL.
 MAX_NAME = 127
+# Measured on LVM 2.03.16 (lvcreate and lvrename, whatever the VG name's
+# length): "vg/lv" may be at most 125 characters; one more is refused with
+# 'LV name "vg/lv" length 128 is not supported'.
+MAX_FULL_NAME = 125
+# A host name is a key segment in etcd and a DNS label: ASCII, one label.
+MAX_HOST = 63
 MAX_TAG = 1024
 # Largest LV size LVM can address on 64-bit (8 EiB, in 512-byte sectors).
 MAX_SIZE = 2 ** 63 - 1
 
 _NAME = re.compile(r'[A-Za-z0-9+_.-]+', re.ASCII)
+_HOST = re.compile(r'[A-Za-z0-9_.-]+', re.ASCII)
 _TAG = re.compile(r'[A-Za-z0-9_+.\-/=!:&#]+', re.ASCII)
 _SIZE = re.compile(r'([0-9]+)(?:\.([0-9]+))?(b|[kmgtpe](?:i?b)?)?',
                    re.ASCII | re.IGNORECASE)
@@ -81,6 +89,25 @@ def lv_name(name, field='lv'):
             raise InvalidInput(field, f'LV names containing {part!r} are '
                                f'reserved by LVM')
     return name
+
+
+def full_name(vg, lv, field='lv'):
+    """``vg/lv`` if LVM accepts its combined length, else InvalidInput."""
+    full = f'{vg}/{lv}'
+    if len(full) > MAX_FULL_NAME:
+        raise InvalidInput(field, f'"VG/LV" is {len(full)} characters long, '
+                           f'LVM allows at most {MAX_FULL_NAME}')
+    return full
+
+
+def host_name(value, field='host'):
+    """A valid host name (ASCII letters, digits, "-", "_", "."; at most
+    63 characters; not "." or ".."), or InvalidInput naming ``field``."""
+    _text(value, field, 'host name', MAX_HOST, _HOST,
+          'A-Z a-z 0-9 - _ . (ASCII)')
+    if value in ('.', '..'):
+        raise InvalidInput(field, 'host name must not be "." or ".."')
+    return value
 
 
 def tag(value, field='tag'):

@@ -20,6 +20,13 @@ etcd_opts = [
     cfg.StrOpt('ca_file', help='CA bundle to verify etcd (https only).'),
     cfg.StrOpt('cert_file', help='Client certificate for etcd.'),
     cfg.StrOpt('key_file', help='Client private key for etcd.'),
+    cfg.StrOpt('username',
+               help='etcd user (etcd user/password auth, for deployments '
+                    'without per-host client certificates; with '
+                    '--client-cert-auth the certificate CN is the user '
+                    'instead). Used by the engine and by tooz alike.'),
+    cfg.StrOpt('password', secret=True,
+               help='Password of the etcd user [etcd] username.'),
     cfg.FloatOpt('timeout', default=5.0, min=0.1,
                  help='Seconds before one etcd request is given up and the '
                       'next endpoint is tried.'),

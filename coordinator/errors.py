@@ -29,6 +29,20 @@ class EtcdUnavailable(CoordError):
     code = 'etcd-unavailable'
 
 
+class EtcdDenied(CoordError):
+    """etcd refused our identity (user/password, certificate) or the key's
+    permissions; the message carries etcd's own reason."""
+
+    code = 'etcd-denied'
+
+
+class Busy(CoordError):
+    """The target host's request queue is full (in total or for this
+    caller); nothing was run, retry later."""
+
+    code = 'busy'
+
+
 class SessionLost(CoordError):
     """This host's session expired; everything it held is void."""
 

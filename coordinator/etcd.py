@@ -5,6 +5,11 @@ to the next on connection errors, retrying for ``retry_window`` seconds so a
 leader election or a dead member is ridden out. Every txn the engine sends
 is guarded by compares, so a retried txn whose first attempt did apply fails
 its compare instead of applying twice; callers read back to tell.
+
+Identity: TLS client certificates (``cert_file``/``key_file``) and/or etcd
+user/password (``username``/``password``, a token per client, renewed when
+etcd rejects it). The same settings reach tooz through
+``Etcd.tooz_coordinator``: one place for both.
 """
 import dataclasses
 import json
@@ -142,6 +147,11 @@ class Watch:
         # life and must not starve the request pool.
         client = etcdgw_client(url, etcd.tls, timeout=None, stream=True)
         client._api_path = etcd.client().api_path
+        token = etcd.stream_token()
+        if token:
+            # A stream with a bad token hangs silently: callers re-read on
+            # their recheck ticks, and the token is renewed by those reads.
+            client.session.headers['Authorization'] = token
         kwargs = {'start_revision': start_revision}
         if prefix:
             kwargs['range_end'] = prefix_end(key).decode()
@@ -179,11 +189,12 @@ class Watch:
         self.cancel()
 
 
-def http_session(tls, stream=False):
-    """An HTTP session for etcd: TLS as configured, no proxies; the lean
-    one (coordinator.etcdhttp) except for watch streams."""
+def http_session(tls, stream=False, auth=None):
+    """An HTTP session for etcd: TLS and auth as configured, no proxies;
+    the lean one (coordinator.etcdhttp) except for watch streams (whose
+    caller sets the token header)."""
     if not stream:
-        return etcdhttp.Session(tls)
+        return etcdhttp.Session(tls, auth=auth)
     session = requests.Session()
     # etcd must never be reached through an HTTP proxy, and reading the
     # proxy environment costs more than the request itself on loopback.
@@ -195,36 +206,77 @@ def http_session(tls, stream=False):
     return session
 
 
-def etcdgw_client(url, tls, timeout, stream=False):
+def etcdgw_client(url, tls, timeout, stream=False, auth=None):
     """An etcd3gw client for one parsed endpoint URL."""
     return etcd3gw.client(host=url.hostname, port=url.port or 2379,
                           protocol=url.scheme, timeout=timeout,
-                          session=http_session(tls, stream))
+                          session=http_session(tls, stream, auth))
+
+
+# etcd's own words for "who you are or what you may touch was refused".
+_DENIED = ('permission denied', 'user name is empty', 'authentication failed',
+           'invalid auth token', 'auth store is old', 'user name not found',
+           'role name not found')
+
+
+def _translate(exc):
+    """A clear error for an etcd refusal; etcd3gw's own str() is only the
+    HTTP reason ("Not Found"), its body is in ``detail_text``."""
+    detail = exc.detail_text or ''
+    try:
+        message = json.loads(detail).get('error') or detail
+    except (ValueError, AttributeError):
+        message = detail
+    message = str(message).strip()[:300]
+    reason = ' '.join(str(a) for a in exc.args).strip()
+    if 'lease not found' in message or 'lease not found' in reason:
+        return errors.SessionLost(
+            f'session lease expired or revoked (etcd: {message or reason})')
+    if any(d in message for d in _DENIED):
+        return errors.EtcdDenied(f'etcd refused the request: {message}')
+    # Keep the type callers catch, with etcd's words in the message.
+    exc.args = (f'{reason or "etcd error"}: {message}' if message
+                else reason or 'etcd error',)
+    return exc
 
 
 class Etcd:
     """etcd over several endpoints, failing over to the next on errors."""
 
     def __init__(self, endpoints, ca_file=None, cert_file=None,
-                 key_file=None, timeout=5.0, retry_window=15.0):
+                 key_file=None, timeout=5.0, retry_window=15.0,
+                 username=None, password=None):
         if not endpoints:
             raise errors.InvalidInput('etcd.endpoints', 'no endpoint given')
+        if password and not username:
+            raise errors.InvalidInput('etcd.username',
+                                      'required when a password is set')
+        if bool(cert_file) != bool(key_file):
+            raise errors.InvalidInput(
+                'etcd.cert_file' if key_file else 'etcd.key_file',
+                'cert_file and key_file go together')
         self.endpoints = [self._parse(e) for e in endpoints]
         self.tls = {'ca_file': ca_file, 'cert_file': cert_file,
                     'key_file': key_file}
+        self.auth = etcdhttp.Auth(username, password) if username else None
         self.timeout = timeout
         self.retry_window = retry_window
-        self._clients = [etcdgw_client(u, self.tls, timeout)
+        self._clients = [etcdgw_client(u, self.tls, timeout, auth=self.auth)
                          for u in self.endpoints]
         self._current = 0
         self._mutex = threading.Lock()
 
     @classmethod
-    def from_conf(cls, conf):
-        """Build from the [etcd] options."""
+    def from_conf(cls, conf, **overrides):
+        """Build from the [etcd] options (``overrides`` replace some, e.g.
+        a shorter timeout, keeping endpoints, TLS and auth)."""
         e = conf.etcd
-        return cls(e.endpoints, e.ca_file, e.cert_file, e.key_file,
-                   e.timeout, e.retry_window)
+        kwargs = dict(endpoints=e.endpoints, ca_file=e.ca_file,
+                      cert_file=e.cert_file, key_file=e.key_file,
+                      timeout=e.timeout, retry_window=e.retry_window,
+                      username=e.username, password=e.password)
+        kwargs.update(overrides)
+        return cls(**kwargs)
 
     @staticmethod
     def _parse(endpoint):
@@ -253,6 +305,26 @@ class Etcd:
         return (f'etcd3+{url.scheme}://{url.hostname}:{url.port or 2379}'
                 f'?{parse.urlencode(opts)}')
 
+    def tooz_coordinator(self, member_id, **options):
+        """A tooz etcd3gw coordinator on the current endpoint with this
+        client's TLS and auth (tooz's driver has no user/password option:
+        its etcd3gw client gets our authenticating session)."""
+        from tooz import coordination
+        url = self.tooz_url()
+        if options:
+            url += '&' + parse.urlencode(options)
+        coord = coordination.get_coordinator(url, member_id)
+        coord.client.session = http_session(self.tls, auth=self.auth)
+        return coord
+
+    def stream_token(self):
+        """The auth token for a watch stream (None without auth)."""
+        if self.auth is None:
+            return None
+        client = self.client()
+        return self.auth.token(client.session, client.get_url('/kv/range'),
+                               self.timeout)
+
     def _failover(self, failed):
         with self._mutex:
             if self._current == failed and len(self._clients) > 1:
@@ -273,11 +345,9 @@ class Etcd:
             except _RETRYABLE as exc:
                 failure = exc
             except gw_exc.Etcd3Exception as exc:
-                # A write attached to an expired lease: our session is gone.
-                if 'lease not found' in str(exc):
-                    raise errors.SessionLost(
-                        f'session lease expired: {exc}') from exc
-                raise
+                # A write attached to an expired lease means our session is
+                # gone (SessionLost); refusals name etcd's reason.
+                raise _translate(exc) from exc
             self._failover(index)
             if time.monotonic() + delay > deadline:
                 raise errors.EtcdUnavailable(
@@ -352,9 +422,8 @@ class Etcd:
         """Revoke a lease and delete every key attached to it."""
         try:
             self._post('/kv/lease/revoke', {'ID': lease_id})
-        except gw_exc.Etcd3Exception as exc:
-            if 'not found' not in str(exc):
-                raise
+        except errors.SessionLost:
+            pass  # already gone: what revoking was for
 
     def watch(self, key, start_revision, prefix=False):
         """Watch ``key`` (or prefix) from ``start_revision`` on."""

@@ -6,11 +6,20 @@ etcd3gw only needs ``post``/``get`` and a response with ``status_code``,
 spends serving the call; a urllib3 pool (which requests itself runs on)
 does the same HTTP for a fraction of it. Errors are raised as the requests
 exceptions etcd3gw translates. Watch streams still use requests.
+
+With etcd user/password auth (``Auth``), every request carries the token
+etcd's /v3/auth/authenticate returned; a request etcd refuses because the
+token expired or was issued on another member's view is re-authenticated
+and sent once more.
 """
 import json
+import threading
+from urllib import parse
 
 import requests
 import urllib3
+
+from coordinator import errors
 
 _HEADERS = {'Content-Type': 'application/json'}
 
@@ -33,10 +42,67 @@ class Response:
         return json.loads(self.content)
 
 
+# etcd's replies when a token is no longer good: expired (simple tokens
+# live --auth-token-ttl seconds after their last use), unknown to this
+# member, or older than the last auth change.
+_STALE_TOKEN = ('invalid auth token', 'auth store is old')
+
+
+class Auth:
+    """An etcd user/password and the token they were last exchanged for,
+    shared by every session of one client (one password check per token:
+    etcd hashes passwords with bcrypt, so it is not done per request)."""
+
+    def __init__(self, username, password):
+        self.username = username
+        self.password = password or ''
+        self._token = None
+        self._mutex = threading.Lock()
+
+    def token(self, session, url, timeout=None):
+        """The current token, authenticating first if there is none."""
+        with self._mutex:
+            if self._token is None:
+                self._token = self._authenticate(session, url, timeout)
+            return self._token
+
+    def renew(self, session, url, stale, timeout=None):
+        """A new token unless another thread already replaced ``stale``."""
+        with self._mutex:
+            if self._token in (None, stale):
+                self._token = self._authenticate(session, url, timeout)
+            return self._token
+
+    def _authenticate(self, session, url, timeout):
+        u = parse.urlsplit(url)
+        # Same API version prefix (/v3/, /v3beta/) as the request's URL.
+        first = u.path.strip('/').split('/')[0]
+        version = first if first.startswith('v3') else 'v3'
+        resp = session.raw('POST', f'{u.scheme}://{u.netloc}/{version}/auth/'
+                           f'authenticate',
+                           _dumps({'name': self.username,
+                                   'password': self.password}), timeout)
+        body = _body(resp)
+        if resp.status_code != 200 or not body.get('token'):
+            raise errors.EtcdDenied(
+                f'etcd at {u.netloc} refused user {self.username!r}: '
+                f'{body.get("error") or resp.reason}')
+        return body['token']
+
+
+def _body(resp):
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 class Session:
     """requests.Session's post/get over a thread-safe urllib3 pool."""
 
-    def __init__(self, tls, maxsize=16):
+    def __init__(self, tls, maxsize=16, auth=None):
+        self.auth = auth
         kwargs = {}
         if tls.get('ca_file'):
             kwargs.update(cert_reqs='CERT_REQUIRED', ca_certs=tls['ca_file'])
@@ -55,9 +121,24 @@ class Session:
         return self._request('GET', url, None, timeout)
 
     def _request(self, method, url, body, timeout):
+        if self.auth is None:
+            return self.raw(method, url, body, timeout)
+        token = self.auth.token(self, url, timeout)
+        resp = self.raw(method, url, body, timeout, token)
+        if resp.status_code == 401 or (resp.status_code != 200 and any(
+                s in resp.text for s in _STALE_TOKEN)):
+            resp = self.raw(method, url, body, timeout,
+                            self.auth.renew(self, url, token, timeout))
+        return resp
+
+    def raw(self, method, url, body, timeout, token=None):
+        """One HTTP request as given (no authentication added)."""
+        headers = dict(_HEADERS) if body else {}
+        if token:
+            headers['Authorization'] = token
         try:
             resp = self._pool.request(
-                method, url, body=body, headers=_HEADERS if body else None,
+                method, url, body=body, headers=headers or None,
                 timeout=urllib3.Timeout(total=timeout) if timeout else None,
                 retries=False)
         except urllib3.exceptions.TimeoutError as exc:

@@ -1,6 +1,6 @@
 """Membership: each host joins the cluster's tooz group with its readiness.
 
-tooz (etcd3gw driver, same endpoints and TLS as the engine) carries
+tooz (etcd3gw driver, same endpoints, TLS and auth as the engine) carries
 discovery: who is up and what each host reports about itself. Join and
 leave are events delivered by ``poll()``.
 """
@@ -27,8 +27,9 @@ class Membership:
         # tooz takes one endpoint: ask through the engine's fail-over
         # first, so the URL names one that answers.
         self.etcd.status()
-        url = f'{self.etcd.tooz_url()}&membership_timeout={self.ttl}'
-        coord = coordination.get_coordinator(url, self.host.encode())
+        # Same endpoint, TLS and etcd user as the engine (one place).
+        coord = self.etcd.tooz_coordinator(self.host.encode(),
+                                           membership_timeout=self.ttl)
         coord.start(start_heart=False)
         try:
             coord.create_group(self.group).get()

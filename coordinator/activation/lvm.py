@@ -1,8 +1,33 @@
-"""The production backend: lvchange for activation, dmsetup to fence."""
+"""The production backend: lvchange to activate, dmsetup to fence.
+
+The backend's own record of what is active is device-mapper itself: one
+``dmsetup info -c`` lists every device; those whose dm uuid is
+``LVM-<vg uuid><lv uuid>`` (no layer suffix such as ``-real`` or ``-cow``)
+and whose VG is managed here are this host's active LVs. No LVM command
+runs on the fence path: LVM commands scan disks, take LVM's file locks and
+can wait on a SAN that is in trouble exactly when fencing matters.
+
+Never writable by mistake:
+- ``suspend`` is never killed once started: the kernel blocks new I/O as
+  soon as the suspend begins, but an interrupted suspend ioctl is undone.
+- ``activate`` and ``refresh`` refuse a suspended (fenced) device, because
+  ``lvchange -ay``/``--refresh`` would resume it; only ``resume`` unfences.
+- ``retire`` loads the ``error`` target and then resumes: I/O queued while
+  suspended is re-issued against the error table (EIO), never the disk.
+"""
+import concurrent.futures
+import os
 import subprocess
+import threading
 
 from coordinator import errors
 from coordinator.activation import base
+
+SECTOR = 512
+# dm uuid of a top-level LV: 'LVM-' + 32 chars VG uuid + 32 chars LV uuid.
+_UUID_LEN = 4 + 32 + 32
+_INFO_FIELDS = 'name,uuid,blkdevname,open,suspended,attr'
+_SEP = '|'
 
 
 def dm_name(vg, lv):
@@ -10,58 +35,355 @@ def dm_name(vg, lv):
     return f'{vg.replace("-", "--")}-{lv.replace("-", "--")}'
 
 
+def split_dm_name(name):
+    """(vg, lv, layer) from an LVM dm name; layer is '' for a top-level LV.
+
+    A single dash separates the parts; a doubled dash is a dash in a name.
+    """
+    parts, cur, i = [], '', 0
+    while i < len(name):
+        if name[i] == '-':
+            if name[i + 1:i + 2] == '-':
+                cur += '-'
+                i += 2
+                continue
+            parts.append(cur)
+            cur = ''
+        else:
+            cur += name[i]
+        i += 1
+    parts.append(cur)
+    if len(parts) < 2:
+        return None
+    return parts[0], parts[1], '-'.join(parts[2:])
+
+
+def lvm_uuid(raw):
+    """LVM's dashed uuid form (6-4-4-4-4-4-6) of a 32-char dm uuid part."""
+    if len(raw) != 32:
+        return None
+    cuts = (6, 4, 4, 4, 4, 4, 6)
+    out, at = [], 0
+    for n in cuts:
+        out.append(raw[at:at + n])
+        at += n
+    return '-'.join(out)
+
+
+def parse_info(text):
+    """Rows of ``dmsetup info -c --noheadings --separator '|' -o
+    name,uuid,blkdevname,open,suspended,attr`` as dicts (pure)."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line == 'No devices found':
+            continue
+        cols = line.split(_SEP)
+        if len(cols) != 6:
+            raise errors.LVMError(f'unreadable dmsetup info line: {line!r}')
+        name, uuid, blk, opened, suspended, attr = cols
+        try:
+            opened = int(opened)
+        except ValueError as exc:
+            raise errors.LVMError(
+                f'unreadable dmsetup open count: {line!r}') from exc
+        rows.append({'name': name, 'uuid': uuid, 'blkdevname': blk,
+                     'open': opened,
+                     'suspended': suspended.strip().lower() == 'suspended',
+                     # attr: L live table, I inactive table, s suspended,
+                     # r read-only or w writable, then more flags.
+                     'attr': attr})
+    return rows
+
+
+def top_level_lvs(rows, vgs=None):
+    """{(vg, lv): row} of top-level LVM devices among ``rows`` (pure);
+    only VGs in ``vgs`` unless it is None."""
+    out = {}
+    for row in rows:
+        uuid = row['uuid']
+        if not uuid.startswith('LVM-') or len(uuid) != _UUID_LEN:
+            continue
+        split = split_dm_name(row['name'])
+        if not split or split[2]:
+            continue
+        vg, lv, _ = split
+        if vgs is not None and vg not in vgs:
+            continue
+        out[(vg, lv)] = row
+    return out
+
+
+def parse_table(text):
+    """[(start, length, target, args)] of ``dmsetup table NAME`` (pure)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        try:
+            start, length = int(parts[0]), int(parts[1])
+        except ValueError as exc:
+            raise errors.LVMError(f'unreadable dm table line: {line!r}') \
+                from exc
+        out.append((start, length, parts[2], parts[3:]))
+    return out
+
+
+def table_extents(table, pvs, extent_size):
+    """[[pv, first_pe, last_pe], ...] a linear table maps (pure).
+
+    ``pvs``: {'major:minor': (pv name, pe_start)}; sizes in bytes. Adjacent ranges on the same PV are merged, as LVM merges
+    contiguous segments in its metadata.
+    """
+    out = []
+    for _, length, target, args in table:
+        if target == 'error':
+            continue
+        if target != 'linear' or len(args) != 2:
+            raise errors.LVMError(f'cannot map a {target} segment to '
+                                  f'extents (linear LVs only)')
+        dev, offset = args[0], int(args[1])
+        if dev not in pvs:
+            raise errors.LVMError(f'dm table maps device {dev}, which is '
+                                  f'not a PV of this VG')
+        pv, pe_start = pvs[dev]
+        first = (offset * SECTOR - pe_start) // extent_size
+        last = first + (length * SECTOR) // extent_size - 1
+        if out and out[-1][0] == pv and out[-1][2] + 1 == first:
+            out[-1][2] = last
+        else:
+            out.append([pv, first, last])
+    return out
+
+
 class LVMBackend(base.Backend):
-    """lvchange -aey / -an / --refresh; dmsetup suspend / resume."""
+    """lvchange -aey / -an / --refresh; dmsetup suspend / resume /
+    error-target retire."""
 
     name = 'lvm'
 
-    def __init__(self, lvm, timeout=30):
+    def __init__(self, lvm, timeout=30, vgs=None, fence_workers=16):
         self.lvm = lvm
         self.timeout = timeout
+        # None: every VG the executor (its devices filter) sees, read once.
+        self._vgs = set(vgs) if vgs is not None else None
+        self._vg_geometry = {}
+        self._mutex = threading.Lock()
+        self.fence_workers = fence_workers
 
-    def _dmsetup(self, *args):
+    # -- running dmsetup --
+
+    def _dmsetup(self, *args, kill_on_timeout=True):
+        argv = ['dmsetup', *args]
         try:
-            out = subprocess.run(['dmsetup', *args], capture_output=True,
-                                 text=True, timeout=self.timeout, check=False)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True,
+                                    env=dict(os.environ, LC_ALL='C'))
+        except OSError as exc:
+            raise errors.LVMError(f'dmsetup {args[0]}: cannot run: {exc}',
+                                  cmd=argv) from exc
+        try:
+            out, err = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired as exc:
-            raise errors.LVMError(f'dmsetup {args[0]} timed out',
-                                  kind='timeout') from exc
-        if out.returncode:
+            if kill_on_timeout:
+                proc.kill()
+                proc.communicate()
+            # else: left running on purpose (see suspend()); reaped by
+            # the next Popen's cleanup of finished children.
+            raise errors.LVMError(f'dmsetup {" ".join(args)}: timed out '
+                                  f'after {self.timeout}s', kind='timeout',
+                                  cmd=argv) from exc
+        if proc.returncode:
+            kind = 'not-found' if 'No such device' in err else 'failed'
             raise errors.LVMError(f'dmsetup {" ".join(args)}: '
-                                  f'{out.stderr.strip()}', stderr=out.stderr)
-        return out.stdout
+                                  f'{err.strip()}', kind=kind, cmd=argv,
+                                  stderr=err)
+        return out
+
+    def _managed(self):
+        if self._vgs is None:
+            with self._mutex:
+                if self._vgs is None:
+                    self._vgs = {vg['name'] for vg in self.lvm.vgs()}
+        return self._vgs
+
+    def _info(self, vg=None, lv=None):
+        args = ['info', '-c', '--noheadings', '--separator', _SEP,
+                '-o', _INFO_FIELDS]
+        if vg is not None:
+            try:
+                text = self._dmsetup(*args, dm_name(vg, lv))
+            except errors.LVMError as exc:
+                if exc.kind == 'not-found':
+                    return None
+                raise
+            rows = top_level_lvs(parse_info(text))
+            return rows.get((vg, lv))
+        return top_level_lvs(parse_info(self._dmsetup(*args)),
+                             self._managed())
+
+    def _retired(self, vg, lv):
+        try:
+            table = parse_table(self._dmsetup('table', dm_name(vg, lv)))
+        except errors.LVMError as exc:
+            if exc.kind == 'not-found':
+                return False
+            raise
+        return bool(table) and all(t[2] == 'error' for t in table)
+
+    # -- backend --
 
     def activate(self, vg, lv, read_only=False):
+        """lvchange -aey; refuses a fenced or retired device of vg/lv."""
+        row = self._info(vg, lv)
+        if row is not None:
+            if row['suspended']:
+                # lvchange -ay would resume it: only resume() unfences.
+                raise errors.LVMError(f'{vg}/{lv} is fenced (suspended) '
+                                      f'here; not activating over it',
+                                      kind='fenced')
+            if self._retired(vg, lv):
+                raise errors.LVMError(f'{vg}/{lv}: a retired device (error '
+                                      f'target) is still open here',
+                                      kind='busy')
         self.lvm.activate(vg, lv, exclusive=True, read_only=read_only)
         return f'/dev/{vg}/{lv}'
 
     def deactivate(self, vg, lv):
-        self.lvm.deactivate(vg, lv)
+        """lvchange -an; a fenced device goes through the error target."""
+        row = self._info(vg, lv)
+        if row is None:
+            return
+        if row['open']:
+            raise errors.LVMError(f'{vg}/{lv} is open ({row["open"]}); '
+                                  f'not deactivating', kind='busy')
+        if row['suspended']:
+            # LVM could resume it on the way out; never writable again.
+            self.retire(vg, lv)
+            return
+        try:
+            self.lvm.deactivate(vg, lv)
+        except errors.LVMError as exc:
+            if exc.kind == 'in-use':
+                raise errors.LVMError(str(exc), kind='busy', cmd=exc.cmd,
+                                      stderr=exc.stderr) from exc
+            raise
 
     def refresh(self, vg, lv):
+        """lvchange --refresh; returns the size the kernel now maps."""
+        row = self._info(vg, lv)
+        if row is not None and row['suspended']:
+            # lvchange --refresh suspends and resumes: it would unfence.
+            raise errors.LVMError(f'{vg}/{lv} is fenced (suspended) here; '
+                                  f'not refreshing', kind='fenced')
         self.lvm.refresh(vg, lv)
-        return self.lvm.lv(vg, lv)['size']
+        if row is None:
+            return self.lvm.lv(vg, lv)['size']
+        return self.mapped_size(vg, lv)
+
+    def mapped_size(self, vg, lv):
+        """Bytes the device of vg/lv maps now (its dm table)."""
+        table = parse_table(self._dmsetup('table', dm_name(vg, lv)))
+        return sum(t[1] for t in table) * SECTOR
 
     def suspend(self, vg, lv):
-        # I/O queues in the kernel: the VM pauses, nothing is lost.
-        self._dmsetup('suspend', dm_name(vg, lv))
+        """dmsetup suspend: new I/O queues in the kernel."""
+        # Never killed: interrupting the ioctl would undo the suspend.
+        self._dmsetup('suspend', dm_name(vg, lv), kill_on_timeout=False)
+
+    def suspend_many(self, lvs):
+        """Suspend every (vg, lv) in parallel; {(vg, lv): error} of those
+        that failed."""
+        lvs = list(lvs)
+        failed = {}
+        if not lvs:
+            return failed
+        workers = max(1, min(self.fence_workers, len(lvs)))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            futures = {pool.submit(self.suspend, vg, lv): (vg, lv)
+                       for vg, lv in lvs}
+            for fut in concurrent.futures.as_completed(futures):
+                try:
+                    fut.result()
+                except errors.CoordError as exc:
+                    failed[futures[fut]] = exc
+        return failed
 
     def resume(self, vg, lv):
+        """dmsetup resume."""
         self._dmsetup('resume', dm_name(vg, lv))
 
+    def retire(self, vg, lv):
+        """error target, resume (queued I/O fails), deferred remove."""
+        name = dm_name(vg, lv)
+        try:
+            table = parse_table(self._dmsetup('table', name))
+        except errors.LVMError as exc:
+            if exc.kind == 'not-found':
+                return
+            raise
+        sectors = sum(t[1] for t in table)
+        if sectors and not all(t[2] == 'error' for t in table):
+            self._dmsetup('load', name, '--table', f'0 {sectors} error')
+        self._dmsetup('resume', name)
+        # Removed now if closed, else by the kernel on the last close.
+        self._dmsetup('remove', '--deferred', name)
+        # Nothing new should find it by name (LVM made this link itself
+        # when udev rules are off; udev removes it otherwise).
+        link = f'/dev/{vg}/{lv}'
+        try:
+            if os.path.islink(link):
+                os.unlink(link)
+        except OSError:
+            pass
+
     def active(self):
+        """One dmsetup call: top-level LVs of managed VGs, except retired
+        devices waiting for their last close."""
         out = {}
-        for vg in self.lvm.vgs():
-            for lv in self.lvm.lvs(vg['name']):
-                if not lv.get('active'):
-                    continue
-                info = self._dmsetup('info', '-c', '--noheadings',
-                                     '--separator', ':', '-o',
-                                     'open,suspended',
-                                     dm_name(vg['name'], lv['name']))
-                opened, suspended = info.strip().split(':')
-                out[(vg['name'], lv['name'])] = {
-                    'path': f'/dev/{vg["name"]}/{lv["name"]}',
-                    'open': int(opened) > 0,
-                    'suspended': suspended.lower().startswith('suspend')}
+        for (vg, lv), row in self._info().items():
+            if 'd' in row['attr'][4:] or 'D' in row['attr']:
+                # Deferred remove pending: a retired device.
+                continue
+            out[(vg, lv)] = {'path': f'/dev/{vg}/{lv}',
+                             'device': f'/dev/{row["blkdevname"]}',
+                             'open': row['open'] > 0,
+                             'suspended': row['suspended'],
+                             'uuid': lvm_uuid(row['uuid'][36:])}
         return out
+
+    def identity(self, vg, lv):
+        """LV uuid from the dm uuid, extents from the dm table."""
+        row = self._info(vg, lv)
+        if row is None:
+            return None
+        name = dm_name(vg, lv)
+        table = parse_table(self._dmsetup('table', name))
+        if len(table) == 1 and table[0][2] == 'snapshot-origin':
+            # An origin with snapshots maps its -real layer.
+            table = parse_table(self._dmsetup('table', name + '-real'))
+        return {'uuid': lvm_uuid(row['uuid'][36:]),
+                'extents': table_extents(table, *self._geometry(vg))}
+
+    def _geometry(self, vg):
+        """({'major:minor': (pv, pe_start)}, extent_size) of vg's PVs."""
+        cached = self._vg_geometry.get(vg)
+        # PV paths can change (multipath, rescans): re-read on a mismatch.
+        if cached is None or not all(self._devno(p[0]) == d
+                                     for d, p in cached[0].items()):
+            pvs = self.lvm.pvs(vg)
+            devs = {self._devno(p['name']): (p['name'], p['pe_start'])
+                    for p in pvs}
+            cached = (devs, self.lvm.vg(vg)['extent_size'])
+            self._vg_geometry[vg] = cached
+        return cached
+
+    @staticmethod
+    def _devno(path):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return f'{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}'

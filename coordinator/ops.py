@@ -9,6 +9,7 @@ import logging
 import time
 
 from coordinator import errors
+from coordinator import grantbook
 from coordinator import metrics
 from coordinator import modes
 
@@ -21,7 +22,8 @@ class Operations:
     """Every operation of the daemon, for one host."""
 
     def __init__(self, engine, lvm, backend, router, vgs, read_seqno,
-                 readiness=None, members=None, events=None):
+                 readiness=None, members=None, events=None, book=None,
+                 fencer_alive=None):
         self.engine = engine
         self.host = engine.host
         self.leases = engine.leases
@@ -35,6 +37,10 @@ class Operations:
         self.readiness = readiness or (lambda: {})
         self.members = members or (lambda: {})
         self.events = events or (lambda kind, **kw: None)
+        # What this host made devices of (the fencer acts from it), and
+        # whether the fencer is running: without it, no grant is served.
+        self.book = book
+        self.fencer_alive = fencer_alive or (lambda: None)
 
     def handle(self, op, args):
         """Dispatch one validated request."""
@@ -49,8 +55,19 @@ class Operations:
         self.events('out-of-band-change', vg=vg, message=message)
 
     def _change(self, vg, op, action):
-        with metrics.LOCK_WAIT.time():
-            return self.guard.change(vg, op, action)
+        """Run one metadata change; False if it committed but the lock was
+        lost before its seqno was recorded (the caller reports what is on
+        disk: the change is there)."""
+        try:
+            with metrics.LOCK_WAIT.time():
+                self.guard.change(vg, op, action)
+        except errors.LockLost as exc:
+            if not getattr(exc, 'committed', False):
+                raise
+            LOG.warning('%s committed; %s', op, exc)
+            self.events('lock-lost-after-commit', vg=vg, op=op)
+            return False
+        return True
 
     # -- metadata --
 
@@ -60,9 +77,18 @@ class Operations:
             raise errors.InvalidInput('size', f'{size} bytes requested, '
                                       f'{free} free in {vg}')
         tags = list(tags) + ([MULTIATTACH_TAG] if multiattach else [])
-        self._change(vg, f'lvcreate {vg}/{lv}',
-                     lambda: self.lvm.create_lv(vg, lv, size, tags))
-        return self.op_show(vg, lv)
+        recorded = self._change(vg, f'lvcreate {vg}/{lv}',
+                                lambda: self.lvm.create_lv(vg, lv, size,
+                                                           tags))
+        return self._committed(self.op_show(vg, lv), recorded)
+
+    @staticmethod
+    def _committed(result, recorded):
+        if not recorded:
+            result['warning'] = ('committed; the VG lock was lost before '
+                                 'its seqno was recorded (the next holder '
+                                 'adopts it)')
+        return result
 
     def op_delete(self, vg, lv):
         self.lvm.lv(vg, lv)
@@ -76,13 +102,22 @@ class Operations:
         return {'vg': vg, 'lv': lv, 'deleted': True}
 
     def op_rename(self, vg, lv, new_name):
+        # Both names: a grant left on the new name (a host that was cut
+        # off) must not come to cover the renamed LV.
         self.leases.reserve(vg, lv, 'rename')
         try:
-            self._change(vg, f'lvrename {vg}/{lv} {new_name}',
-                         lambda: self.lvm.rename_lv(vg, lv, new_name))
-        finally:
+            self.leases.reserve(vg, new_name, 'rename')
+        except errors.CoordError:
             self.leases.unreserve(vg, lv)
-        return self.op_show(vg, new_name)
+            raise
+        try:
+            recorded = self._change(
+                vg, f'lvrename {vg}/{lv} {new_name}',
+                lambda: self.lvm.rename_lv(vg, lv, new_name))
+        finally:
+            self.leases.unreserve(vg, new_name)
+            self.leases.unreserve(vg, lv)
+        return self._committed(self.op_show(vg, new_name), recorded)
 
     def op_tag(self, vg, lv, add=(), remove=()):
         def action():
@@ -102,14 +137,22 @@ class Operations:
         if size - current > free:
             raise errors.InvalidInput('size', f'{size - current} more bytes '
                                       f'requested, {free} free in {vg}')
-        self._change(vg, f'lvextend {vg}/{lv}',
-                     lambda: self.lvm.extend_lv(vg, lv, size))
-        # Every host with the LV active maps the new size.
-        refreshed = {}
+        recorded = self._change(vg, f'lvextend {vg}/{lv}',
+                                lambda: self.lvm.extend_lv(vg, lv, size))
+        # Every host with the LV active maps the new size. The extend is
+        # done whatever they answer: report each, never fail the whole.
+        refreshed, failed = {}, {}
         for h in self.leases.holders(vg, lv):
-            if h.alive:
+            if not h.alive:
+                continue
+            try:
                 refreshed[h.host] = self.op_refresh(vg, lv, h.host)
-        return dict(self.op_show(vg, lv), refreshed=refreshed)
+            except errors.CoordError as exc:
+                failed[h.host] = str(exc)
+        result = dict(self.op_show(vg, lv), refreshed=refreshed)
+        if failed:
+            result['refresh_failed'] = failed
+        return self._committed(result, recorded)
 
     def op_snapshot(self, vg, lv, name, size):
         # The origin's device-mapper table lives on the host that has it
@@ -133,20 +176,25 @@ class Operations:
                                instance=instance, wait=wait,
                                read_only=read_only)
         self._check_ready(vg)
-        # Only shared mode needs the LV's tags; the backend itself finds a
-        # missing LV (and the fresh grant is then released).
-        if mode == modes.SHARED and \
-                MULTIATTACH_TAG not in self.lvm.lv(vg, lv)['tags']:
-            raise errors.InvalidInput('mode', f'{vg}/{lv} is not a '
-                                      f'multiattach volume')
+        self._check_fencer()
         self._check_fresh(vg)
         grant, new = self.leases.claim(vg, lv, mode, instance, wait)
         try:
-            path = self.backend.activate(vg, lv, read_only)
+            # Read under the grant: a rename or delete needs the LV
+            # unheld, so the name maps this LV until we let go.
+            info = self.lvm.lv(vg, lv)
+            if mode == modes.SHARED and MULTIATTACH_TAG not in info['tags']:
+                raise errors.InvalidInput('mode', f'{vg}/{lv} is not a '
+                                          f'multiattach volume')
+            self._record(vg, lv, grant, info, read_only)
+            path = self.backend.activate(vg, lv, read_only, info)
         except errors.CoordError:
             if new:
+                self._forget(vg, lv)
                 self.leases.release(vg, lv)
             raise
+        if self.book is not None:
+            self.book.put(vg, lv, state=grantbook.ACTIVE, path=path)
         metrics.GRANTS.labels(mode=grant.mode).inc()
         self.events('grant', vg=vg, lv=lv, mode=grant.mode,
                     token=grant.token)
@@ -157,7 +205,10 @@ class Operations:
     def op_deactivate(self, vg, lv, host=None):
         if host and host != self.host:
             return self._route(host, 'deactivate', vg=vg, lv=lv)
+        # The device goes first (refused while open): the lease is
+        # released only once nothing here can write.
         self.backend.deactivate(vg, lv)
+        self._forget(vg, lv)
         released = self.leases.release(vg, lv)
         if released:
             metrics.RELEASES.inc()
@@ -180,6 +231,28 @@ class Operations:
         args = {k: v for k, v in args.items() if v is not None}
         timeout = 60.0 + float(args.get('wait') or 0)
         return self.router.call(host, op, args, timeout)
+
+    def _record(self, vg, lv, grant, info, read_only):
+        if self.book is None:
+            return
+        record = self.book.get(vg, lv)
+        if record and record.get('uuid') == info['uuid'] and \
+                record.get('token') == grant.token:
+            return
+        self.book.put(vg, lv, state=grantbook.ACTIVATING, token=grant.token,
+                      uuid=info['uuid'], session=grant.session,
+                      mode=grant.mode, instance=grant.instance,
+                      read_only=read_only)
+
+    def _forget(self, vg, lv):
+        if self.book is not None:
+            self.book.drop(vg, lv)
+
+    def _check_fencer(self):
+        problem = self.fencer_alive()
+        if problem:
+            raise errors.HostUnavailable(f'{self.host} serves no grants: '
+                                         f'{problem}')
 
     def _check_ready(self, vg):
         ready = self.readiness()
@@ -241,7 +314,14 @@ class Operations:
                 'active': [f'{vg}/{lv}' for vg, lv in active],
                 'devices': {f'{vg}/{lv}': info['path']
                             for (vg, lv), info in active.items()},
+                'fencer': self.fencer_alive() or 'ok',
                 'readiness': self.readiness()}
+
+    def op_hosts(self):
+        """Hosts of the membership group (this one included), as
+        `lvmcoord host list` sees them."""
+        return {'host': self.host,
+                'hosts': sorted(set(self.members()) | {self.host})}
 
     def op_drain(self):
         """Release every LV that is not open here; report the others."""

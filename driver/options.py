@@ -19,6 +19,12 @@ driver_opts = [
                help='Seconds initialize_connection waits for a volume '
                     'whose previous holder lost its session to be fenced '
                     'and become grantable (TTL + grace on the daemons).'),
+    cfg.DictOpt('lvmcoord_host_map', default={},
+                help='Nova host names (connector host, i.e. nova-compute '
+                     'CONF.host) to lvmcoord host names ([DEFAULT] host of '
+                     'lvmcoord.conf), as nova-host:lvmcoord-host,... Only '
+                     'needed when the names differ by more than short name '
+                     'vs FQDN, which is matched without it.'),
 ]
 
 # Also options of Cinder's LVM driver, which registers them in

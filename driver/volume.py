@@ -17,6 +17,7 @@ from cinder import utils as cinder_utils
 from cinder.image import image_utils
 from cinder.volume import driver as cinder_driver
 from cinder.volume import volume_utils
+from os_brick import exception as brick_exception
 from oslo_config import cfg
 from oslo_log import log as logging
 from oslo_utils import excutils
@@ -26,7 +27,9 @@ from coordinator import errors
 from coordinator import modes
 from coordinator.api.client import Client
 from coordinator.lvm import names
+from driver import connector as lvmcoord_connector
 from driver import datacopy
+from driver import hosts
 from driver import options
 
 LOG = logging.getLogger(__name__)
@@ -36,12 +39,33 @@ PROTOCOL = 'local'
 # LVM reserves LV names starting with "snapshot"; escaped as the stock LVM
 # driver does, so LVs it created can be managed and vice versa.
 RESERVED_PREFIX = 'snapshot'
+# Tag of the LV made for a volume: tells a create whose reply was lost (the
+# LV is ours: adopt it) from an LV of the same name made by anyone else.
+VOLUME_TAG = 'lvmcoord_volume_'
+# Client failures where the request never reached the daemon.
+NOT_SENT = (FileNotFoundError, ConnectionRefusedError, PermissionError)
 
 
 def snapshot_lv(snapshot):
     """The LV name of a Cinder snapshot."""
     name = snapshot.name
     return '_' + name if name.startswith(RESERVED_PREFIX) else name
+
+
+def volume_tag(volume):
+    """The tag of the LV holding ``volume`` (its name's id)."""
+    return VOLUME_TAG + volume.name_id
+
+
+def volume_tags(tags):
+    """The lvmcoord volume tags among ``tags``."""
+    return [t for t in tags or () if t.startswith(VOLUME_TAG)]
+
+
+def may_have_run(exc):
+    """False if a HostUnavailable from the client means the request never
+    reached the daemon; True if it may have run (timeout, reply lost)."""
+    return not isinstance(exc.__cause__, NOT_SENT)
 
 
 def describe_holders(holders):
@@ -231,16 +255,78 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
         return gib * GiB
 
     def create_volume(self, volume):
-        """Create a thick LV; nothing is activated anywhere."""
-        action = f'creating volume {volume.name}'
+        """Create a thick LV tagged with the volume's id; nothing is
+        activated anywhere. The volume's own LV, left by a create whose
+        reply was lost, is adopted."""
+        lv = volume.name
+        action = f'creating volume {lv}'
         if volume.get('multiattach', None) and \
                 not self.configuration.lvmcoord_enable_multiattach:
             raise exception.VolumeDriverException(
                 message=f'{action}: multiattach volumes need '
                         f'lvmcoord_enable_multiattach = True')
         size = self._bytes(volume.size, action)
-        self._call(action, 'create', vg=self.vg, lv=volume.name, size=size,
-                   multiattach=self._multiattach(volume) or None)
+        try:
+            self._rpc('create', vg=self.vg, lv=lv, size=size,
+                      tags=[volume_tag(volume)],
+                      multiattach=self._multiattach(volume) or None)
+            return
+        except errors.LVMError as exc:
+            if exc.kind != 'exists':
+                raise exception.VolumeBackendAPIException(
+                    data=f'{action}: {exc}') from exc
+            why = 'it already exists'
+        except errors.HostUnavailable as exc:
+            path = self.configuration.lvmcoord_socket_path
+            if not may_have_run(exc):
+                raise exception.VolumeBackendAPIException(
+                    data=f'{action}: lvmcoordd is not reachable at {path} '
+                         f'(nothing was created): {exc}') from exc
+            why = (f'lvmcoordd timed out or its reply was lost, state '
+                   f'unknown ({exc})')
+            LOG.warning('%s: %s; reading what is on disk', action, why)
+        except errors.InvalidInput as exc:
+            raise exception.InvalidInput(reason=f'{action}: {exc}') from exc
+        except errors.CoordError as exc:
+            raise exception.VolumeBackendAPIException(
+                data=f'{action}: {exc}') from exc
+        self._adopt(volume, size, why, action)
+
+    def _adopt(self, volume, size, why, action):
+        """Accept the volume's own LV found on disk after ``why``; refuse
+        anything else, saying what was found."""
+        lv, tag = volume.name, volume_tag(volume)
+        try:
+            found = self._rpc('show', vg=self.vg, lv=lv)
+        except errors.LVMError as exc:
+            if exc.kind != 'not-found':
+                raise exception.VolumeBackendAPIException(
+                    data=f'{action}: {why}; then reading {self.vg}/{lv} '
+                         f'failed: {exc}') from exc
+            found = None
+        except errors.CoordError as exc:
+            raise exception.VolumeBackendAPIException(
+                data=f'{action}: {why}; then reading {self.vg}/{lv} '
+                     f'failed: {exc}') from exc
+        if found is None:
+            raise exception.VolumeBackendAPIException(
+                data=f'{action}: {why}; {self.vg}/{lv} is not on disk '
+                     f'now; the daemon may still create it: a retry '
+                     f'adopts it then')
+        tags = found.get('tags') or []
+        if tag not in tags:
+            owner = ', '.join(volume_tags(tags)) or 'no lvmcoord volume tag'
+            raise exception.VolumeBackendAPIException(
+                data=f'{action}: {why}: {self.vg}/{lv} on disk is not this '
+                     f'volume\'s (tags: {owner}; expected {tag}); left as '
+                     f'it is')
+        if found['size'] != size:
+            raise exception.VolumeBackendAPIException(
+                data=f'{action}: {why}: {self.vg}/{lv} on disk is this '
+                     f'volume\'s ({tag}) but {found["size"]} bytes, not '
+                     f'{size}; left as it is')
+        LOG.warning('%s: %s; %s/%s found on disk with tag %s and %d bytes: '
+                    'adopted', action, why, self.vg, lv, tag, size)
 
     def delete_volume(self, volume):
         """Remove the LV; refused while any host holds it, a success if
@@ -252,6 +338,14 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
             return
         if info['holders']:
             raise self._busy(volume, describe_holders(info['holders']))
+        others = [t for t in volume_tags(info.get('tags'))
+                  if t != volume_tag(volume)]
+        if others:
+            # Another volume's LV under this name: never wipe or remove it.
+            raise exception.VolumeBackendAPIException(
+                data=f'deleting volume {lv}: {self.vg}/{lv} belongs to '
+                     f'another volume (tags: {", ".join(others)}; expected '
+                     f'{volume_tag(volume)}); not deleted')
         self._wipe(lv, info['size'])
         try:
             self._rpc('delete', vg=self.vg, lv=lv)
@@ -296,8 +390,9 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
                         'volume_clear_ionice'))
 
     def extend_volume(self, volume, new_size):
-        """lvextend under the VG lock; the daemon refreshes every host
-        that has the LV active."""
+        """lvextend under the VG lock (detached volumes: the driver reports
+        online_extend_support False); the daemon refreshes any host that
+        has the LV active (the driver's own copies)."""
         action = f'extending {volume.name} to {new_size} GiB'
         out = self._call(action, 'extend', vg=self.vg, lv=volume.name,
                          size=self._bytes(new_size, action))
@@ -389,7 +484,15 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
             'lvconvert --merge, which needs the origin activated and '
             'lvmcoordd has no merge operation yet')
 
-    # -- local activations for copies --
+    # -- local activations for copies (through the lvmcoord connector) --
+
+    def connector(self):
+        """The lvmcoord os-brick connector on this volume host (its local
+        daemon): the driver's own host-side attaches go through it."""
+        conn = lvmcoord_connector.LvmcoordConnector(
+            None, socket_path=self.configuration.lvmcoord_socket_path)
+        conn.client = self.client
+        return conn
 
     def activate_here(self, lv, purpose, read_only=False):
         """Take the lease and activate ``lv`` on this volume host."""
@@ -400,19 +503,19 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
                 data=f'{purpose}: {self.vg}/{lv} does not exist')
         mine = next((h for h in info['holders']
                      if h['host'] == here and h.get('alive', True)), None)
+        if mine:
+            # Already attached here: reuse it as granted, leave it on.
+            props = {'mode': mine['mode'], 'instance': mine['instance']}
+        else:
+            props = {'access_mode': 'ro' if read_only else 'rw'}
         try:
-            if mine:
-                # Already attached here: reuse it as granted, leave it on.
-                got = self._rpc('activate', vg=self.vg, lv=lv,
-                                mode=mine['mode'], instance=mine['instance'])
-            else:
-                got = self._rpc('activate', vg=self.vg, lv=lv,
-                                read_only=read_only or None)
-        except errors.LeaseConflict as exc:
-            raise exception.VolumeIsBusy(
-                message=f'{purpose}: {self.vg}/{lv} is in use: {exc}',
-                volume_name=lv) from exc
-        except errors.CoordError as exc:
+            got = self.connector().connect_volume(
+                dict(props, vg=self.vg, lv=lv))
+        except brick_exception.BrickException as exc:
+            if isinstance(exc.__cause__, errors.LeaseConflict):
+                raise exception.VolumeIsBusy(
+                    message=f'{purpose}: {self.vg}/{lv} is in use: '
+                            f'{exc.__cause__}', volume_name=lv) from exc
             raise exception.VolumeBackendAPIException(
                 data=f'{purpose}: cannot activate {self.vg}/{lv} on '
                      f'{here}: {exc}') from exc
@@ -422,8 +525,9 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
     def deactivate_here(self, lv):
         """Deactivate ``lv`` on this volume host and release its lease."""
         try:
-            self._rpc('deactivate', vg=self.vg, lv=lv)
-        except errors.CoordError as exc:
+            self.connector().disconnect_volume({'vg': self.vg, 'lv': lv},
+                                               None)
+        except brick_exception.BrickException as exc:
             LOG.error('could not deactivate %s/%s on %s: %s', self.vg, lv,
                       self.daemon_host, exc)
 
@@ -464,22 +568,59 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
         """Nothing to do."""
 
     def validate_connector(self, connector):
-        """A non-empty connector must name its host."""
-        if connector and not connector.get('host'):
+        """A non-empty connector must name a host lvmcoord knows."""
+        if connector:
+            self._connector_host(connector)
+
+    def _connector_host(self, connector):
+        """The lvmcoord host of a connector, or InvalidConnectorException
+        naming the known hosts."""
+        if not connector.get('host'):
             raise exception.InvalidConnectorException(missing='host')
+        try:
+            return self._lvmcoord_host(connector['host'])
+        except hosts.UnknownHost as exc:
+            raise exception.InvalidConnectorException(
+                missing=f'a host lvmcoord knows: {exc}') from exc
+
+    def _known_hosts(self):
+        """The cluster's host names per the local daemon; None if it
+        cannot say (the names are then used as given)."""
+        try:
+            return self._rpc('hosts')['hosts']
+        except errors.CoordError as exc:
+            LOG.warning('lvmcoordd cannot list the cluster\'s hosts (%s); '
+                        'connector host names are used as given', exc)
+            return None
+
+    def _lvmcoord_host(self, name, also=()):
+        """The lvmcoord host Nova's host ``name`` means, among the known
+        hosts and ``also`` (UnknownHost if none)."""
+        aliases = self.configuration.lvmcoord_host_map or {}
+        if name in aliases:
+            return aliases[name]
+        known = self._known_hosts()
+        if known is not None:
+            known = set(known) | set(also)
+        host, rule = hosts.resolve(name, known, self._here(), aliases,
+                                   hosts.local_names())
+        if host != name:
+            LOG.debug('connector host %s is lvmcoord host %s (%s)', name,
+                      host, rule)
+        return host
 
     def initialize_connection(self, volume, connector, initiator_data=None):
         """The daemon on connector['host'] takes the lease and activates;
         Nova's 'local' volume type uses data.device_path as the disk."""
         if not connector:
             return {'driver_volume_type': PROTOCOL, 'data': {}}
-        self.validate_connector(connector)
-        host, lv = connector['host'], volume.name
+        lv, host = volume.name, self._connector_host(connector)
         if self._multiattach(volume):
             mode, instance = modes.SHARED, None
         else:
+            # Attachments name hosts as Nova does: compared in its names.
             instance, moving = attach_instance(self._attachments(volume),
-                                               host)
+                                               connector['host'])
             mode = modes.MIGRATION if moving else modes.EXCLUSIVE
         read_only = connector.get('mode') == 'ro'
         args = {'vg': self.vg, 'lv': lv, 'host': host, 'mode': mode,
@@ -523,14 +664,23 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
             for holder in info['holders']:
                 self._deactivate(volume.name, holder['host'])
             return False
-        host = connector['host']
         same = [a for a in self._attachments(volume)
-                if attachment_host(a) == host
+                if attachment_host(a) == connector['host']
                 and a.get('attach_status', None) != 'detached']
         if len(same) > 1 and not kwargs.get('force'):
             LOG.info('%s stays active on %s: %d attachments there',
-                     volume.name, host, len(same))
+                     volume.name, connector['host'], len(same))
             return True
+        info = self._show(volume.name) or {'holders': []}
+        try:
+            # A holder may have left the membership (its daemon died):
+            # still a name to match.
+            host = self._lvmcoord_host(
+                connector['host'], [h['host'] for h in info['holders']])
+        except hosts.UnknownHost as exc:
+            LOG.warning('detaching %s: %s; no holder there, nothing to '
+                        'release', volume.name, exc)
+            return False
         self._deactivate(volume.name, host)
         return False
 
@@ -577,6 +727,12 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
                        f'{describe_holders(info["holders"])}')
         self._call(f'renaming {name} to {volume.name}', 'rename',
                    vg=self.vg, lv=name, new_name=volume.name)
+        # Now this volume's: its tag, and no other volume's.
+        stale = [t for t in volume_tags(info.get('tags'))
+                 if t != volume_tag(volume)]
+        self._call(f'tagging {volume.name}', 'tag', vg=self.vg,
+                   lv=volume.name, add=[volume_tag(volume)],
+                   remove=stale or None)
 
     def manage_existing_get_size(self, volume, existing_ref):
         """The LV's size in whole GiB, rounded up."""
@@ -647,6 +803,10 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
             'thick_provisioning_support': True,
             'total_volumes': count,
             'multiattach': bool(conf.lvmcoord_enable_multiattach),
+            # The LV would grow and the holder refresh, but Nova's 'local'
+            # volume type cannot resize the guest's disk: Cinder's
+            # scheduler refuses an extend of an attached volume.
+            'online_extend_support': False,
             'QoS_support': False,
             'location_info': f'LvmcoordDriver:{self.vg}',
             'backend_state': state,

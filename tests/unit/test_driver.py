@@ -35,6 +35,7 @@ import pytest
 from coordinator import errors
 from coordinator import modes
 from coordinator.api import schema
+from driver import connector as connector_mod
 from driver import datacopy
 from driver import options
 from driver import volume as lvmcoord
@@ -61,6 +62,8 @@ class FakeDaemon:
         self.calls = []
         self.fail = {}
         self.token = 100
+        # The membership as the daemon's 'hosts' op reports it.
+        self.members = [host, 'volume-2', 'compute-1', 'compute-2']
 
     def call(self, op, **args):
         self.calls.append((op, dict(args)))
@@ -108,6 +111,15 @@ class FakeDaemon:
                 'readiness': {'vgs': {VG: {'uuid': 'u', 'pvs': [
                     {'device': '/dev/fake-pv', 'multipath': False}]}},
                     'problems': {}}}
+
+    def op_hosts(self):
+        return {'host': self.host, 'hosts': sorted(self.members)}
+
+    def op_tag(self, vg, lv, add=(), remove=()):
+        x = self._lv(vg, lv)
+        x['tags'] = [t for t in x['tags'] if t not in (remove or ())] + \
+            [t for t in add or () if t not in x['tags']]
+        return self.op_show(vg, lv)
 
     def op_vg_stats(self, vg):
         return {'vg': vg, 'uuid': 'u', 'size': self.vg_bytes,
@@ -205,6 +217,8 @@ class FakeDaemon:
 @pytest.fixture(autouse=True)
 def small_gib(monkeypatch):
     monkeypatch.setattr(lvmcoord, 'GiB', GiB)
+    # The fake daemon's devices are sparse files.
+    monkeypatch.setattr(connector_mod, 'is_block_device', os.path.isfile)
 
 
 @pytest.fixture
@@ -320,8 +334,8 @@ def test_options_listed_for_the_generator_and_the_driver():
     [(group, opts)] = options.list_opts()
     names = {o.name for o in opts}
     assert {'lvmcoord_socket_path', 'lvmcoord_enable_multiattach',
-            'lvmcoord_attach_timeout', 'volume_group',
-            'lvm_type'} == names
+            'lvmcoord_attach_timeout', 'lvmcoord_host_map',
+            'volume_group', 'lvm_type'} == names
     listed = {o.name for o in lvmcoord.LvmcoordDriver.get_driver_options()}
     assert names | {'volume_clear', 'volume_dd_blocksize'} <= listed
 
@@ -390,8 +404,9 @@ def test_setup_check_names_what_is_wrong(drv, daemon, breakage, message):
 def test_create_sends_a_thick_lv_and_activates_nothing(drv, daemon):
     vol = volume(size=3)
     assert drv.create_volume(vol) is None
-    assert daemon.ops() == [('create', {'vg': VG, 'lv': vol.name,
-                                        'size': 3 * GiB})]
+    assert daemon.ops() == [('create', {
+        'vg': VG, 'lv': vol.name, 'size': 3 * GiB,
+        'tags': [f'lvmcoord_volume_{vol.id}']})]
     assert not daemon.holders
 
 
@@ -415,15 +430,99 @@ def test_create_bad_size_refused_before_the_daemon(drv, daemon, size):
 def test_create_errors_from_the_daemon(drv, daemon):
     with pytest.raises(exception.InvalidInput, match='free'):
         drv.create_volume(volume(size=1000))
-    vol = volume()
-    drv.create_volume(vol)
+    daemon.fail['create'] = errors.LVMError('lvcreate: VG is damaged',
+                                            kind='failed')
     with pytest.raises(exception.VolumeBackendAPIException,
-                       match='already exists'):
-        drv.create_volume(vol)
+                       match='VG is damaged'):
+        drv.create_volume(volume())
     bad = volume()
     bad.name_id = 'no good/../name'
     with pytest.raises(exception.InvalidInput, match='lv'):
         drv.create_volume(bad)
+
+
+def lost_reply(daemon, cause):
+    """The daemon runs the create, then the client fails with ``cause``
+    (a timeout: the reply never came)."""
+    real = daemon.op_create
+
+    def create(**args):
+        real(**args)
+        raise errors.HostUnavailable(f'lvmcoordd not reachable at /s: '
+                                     f'{cause}') from cause
+    return create
+
+
+def test_create_whose_reply_timed_out_is_adopted(drv, daemon, caplog):
+    vol = volume(size=2)
+    daemon.op_create = lost_reply(daemon, TimeoutError('timed out'))
+    drv.create_volume(vol)
+    assert daemon.lvs[vol.name]['tags'] == [f'lvmcoord_volume_{vol.id}']
+    assert [op for op, _ in daemon.ops()] == ['create', 'show']
+    assert 'state unknown' in caplog.text and 'adopted' in caplog.text
+
+
+def test_create_retried_after_it_committed_is_adopted(drv, daemon):
+    vol = volume(size=2)
+    daemon.add(vol.name, 2 * GiB, tags=[f'lvmcoord_volume_{vol.id}'])
+    drv.create_volume(vol)
+    assert list(daemon.lvs) == [vol.name]
+
+
+def test_create_timed_out_and_not_on_disk_says_state_unknown(drv, daemon):
+    vol = volume()
+
+    def create(**args):
+        raise errors.HostUnavailable('timed out') from TimeoutError()
+    daemon.op_create = create
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match='state unknown.*not on disk now.*retry '
+                             'adopts it'):
+        drv.create_volume(vol)
+
+
+def test_create_with_the_daemon_not_reachable_says_so(drv, daemon):
+    def create(**args):
+        raise errors.HostUnavailable('lvmcoordd not reachable at /s') \
+            from FileNotFoundError(2, 'No such file')
+    daemon.op_create = create
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match='not reachable.*nothing was created'):
+        drv.create_volume(volume())
+    assert daemon.ops('show') == []
+
+
+@pytest.mark.parametrize('tags, size, message', [
+    (['lvmcoord_volume_someone-else'], GiB,
+     "not this volume's \\(tags: lvmcoord_volume_someone-else; expected "
+     "lvmcoord_volume_"),
+    ([], GiB, 'no lvmcoord volume tag'),
+    (None, 2 * GiB, 'but 16777216 bytes, not 8388608'),
+])
+def test_create_over_an_lv_that_is_not_this_one_is_refused(
+        drv, daemon, tags, size, message):
+    vol = volume(size=1)
+    daemon.add(vol.name, size, tags=[f'lvmcoord_volume_{vol.id}']
+               if tags is None else tags)
+    before = dict(daemon.lvs[vol.name])
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match='already exists: .*' + message):
+        drv.create_volume(vol)
+    assert daemon.lvs[vol.name] == before
+
+
+def test_delete_of_another_volumes_lv_is_refused(drv, daemon):
+    vol = volume()
+    daemon.add(vol.name, tags=['lvmcoord_volume_other'])
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match='belongs to another volume.*lvmcoord_volume_'
+                             'other'):
+        drv.delete_volume(vol)
+    assert vol.name in daemon.lvs
+    # Untagged (made before tags, or by hand): deleted as before.
+    daemon.lvs[vol.name]['tags'] = []
+    drv.delete_volume(vol)
+    assert vol.name not in daemon.lvs
 
 
 def test_delete_of_a_missing_volume_succeeds(drv, daemon):
@@ -537,9 +636,11 @@ def test_clone_copies_here_and_deactivates_both(drv, daemon):
                                                     GiB)
     assert daemon.lvs[dst.name]['size'] == 2 * GiB
     activations = daemon.ops('activate')
+    # Through the lvmcoord connector, on this host (no host field).
     assert activations[0][1] == {'vg': VG, 'lv': src.name,
-                                 'read_only': True}
-    assert activations[1][1] == {'vg': VG, 'lv': dst.name}
+                                 'mode': 'exclusive', 'read_only': True}
+    assert activations[1][1] == {'vg': VG, 'lv': dst.name,
+                                 'mode': 'exclusive'}
     assert not daemon.holders
 
 
@@ -680,6 +781,82 @@ def test_attach_activates_on_the_connector_host(drv, daemon, attachments):
     assert daemon.ops('activate')[-1][1] == {
         'vg': VG, 'lv': vol.name, 'host': 'compute-1', 'mode': 'exclusive',
         'instance': fake.INSTANCE_ID}
+
+
+@pytest.mark.parametrize('nova_host, members, host_map, expected', [
+    ('compute-1', None, {}, 'compute-1'),
+    # Nova's CONF.host is the FQDN, lvmcoord's the short name...
+    ('compute-1.example.org', None, {}, 'compute-1'),
+    # ...or the other way round.
+    ('compute-3', ['volume-1', 'compute-3.example.org'], {},
+     'compute-3.example.org'),
+    # An inventory name, mapped explicitly.
+    ('rack4-node17', None, {'rack4-node17': 'compute-2'}, 'compute-2'),
+])
+def test_attach_maps_nova_host_names(make_driver, daemon, nova_host,
+                                     members, host_map, expected):
+    if members:
+        daemon.members = members
+    drv = make_driver(lvmcoord_host_map=host_map)
+    vol = volume()
+    drv.create_volume(vol)
+    info = drv.initialize_connection(vol, {'host': nova_host})
+    assert info['data']['host'] == expected
+    assert daemon.ops('activate')[-1][1]['host'] == expected
+    drv.terminate_connection(vol, {'host': nova_host})
+    assert daemon.ops('deactivate')[-1][1]['host'] == expected
+    assert not daemon.holders
+
+
+def test_this_machines_own_name_is_the_local_daemon(drv, daemon,
+                                                    monkeypatch):
+    # Cinder's own attaches (backup, migration copies) name the host by
+    # socket.gethostname().
+    monkeypatch.setattr(lvmcoord.hosts, 'local_names',
+                        lambda: {'cinder-box', 'cinder-box.example.org'})
+    vol = volume()
+    drv.create_volume(vol)
+    info = drv.initialize_connection(vol, {'host': 'cinder-box'})
+    assert info['data']['host'] == HERE
+
+
+@pytest.mark.parametrize('nova_host, members, message', [
+    ('compute-9', None, "host 'compute-9' is not an lvmcoord host "
+                        "\\(known: compute-1, compute-2, volume-1, "
+                        "volume-2\\)"),
+    # Two FQDNs of different domains are different hosts.
+    ('compute-1.b.org', ['volume-1', 'compute-1.a.org'],
+     'not an lvmcoord host'),
+    ('compute-1', ['volume-1', 'compute-1.a.org', 'compute-1.b.org'],
+     'several lvmcoord hosts by short name'),
+])
+def test_unknown_host_is_refused_naming_the_known_ones(
+        drv, daemon, nova_host, members, message):
+    if members:
+        daemon.members = members
+    vol = volume()
+    drv.create_volume(vol)
+    with pytest.raises(exception.InvalidConnectorException, match=message):
+        drv.validate_connector({'host': nova_host})
+    with pytest.raises(exception.InvalidConnectorException, match=message):
+        drv.initialize_connection(vol, {'host': nova_host})
+    assert daemon.ops('activate') == [] and not daemon.holders
+
+
+def test_host_names_used_as_given_when_the_daemon_cannot_list(drv, daemon):
+    daemon.op_hosts = mock.Mock(side_effect=errors.EtcdUnavailable('down'))
+    vol = volume()
+    drv.create_volume(vol)
+    drv.initialize_connection(vol, {'host': 'compute-1'})
+    assert daemon.ops('activate')[-1][1]['host'] == 'compute-1'
+
+
+def test_detach_matches_a_holder_gone_from_the_membership(drv, daemon):
+    vol = volume()
+    drv.create_volume(vol)
+    daemon.hold(vol.name, 'compute-3', alive=False)
+    drv.terminate_connection(vol, {'host': 'compute-3.example.org'})
+    assert daemon.ops('deactivate')[-1][1]['host'] == 'compute-3'
 
 
 def test_attach_with_an_empty_connector_is_a_no_op(drv, daemon):
@@ -827,7 +1004,8 @@ def test_attachments_come_fresh_from_the_database(drv, attachments):
 # -- manage --
 
 def test_manage_existing_renames(drv, daemon):
-    daemon.add('legacy-lv', 3 * GiB - MiB)
+    daemon.add('legacy-lv', 3 * GiB - MiB,
+               tags=['lvmcoord_volume_unmanaged-one', 'keep-me'])
     vol = volume()
     ref = {'source-name': 'legacy-lv'}
     assert drv.manage_existing_get_size(vol, ref) == 3
@@ -836,6 +1014,9 @@ def test_manage_existing_renames(drv, daemon):
                            return_value=False):
         drv.manage_existing(vol, ref)
     assert vol.name in daemon.lvs and 'legacy-lv' not in daemon.lvs
+    # Now this volume's LV: its tag replaces the previous volume's.
+    assert sorted(daemon.lvs[vol.name]['tags']) == [
+        'keep-me', f'lvmcoord_volume_{vol.id}']
     drv.unmanage(vol)
     assert vol.name in daemon.lvs
 
@@ -902,6 +1083,9 @@ def test_stats_from_the_daemons_vg_view(drv, daemon):
     assert pool['thin_provisioning_support'] is False
     assert pool['multiattach'] is False and pool['total_volumes'] == 1
     assert pool['backend_state'] == 'up'
+    # Nova's 'local' type cannot resize an attached disk: Cinder's
+    # scheduler then refuses extends of attached volumes.
+    assert pool['online_extend_support'] is False
     assert drv.get_pool(volume()) == 'lvmcoord'
 
 

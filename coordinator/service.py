@@ -17,6 +17,7 @@ from coordinator import errors
 from coordinator import etcd as etcdlib
 from coordinator import fence
 from coordinator import metrics
+from coordinator import supervise
 from coordinator.api.server import APIServer
 from coordinator.host import HostContext
 
@@ -109,7 +110,9 @@ class APIWorker(_Worker):
     def work(self):
         self.server = APIServer(self.conf.api.socket_path,
                                 self.ctx.ops.handle,
-                                self.conf.api.socket_group)
+                                self.conf.api.socket_group,
+                                max_connections=self.conf.api.max_connections,
+                                idle_timeout=self.conf.api.idle_timeout)
         thread = threading.Thread(target=self.server.serve_forever,
                                   daemon=True)
         thread.start()
@@ -197,7 +200,7 @@ def build(conf):
     if conf.metrics.port and not os.environ.get('PROMETHEUS_MULTIPROC_DIR'):
         raise errors.InvalidInput('metrics.port', 'PROMETHEUS_MULTIPROC_DIR '
                                   'must be set before the daemon starts')
-    manager = cotyledon.ServiceManager()
+    manager = supervise.Manager()  # a worker that keeps dying stops all
     for worker in (SessionWorker, FenceWorker, RequestWorker, APIWorker):
         manager.add(worker, workers=1, args=(conf,))
     return manager

@@ -6,23 +6,47 @@ import tempfile
 from oslo_config import cfg
 from oslo_log import log
 
+from coordinator import checkconf
 from coordinator import conf as conflib
+
+LOG = log.getLogger(__name__)
+
+cli_opts = [
+    cfg.BoolOpt('check-config', default=False,
+                help='Check every option (etcd must answer within [etcd] '
+                     'startup_timeout) and exit: 0 if the configuration '
+                     'is good, 1 with the problem on stderr.'),
+]
 
 
 def main(argv=None):
     conf = cfg.ConfigOpts()
     conflib.register(conf)
     log.register_options(conf)
+    conf.register_cli_opts(cli_opts)
     conf(sys.argv[1:] if argv is None else argv, project='lvmcoord',
          prog='lvmcoordd')
     log.setup(conf, 'lvmcoordd')
+    # Before any worker forks: a bad option stops the daemon here with one
+    # line, instead of a worker crash-looping while the others serve.
+    try:
+        checkconf.check(conf)
+    except checkconf.ConfigError as exc:
+        if conf.log_file:
+            LOG.error('configuration refused: %s', exc)
+        print(f'lvmcoordd: configuration refused: {exc}', file=sys.stderr)
+        return 1
+    if conf.check_config:
+        print('lvmcoordd: configuration OK')
+        return 0
     if conf.metrics.port and 'PROMETHEUS_MULTIPROC_DIR' not in os.environ:
         # Workers are processes: metrics are aggregated through files.
         os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(
             prefix='lvmcoord-metrics-')
     from coordinator import service
     service.build(conf).run()
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -1,85 +1,179 @@
 """Router: requests to other hosts' daemons, carried by etcd.
 
-A caller puts ``requests/<host>/<id>`` (bound to its own session, so it
-vanishes if the caller dies) and watches ``replies/<id>``. The target
-daemon watches its request prefix, claims each request by deleting it, runs
-it, and puts the reply. No ports, no firewall rules: only etcd.
+A caller puts ``requests/<host>/<id>`` bound to its own session lease and
+watches ``replies/<id>``. The target daemon watches its request prefix and
+claims a request by deleting it in a txn that also proves the request's
+lease is the live session of the host named in ``from`` (``sessions/<from>``
+is attached to that very lease). What fails the proof is deleted and never
+answered: nobody we know sent it. A bound request is checked with the local
+socket's schema, limited to the operations that make sense remotely, queued
+(bounded, per-caller limits, oldest first) and run; its reply is put only
+while the caller's session lives, on a short lease of its own, so a reply
+nobody reads goes away. doc/security.md states what this does and does not
+protect against.
 """
+import collections
 import concurrent.futures
 import logging
+import re
 import threading
 import time
 import uuid
 
 from coordinator import errors
 from coordinator import etcd as etcdlib
+from coordinator.api import schema
 
 LOG = logging.getLogger(__name__)
 
 # Safety net against a silently dead watch stream.
 RESCAN = 5.0
+# How often a waiting caller looks at its own session (local state only).
+RECHECK = 1.0
+
+# What another host may ask of this one: the operations ops.py routes
+# (activate/deactivate/refresh through _route, snapshot to the origin's
+# holder). Metadata changes and reads are never run on request.
+ROUTABLE = ('activate', 'deactivate', 'refresh', 'snapshot')
+# A routed activate may wait this long for a lease; the caller waits
+# MAX_WAIT plus its own margin, so a request can never hold a worker longer.
+MAX_WAIT = 300.0
+MAX_TIMEOUT = MAX_WAIT + 120.0
+DEFAULT_TIMEOUT = 60.0
+# Seconds a reply lives when nobody reads it (the caller reads it within a
+# RESCAN at worst).
+REPLY_TTL = 30
+# Requests claimed but not yet running, in total and per caller.
+QUEUE_SIZE = 64
+FIELDS = frozenset({'op', 'args', 'from', 'timeout'})
+_RID = re.compile(r'[0-9a-f]{32}')
+# The host-name rule of the socket's schema (its ``host`` fields).
+_host_name = dict(schema.OPS['deactivate'][1])['host']
+_serving = threading.local()
+
+
+class _Unbound(Exception):
+    """A request nobody known is behind: deleted, never answered."""
 
 
 class Router:
     """Send requests to other hosts and serve the ones sent to us."""
 
-    def __init__(self, etcd, keys, session):
+    def __init__(self, etcd, keys, session, reply_ttl=REPLY_TTL):
         self.etcd = etcd
         self.keys = keys
         self.session = session
+        self.reply_ttl = reply_ttl
+        self.scheduler = None
         self._stop = threading.Event()
+        self._reply_lease = (0, 0.0)
+        self._lease_mutex = threading.Lock()
 
     def alive(self, host):
         """The host's session record, or None if it has no live session."""
         kv = self.etcd.get(self.keys.session(host))
         return kv.json() if kv else None
 
-    def call(self, host, op, args, timeout=60.0):
+    # -- caller side --
+
+    def call(self, host, op, args, timeout=DEFAULT_TIMEOUT):
         """Run ``op`` on ``host``'s daemon; its result, or raise."""
+        if getattr(_serving, 'request', False):
+            # A request runs on the host it was sent to, never relayed:
+            # no chains, no loops between hosts.
+            raise errors.HostUnavailable(
+                f'{op} must run on {host}, but this host is itself running '
+                f'a request routed to it; routed requests are not forwarded')
+        if op not in ROUTABLE:
+            raise errors.InvalidInput('op', f'{op!r:.60} cannot be routed '
+                                      f'to another host')
+        if float(args.get('wait') or 0) > MAX_WAIT:
+            raise errors.InvalidInput('wait', f'at most {MAX_WAIT:.0f} '
+                                      f'seconds for another host')
+        timeout = min(float(timeout), MAX_TIMEOUT)
+        lease = self.session.id
+        if not lease:
+            raise errors.SessionLost(f'{self.session.host} has no session: '
+                                     f'cannot send {op} to {host}')
         if self.alive(host) is None:
             raise errors.HostUnavailable(
                 f'host {host} has no live lvmcoord session')
         rid = uuid.uuid4().hex
         req_key, reply_key = self.keys.request(host, rid), \
             self.keys.reply(rid)
+        # SessionLost if our lease is gone (etcd: lease not found).
         rev = self.etcd.put(req_key, {'op': op, 'args': args,
                                       'from': self.session.host,
-                                      'timeout': timeout},
-                            lease=self.session.id)
+                                      'timeout': timeout}, lease=lease)
         try:
-            with self.etcd.watch(reply_key, rev) as watch:
-                for event in watch.until(time.monotonic() + timeout,
-                                         RESCAN):
-                    kv = event[1] if event and event[0] == 'PUT' else \
-                        self.etcd.get(reply_key)
-                    if kv is not None:
-                        return self._unwrap(host, kv.json())
-                    if self.alive(host) is None:
-                        raise errors.HostUnavailable(
-                            f'host {host} lost its session while running '
-                            f'{op}')
-            raise errors.HostUnavailable(
-                f'host {host} did not answer {op} within {timeout:.0f}s')
+            return self._await(host, op, lease, reply_key, rev, timeout)
         finally:
             self.etcd.txn([], [etcdlib.op_delete(req_key),
                                etcdlib.op_delete(reply_key)])
 
+    def _await(self, host, op, lease, reply_key, rev, timeout):
+        deadline = time.monotonic() + timeout
+        next_scan = time.monotonic() + RESCAN
+        with self.etcd.watch(reply_key, rev) as watch:
+            for event in watch.until(deadline, RECHECK):
+                if event and event[0] == 'PUT':
+                    return self._unwrap(host, event[1].json())
+                self._check_session(host, op, lease)
+                if event is None and time.monotonic() >= next_scan:
+                    next_scan = time.monotonic() + RESCAN
+                    kv = self.etcd.get(reply_key)
+                    if kv is not None:
+                        return self._unwrap(host, kv.json())
+                    if self.etcd.lease_ttl(lease) <= 0:
+                        self._session_lost(host, op)
+                    if self.alive(host) is None:
+                        raise errors.HostUnavailable(
+                            f'host {host} lost its session while running '
+                            f'{op}')
+        raise errors.HostUnavailable(
+            f'host {host} did not answer {op} within {timeout:.0f}s')
+
+    def _check_session(self, host, op, lease):
+        try:
+            self.session.check()
+        except errors.SessionLost:
+            self._session_lost(host, op)
+        if self.session.id != lease:
+            self._session_lost(host, op)
+
+    def _session_lost(self, host, op):
+        raise errors.SessionLost(
+            f'session of {self.session.host} ended while waiting for {op} '
+            f'on {host}: its reply cannot be delivered (the request may or '
+            f'may not have run there; check with show)')
+
     @staticmethod
     def _unwrap(host, reply):
+        if not isinstance(reply, dict):
+            raise errors.CoordError(f'malformed reply from {host}')
         if reply.get('ok'):
             return reply.get('result')
-        raise errors.from_dict(reply.get('error', {}), f'on {host}: ')
+        body = reply.get('error')
+        raise errors.from_dict(body if isinstance(body, dict) else {},
+                               f'on {host}: ')
 
-    def serve(self, handler, workers=4):
+    # -- serving side --
+
+    def serve(self, handler, workers=4, per_caller=None,
+              queue_size=QUEUE_SIZE):
         """Run ``handler(op, args)`` for requests to this host until
-        stop()."""
+        stop(); one caller runs at most ``per_caller`` at a time (default
+        half the workers) and queues at most a quarter of ``queue_size``."""
         prefix = self.keys.requests(self.session.host)
-        pool = concurrent.futures.ThreadPoolExecutor(workers)
+        self.scheduler = _Scheduler(workers,
+                                    per_caller or max(1, workers // 2),
+                                    queue_size)
         try:
             while not self._stop.is_set():
-                kvs, header = self.etcd.range(prefix, prefix=True)
+                kvs, header = self.etcd.range(prefix, prefix=True,
+                                              first_created=True)
                 for kv in kvs:
-                    self._claim(pool, handler, kv)
+                    self._admit(handler, kv)
                 with self.etcd.watch(prefix, header + 1,
                                      prefix=True) as watch:
                     # Short ticks: stop() is noticed within half a second.
@@ -88,30 +182,236 @@ class Router:
                         if self._stop.is_set():
                             break
                         if event and event[0] == 'PUT':
-                            self._claim(pool, handler, event[1])
+                            self._admit(handler, event[1])
         finally:
-            pool.shutdown(wait=True)
+            for job in self.scheduler.shutdown():
+                self._reply(job, {'ok': False, 'error': errors.
+                                  HostUnavailable(f'{self.session.host} is '
+                                                  f'stopping').to_dict()})
 
-    def _claim(self, pool, handler, kv):
-        # Deleting the request is the claim: only one server runs it, and
-        # a request seen twice (rescan and watch) fails the compare.
-        res = self.etcd.txn([etcdlib.cmp_create(kv.key, kv.create_revision)],
-                            [etcdlib.op_delete(kv.key)])
-        if res.succeeded:
-            pool.submit(self._run, handler, kv)
-
-    def _run(self, handler, kv):
-        rid = kv.key.rsplit('/', 1)[1]
-        req = kv.json()
+    def _admit(self, handler, kv):
+        """Claim one request if it proves who sent it; queue or answer."""
         try:
-            reply = {'ok': True, 'result': handler(req['op'], req['args'])}
+            rid, req, sender = self._parse(kv)
+        except _Unbound as exc:
+            self._drop(kv, str(exc))
+            return
+        session_key = self.keys.session(sender)
+        # The claim and the proof in one txn: the request is this very
+        # version (mod revision: value and lease unchanged) and its lease is
+        # the one sessions/<from> lives on, i.e. <from>'s live session.
+        res = self.etcd.txn([etcdlib.cmp_mod(kv.key, kv.mod_revision),
+                             etcdlib.cmp_lease(session_key, kv.lease)],
+                            [etcdlib.op_delete(kv.key)],
+                            [etcdlib.op_range(kv.key)])
+        if not res.succeeded:
+            current = res.ranges[0]
+            if current and current[0].mod_revision == kv.mod_revision:
+                self._drop(kv, f'its lease {kv.lease:x} is not the live '
+                           f'session of {sender!r}')
+            # Otherwise claimed already (rescan and watch both saw it) or
+            # rewritten: the newer version comes as its own event.
+            return
+        job = _Job(rid, sender, kv.lease, req.get('op'), time.monotonic())
+        try:
+            job.op, job.args, job.timeout = self._validate(req)
+        except errors.CoordError as exc:
+            LOG.warning('refused %s from %s: %s', _op_name(req), sender, exc)
+            self._reply(job, {'ok': False, 'error': exc.to_dict()})
+            return
+        refusal = self.scheduler.submit(
+            job, lambda: self._run(handler, job))
+        if refusal:
+            LOG.warning('refused %s from %s: %s', job.op, sender, refusal)
+            self._reply(job, {'ok': False,
+                              'error': errors.Busy(refusal).to_dict()})
+
+    def _parse(self, kv):
+        prefix = self.keys.requests(self.session.host)
+        rid = kv.key[len(prefix):]
+        if not kv.key.startswith(prefix) or not _RID.fullmatch(rid):
+            raise _Unbound(f'malformed request key {kv.key[:120]!r}')
+        if not kv.lease:
+            raise _Unbound('not bound to any session lease')
+        if len(kv.value) > schema.MAX_BODY:
+            raise _Unbound(f'larger than {schema.MAX_BODY} bytes')
+        try:
+            req = kv.json()
+        except (ValueError, RecursionError):
+            raise _Unbound('not valid JSON') from None
+        if not isinstance(req, dict):
+            raise _Unbound('not a JSON object')
+        try:
+            sender = _host_name(req.get('from'), 'from')
+        except errors.InvalidInput as exc:
+            raise _Unbound(str(exc)) from None
+        return rid, req, sender
+
+    def _validate(self, req):
+        """(op, args, timeout) of a bound request, or InvalidInput."""
+        extra = set(req) - FIELDS
+        if extra:
+            raise errors.InvalidInput(repr(sorted(extra)[0][:40]),
+                                      'unknown field in a routed request')
+        op = req.get('op')
+        if op not in ROUTABLE:
+            raise errors.InvalidInput(
+                'op', f'{op!r:.60} cannot be run on request of another '
+                f'host (routable: {", ".join(ROUTABLE)})')
+        # The local socket's own rules, field by field.
+        op, args = schema.validate({'op': op, 'args': req.get('args', {})})
+        if args.get('wait', 0) > MAX_WAIT:
+            raise errors.InvalidInput('wait', f'at most {MAX_WAIT:.0f} '
+                                      f'seconds in a routed request')
+        if args.get('host', self.session.host) != self.session.host:
+            raise errors.InvalidInput(
+                'host', f'this request was sent to {self.session.host}, '
+                f'not to {args["host"]}')
+        timeout = req.get('timeout', DEFAULT_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout,
+                                                       (int, float)) \
+                or not 0 < timeout <= MAX_TIMEOUT:
+            raise errors.InvalidInput(
+                'timeout', f'must be a number of seconds, 0..{MAX_TIMEOUT:g}')
+        return op, args, float(timeout)
+
+    def _drop(self, kv, reason):
+        # Only this version: a legitimate rewrite is judged on its own.
+        self.etcd.txn([etcdlib.cmp_mod(kv.key, kv.mod_revision)],
+                      [etcdlib.op_delete(kv.key)])
+        LOG.warning('ignored request %s: %s', kv.key[-40:], reason)
+
+    def _run(self, handler, job):
+        if time.monotonic() > job.claimed + job.timeout:
+            # Its caller has given up: running it would act for nobody.
+            LOG.warning('dropped %s from %s: queued past its caller\'s '
+                        'timeout (%.0fs)', job.op, job.caller, job.timeout)
+            return
+        _serving.request = True
+        try:
+            reply = {'ok': True, 'result': handler(job.op, job.args)}
         except errors.CoordError as exc:
             reply = {'ok': False, 'error': exc.to_dict()}
         except Exception as exc:
-            LOG.exception('routed %s crashed', req.get('op'))
-            reply = {'ok': False, 'error': {'code': 'error',
-                                            'message': str(exc)}}
-        self.etcd.put(self.keys.reply(rid), reply, lease=self.session.id)
+            LOG.exception('routed %s crashed', job.op)
+            reply = {'ok': False, 'error': {
+                'code': 'error', 'message': f'internal error in {job.op}: '
+                f'{type(exc).__name__}: {exc}'}}
+        finally:
+            _serving.request = False
+        self._reply(job, reply)
+
+    def _reply(self, job, reply):
+        """Put the reply while the caller's session lives, on a short
+        lease: a reply nobody will read does not stay."""
+        try:
+            res = self.etcd.txn(
+                [etcdlib.cmp_lease(self.keys.session(job.caller), job.lease)],
+                [etcdlib.op_put(self.keys.reply(job.rid), reply,
+                                lease=self._lease_for_replies())])
+        except errors.CoordError as exc:
+            LOG.warning('reply to %s for %s not sent: %s', job.caller,
+                        job.op, exc)
+            return
+        if not res.succeeded:
+            LOG.info('reply to %s for %s dropped: its session ended',
+                     job.caller, job.op)
+
+    def _lease_for_replies(self):
+        # One lease for the replies of a third of its TTL: every reply
+        # lives between 2/3 and all of reply_ttl, for one grant per period.
+        with self._lease_mutex:
+            lease, granted = self._reply_lease
+            if not lease or time.monotonic() - granted > self.reply_ttl / 3:
+                granted = time.monotonic()
+                lease = self.etcd.lease_grant(self.reply_ttl)
+                self._reply_lease = (lease, granted)
+            return lease
 
     def stop(self):
         self._stop.set()
+
+
+def _op_name(req):
+    op = req.get('op')
+    return repr(op)[:40] if not isinstance(op, str) else op[:40]
+
+
+class _Job:
+    """One claimed request."""
+
+    __slots__ = ('rid', 'caller', 'lease', 'op', 'args', 'timeout',
+                 'claimed')
+
+    def __init__(self, rid, caller, lease, op, claimed):
+        self.rid, self.caller, self.lease = rid, caller, lease
+        self.op, self.args, self.timeout = op, None, DEFAULT_TIMEOUT
+        self.claimed = claimed
+
+
+class _Scheduler:
+    """Claimed requests run on ``workers`` threads, oldest first, at most
+    ``per_caller`` of one caller at a time; at most ``queue_size`` wait
+    (a quarter of that per caller), so no caller can take every worker
+    or every queue slot."""
+
+    def __init__(self, workers, per_caller, queue_size):
+        self.workers = workers
+        self.per_caller = min(per_caller, workers)
+        self.queue_size = queue_size
+        self.caller_queue = max(1, queue_size // 4)
+        self.pending = collections.deque()
+        self.running = collections.Counter()
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers)
+        self._mutex = threading.Lock()
+
+    def submit(self, job, fn):
+        """Queue ``fn``; a refusal message if the queue is full."""
+        with self._mutex:
+            if len(self.pending) >= self.queue_size:
+                return (f'{len(self.pending)} requests already queued here '
+                        f'(limit {self.queue_size}); retry later')
+            mine = sum(1 for j, _ in self.pending if j.caller == job.caller)
+            if mine >= self.caller_queue:
+                return (f'{mine} requests from {job.caller} already queued '
+                        f'here (limit {self.caller_queue} per caller); '
+                        f'retry later')
+            self.pending.append((job, fn))
+            self._dispatch()
+        return None
+
+    def _dispatch(self):
+        while sum(self.running.values()) < self.workers:
+            pick = next((e for e in self.pending
+                         if self.running[e[0].caller] < self.per_caller),
+                        None)
+            if pick is None:
+                return
+            self.pending.remove(pick)
+            self.running[pick[0].caller] += 1
+            self._pool.submit(self._run, *pick)
+
+    def _run(self, job, fn):
+        try:
+            fn()
+        except Exception:
+            LOG.exception('request %s from %s failed', job.op, job.caller)
+        finally:
+            with self._mutex:
+                self.running[job.caller] -= 1
+                if not self.running[job.caller]:
+                    del self.running[job.caller]
+                self._dispatch()
+
+    def busy(self):
+        """(running, queued) counts."""
+        with self._mutex:
+            return sum(self.running.values()), len(self.pending)
+
+    def shutdown(self):
+        """Stop taking work; the jobs that never started."""
+        with self._mutex:
+            left = [job for job, _ in self.pending]
+            self.pending.clear()
+        self._pool.shutdown(wait=True)
+        return left

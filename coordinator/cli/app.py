@@ -28,6 +28,7 @@ BUILTIN = {
     'events': 'coordinator.cli.events:Events',
     'doctor': 'coordinator.cli.doctor:Doctor',
     'drain': 'coordinator.cli.drain:Drain',
+    'wait-ready': 'coordinator.cli.ready:WaitReady',
 }
 
 

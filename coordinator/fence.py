@@ -4,11 +4,15 @@ etcd cannot expire the session lease before ``sent + TTL``, ``sent`` being
 when the last successful keepalive left this host. Fencing at ``sent +
 fraction * TTL`` leaves ``(1 - fraction) * TTL`` between our I/O stopping
 and the lease expiring; other hosts wait a further grace period on top.
-The deadline needs no etcd answer, so a partition cannot delay it; etcd is
-asked only whether the lease still exists, to tell a lost session (stay
-fenced) from a recovered one (resume).
+The deadline needs no etcd answer, so a partition cannot delay it.
+
+A fence is undone only by proof (``prove``): the same grant, on the same
+LV (UUID and extents), is still this host's. Anything else retires the
+device: it goes without ever being writable again.
 """
+import concurrent.futures
 import logging
+import threading
 import time
 
 from coordinator import errors
@@ -16,14 +20,16 @@ from coordinator import errors
 LOG = logging.getLogger(__name__)
 
 OK, FENCED, LOST = 'ok', 'fenced', 'lost'
+RESUME, RETIRE, KEEP, GONE = 'resume', 'retire', 'keep', 'gone'
 
 
 class Fencer:
     """Watches the session deadline and fences active LVs in time."""
 
-    def __init__(self, last_keepalive, probe, backend, ttl, fraction=0.5,
+    def __init__(self, last_keepalive, probe, backend, ttl, fraction=0.6,
                  action='suspend', on_event=None, clock=time.monotonic,
-                 lease=0, resume=None):
+                 lease=0, prove=None, book=None, on_retired=None,
+                 watchdog=None, workers=8):
         # last_keepalive() -> when the last good keepalive was sent, on
         # ``clock`` (0: never); probe(lease) -> seconds left on that lease,
         # -1 if it is gone; raises EtcdUnavailable when etcd is unreachable.
@@ -32,71 +38,165 @@ class Fencer:
         self.lease = lease
         self.window = fraction * ttl
         self.backend = backend
-        # resume(vg, lv) must prove the LV is still ours before undoing
-        # the fence (see FenceWorker); by default it just resumes.
-        self.resume = resume or backend.resume
+        # prove(vg, lv) -> RESUME | RETIRE | KEEP | GONE (see FenceWorker).
+        self.prove = prove or (lambda vg, lv: RESUME)
+        # book.all() -> {(vg, lv): record}: what this host made devices of,
+        # read without asking LVM or etcd anything.
+        self.book = book
+        self.on_retired = on_retired or (lambda vg, lv: None)
+        self.watchdog = watchdog
         self.action = action
         self.on_event = on_event or (lambda kind, **kw: None)
         self.clock = clock
         self.state = OK
         self.fenced = []
+        self.workers = workers
+        self._mutex = threading.RLock()
 
     def tick(self):
-        """Probe once and act; returns the state."""
-        if self.state == LOST:
-            return self.state
+        """Probe when needed and act; returns the state. Never raises: a
+        fencer that dies is a host that cannot fence."""
         try:
-            left = self.probe(self.lease)
-        except errors.EtcdUnavailable as exc:
-            LOG.warning('fencer: etcd unreachable (%s)', exc)
-            left = None
+            with self._mutex:
+                self._tick()
+        except Exception:
+            LOG.exception('fencer: tick failed; LVs fenced so far stay '
+                          'fenced')
+        try:
+            self._pet()
+        except Exception:
+            LOG.exception('fencer: watchdog')
+        return self.state
+
+    def _tick(self):
+        if self.state != OK and self.book:
+            # A fence that failed (device busy in the kernel, a timeout)
+            # is tried again on every tick until it holds.
+            missing = [k for k in self.book.all() if k not in self.fenced]
+            if missing:
+                self._fence('retrying fence', missing)
+        if self.state == LOST:
+            return
+        deadline = self.last_keepalive() + self.window
+        if self.clock() >= deadline and self.state == OK:
+            self._fence('session deadline reached')
+            self.state = FENCED
+        left = None
+        # A fresh keepalive proves the lease is alive: etcd is asked only
+        # when it is not, to keep an idle host's requests down.
+        if self.state != OK or self.clock() >= deadline - self.window / 2:
+            try:
+                left = self.probe(self.lease)
+            except errors.EtcdUnavailable as exc:
+                LOG.warning('fencer: etcd unreachable (%s)', exc)
         if left is not None and left < 0:
             self._fence('session expired')
             self.state = LOST
             self.on_event('session-lost', lvs=list(self.fenced))
-            return self.state
-        deadline = self.last_keepalive() + self.window
-        if self.clock() >= deadline:
-            if self.state == OK:
-                self._fence('session deadline reached')
-                self.state = FENCED
-        elif self.state == FENCED and left is not None:
-            self._unfence()
+            return
+        if self.state == FENCED and left is not None and \
+                self.clock() < self.last_keepalive() + self.window:
             self.state = OK
-        return self.state
+        if self.state == OK and self.fenced:
+            self._settle()
 
     def rearm(self, lease):
-        """After a loss: watch the new session; LVs fenced so far stay
-        fenced until it is confirmed and ``resume`` accepts them."""
-        self.lease = lease
-        self.state = FENCED if self.fenced else OK
+        """Watch a new session; LVs fenced so far stay fenced until
+        ``prove`` accepts them under it."""
+        with self._mutex:
+            self.lease = lease
+            self.state = OK
 
-    def _fence(self, why):
+    def fence_one(self, vg, lv, why, still=None):
+        """Fence one LV now (its grant changed under us); ``still()``,
+        re-checked under the fencer's lock, may call it off."""
+        with self._mutex:
+            if (vg, lv) in self.fenced or (still and not still()):
+                return
+            self._fence(why, [(vg, lv)])
+
+    def fence_existing(self, keys, why):
+        """Fence devices found at start: each is resumed only by proof."""
+        with self._mutex:
+            keys = [k for k in keys if k not in self.fenced]
+            if keys:
+                self._fence(why, keys)
+
+    # -- acting --
+
+    def _targets(self):
+        # Fence first from our own record; enumerate the kernel after.
+        first = list(self.book.all()) if self.book else []
+        yield [k for k in first if k not in self.fenced]
+        try:
+            rest = [k for k in self.backend.active()
+                    if k not in self.fenced and k not in first]
+        except errors.CoordError:
+            LOG.exception('fencer: could not enumerate active LVs')
+            rest = []
+        yield rest
+
+    def _fence(self, why, only=None):
         if self.action == 'none':
             LOG.error('fencer: %s but fencing is disabled', why)
             return
-        for (vg, lv), info in self.backend.active().items():
-            if (vg, lv) in self.fenced:
-                continue
-            try:
-                if self.action == 'deactivate' and not info.get('open'):
-                    self.backend.deactivate(vg, lv)
-                else:
-                    self.backend.suspend(vg, lv)
-            except errors.CoordError:
-                LOG.exception('fencer: could not fence %s/%s', vg, lv)
-                continue
-            self.fenced.append((vg, lv))
-        LOG.error('fencer: %s; fenced %s', why,
-                  ', '.join(f'{v}/{lv}' for v, lv in self.fenced) or 'none')
-        self.on_event('fenced', reason=why, lvs=list(self.fenced))
+        started = self.clock()
+        done = []
+        batches = [only] if only else self._targets()
+        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
+            for batch in batches:
+                results = pool.map(self._stop_io, batch)
+                done += [k for k, ok in zip(batch, results, strict=True) if ok]
+        self.fenced += done
+        took = self.clock() - started
+        LOG.error('fencer: %s; fenced %s in %.3fs', why,
+                  ', '.join(f'{v}/{lv}' for v, lv in done) or 'none', took)
+        self.on_event('fenced', reason=why, lvs=done, took=round(took, 4))
 
-    def _unfence(self):
-        active = self.backend.active()
-        for vg, lv in self.fenced:
-            if (vg, lv) in active:
-                self.resume(vg, lv)
-        LOG.warning('fencer: session confirmed valid again; resumed %s',
-                    self.fenced)
-        self.on_event('resumed', lvs=list(self.fenced))
-        self.fenced = []
+    def _stop_io(self, key):
+        vg, lv = key
+        try:
+            if self.action == 'deactivate':
+                try:
+                    self.backend.deactivate(vg, lv)
+                    return True
+                except errors.CoordError:
+                    pass  # open: suspend it instead
+            self.backend.suspend(vg, lv)
+            return True
+        except Exception:
+            LOG.exception('fencer: could not fence %s/%s', vg, lv)
+            return False
+
+    def _settle(self):
+        for vg, lv in list(self.fenced):
+            try:
+                verdict = self.prove(vg, lv)
+                if verdict == RESUME:
+                    self.backend.resume(vg, lv)
+                    LOG.warning('fencer: %s/%s proven ours; resumed', vg, lv)
+                    self.on_event('resumed', lvs=[(vg, lv)])
+                elif verdict == RETIRE:
+                    self.backend.retire(vg, lv)
+                    self.on_retired(vg, lv)
+                    self.on_event('retired', lvs=[(vg, lv)])
+                elif verdict == KEEP:
+                    continue
+            except Exception:
+                LOG.exception('fencer: %s/%s stays fenced', vg, lv)
+                continue
+            self.fenced.remove((vg, lv))
+
+    def _pet(self):
+        if self.watchdog is None:
+            return
+        booked = set(self.book.all()) if self.book else set()
+        if not booked and not self.fenced:
+            self.watchdog.disarm()
+            return
+        # Pet only while nothing here can write without a valid grant: the
+        # session is provably valid, or every device is fenced.
+        valid = self.state == OK and \
+            self.clock() < self.last_keepalive() + self.window
+        if valid or booked <= set(self.fenced):
+            self.watchdog.pet()

@@ -1,6 +1,8 @@
 """HostContext: the objects one daemon process works with, built from
 configuration after the worker has forked."""
+import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -9,6 +11,7 @@ import uuid
 from coordinator import activation
 from coordinator import errors
 from coordinator import etcd as etcdlib
+from coordinator import grantbook
 from coordinator import readiness
 from coordinator.engine import Engine
 from coordinator.lvm import executor
@@ -38,6 +41,9 @@ class HostContext:
         self.backend = activation.load(backend, self.lvm,
                                        conf.session.state_dir,
                                        conf.lvm.loop_dev_dir)
+        self.book = grantbook.GrantBook(conf.session.state_dir, conf.cluster)
+        self.fencer_beat = os.path.join(conf.session.state_dir,
+                                        f'fencer-{conf.cluster}.beat')
         self.router = Router(self.etcd, self.keys, self.engine.session)
         self.membership = Membership(self.etcd, self.keys, conf.host,
                                      conf.session.ttl)
@@ -49,7 +55,33 @@ class HostContext:
         self.ops = Operations(self.engine, self.lvm, self.backend,
                               self.router, conf.lvm.volume_groups,
                               self.read_seqno, self.readiness,
-                              self.membership.members, self.emit)
+                              self.membership.members, self.emit,
+                              self.book, self.fencer_problem)
+
+    def beat_fencer(self, state):
+        """The fencer's proof of life, read by the workers that grant."""
+        tmp = self.fencer_beat + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump({'at': time.monotonic(), 'state': state}, f)
+        os.replace(tmp, self.fencer_beat)
+
+    def fencer_problem(self):
+        """Why this host must not take grants now (fencer down or
+        fenced), or None."""
+        try:
+            with open(self.fencer_beat) as f:
+                beat = json.load(f)
+        except (OSError, ValueError):
+            return 'its fencer is not running'
+        age = time.monotonic() - beat['at']
+        # Negative: a beat from before a reboot (monotonic restarted).
+        if age < 0 or age > max(3.0, 8 * self.conf.fence.interval):
+            return f'its fencer has not run for {age:.1f}s'
+        if beat['state'] != 'ok':
+            return (f'its fencer has fenced this host (session '
+                    f'{beat["state"]}); waiting for the session to be '
+                    f'proven valid')
+        return None
 
     def read_seqno(self, vg, fresh=False):
         """The VG's committed seqno, read from a PV's metadata area.

@@ -58,7 +58,9 @@ class LeaseTable:
         holders = []
         for host, entry in sorted(ledger.items()):
             key = live.get(host)
-            alive = key is not None and key.lease == entry.get('session')
+            broken = bool(entry.get('broken'))
+            alive = key is not None and key.lease == entry.get('session') \
+                and not broken
             # A grant learns its token (its txn's revision) only after the
             # write, so its entry is stored without one; the next ledger
             # write stores it. Until then the entry came from the last
@@ -68,7 +70,8 @@ class LeaseTable:
             holders.append(modes.Holder(
                 host=host, mode=entry['mode'], instance=entry.get('instance'),
                 token=token, since=entry.get('since', 0.0),
-                session=entry.get('session', 0), alive=alive))
+                session=entry.get('session', 0), alive=alive,
+                uuid=entry.get('uuid'), broken=broken))
         return holders, ledger_rev, reserved
 
     def holders(self, vg, lv):
@@ -94,20 +97,26 @@ class LeaseTable:
         if holder.alive:
             return 0.0
         seen = self._orphans.setdefault(
-            (vg, lv, holder.host, holder.session), time.monotonic())
-        return max(0.0, self.grace - (time.monotonic() - seen))
+            (vg, lv, holder.host, holder.session, holder.broken),
+            time.monotonic())
+        # A broken holder's session may be alive and unfenced: unless it
+        # acknowledges (drops its entry), wait for that session to run out.
+        wait = self.grace + (self.session.ttl if holder.broken else 0)
+        return max(0.0, wait - (time.monotonic() - seen))
 
     # -- writing --
 
-    def grant(self, vg, lv, mode=modes.EXCLUSIVE, instance=None, wait=0.0):
+    def grant(self, vg, lv, mode=modes.EXCLUSIVE, instance=None, wait=0.0,
+              uuid=None):
         """Grant this host a lease on vg/lv; returns our Holder.
 
         With ``wait`` > 0 a conflicting or fencing holder is waited for (by
         watch) up to that many seconds before the error is raised.
         """
-        return self.claim(vg, lv, mode, instance, wait)[0]
+        return self.claim(vg, lv, mode, instance, wait, uuid)[0]
 
-    def claim(self, vg, lv, mode=modes.EXCLUSIVE, instance=None, wait=0.0):
+    def claim(self, vg, lv, mode=modes.EXCLUSIVE, instance=None, wait=0.0,
+              uuid=None):
         """As grant(), and whether this call granted anything (False for
         an idempotent re-grant), so a failed activation knows whether to
         release."""
@@ -118,7 +127,7 @@ class LeaseTable:
             holders, ledger_rev, header = self.read(vg, lv)
             want = modes.Holder(host=self.session.host, mode=mode,
                                 instance=instance, since=time.time(),
-                                session=self.session.id)
+                                session=self.session.id, uuid=uuid)
             try:
                 new, changed = modes.decide(
                     holders, want,
@@ -149,7 +158,8 @@ class LeaseTable:
         entries = {h.host: h.ledger_entry() for h in new}
         holder_key = self.keys.lease_holder(vg, lv, mine.host)
         value = {'session': self.session.id, 'mode': mine.mode,
-                 'instance': mine.instance, 'since': mine.since}
+                 'instance': mine.instance, 'since': mine.since,
+                 'uuid': mine.uuid}
         res = self.etcd.txn(
             [etcdlib.cmp_mod(self.keys.lease_ledger(vg, lv), ledger_rev)],
             [etcdlib.op_put(self.keys.lease_ledger(vg, lv),
@@ -157,6 +167,38 @@ class LeaseTable:
              etcdlib.op_put(holder_key, value, lease=self.session.id)])
         # A lost race (another grant or release in between) re-reads.
         return res if res.succeeded else None
+
+    def rebind(self, vg, lv, token, uuid):
+        """Carry our grant of vg/lv with ``token`` over to the current
+        session; the new Holder, or None if that grant is no longer ours.
+
+        Our entry still in the ledger with the same token and LV means
+        nobody was granted the LV since (a takeover drops it), so the grant
+        may continue under a new session, with its instance and mode."""
+        while True:
+            self.session.check()
+            try:
+                holders, ledger_rev, _ = self.read(vg, lv)
+            except errors.LeaseConflict:
+                return None
+            mine = next((h for h in holders
+                         if h.host == self.session.host), None)
+            # The ledger names the LV only when the granter knew it; the
+            # token alone then ties the entry to our record.
+            if mine is None or mine.broken or mine.token != token or \
+                    mine.uuid not in (None, uuid):
+                return None
+            if mine.alive and mine.session == self.session.id:
+                return mine
+            if mine.alive:
+                return None
+            mine.session, mine.alive = self.session.id, True
+            res = self._write(vg, lv, ledger_rev, holders, mine)
+            if res is not None:
+                mine.token = res.revision
+                LOG.warning('grant of %s/%s (token %s) carried over to '
+                            'session %x', vg, lv, token, self.session.id)
+                return mine
 
     def release(self, vg, lv, host=None):
         """Drop ``host``'s (default: our) grant on vg/lv; True if held."""
@@ -184,11 +226,43 @@ class LeaseTable:
             raise errors.LeaseConflict(
                 f'refusing to break: the session of {h.describe()} is alive '
                 f'(use force, after making sure it is not in use)', [h])
-        if not self._commit_without(vg, lv, ledger_rev, holders, host):
+        if h.alive:
+            # The holder may still write: mark the entry broken and drop
+            # its holder key. It fences and drops the entry itself (its
+            # acknowledgement); until then nobody is granted the LV
+            # sooner than TTL + grace.
+            ledger = self.keys.lease_ledger(vg, lv)
+            entries = {x.host: x.ledger_entry() for x in holders}
+            entries[host]['broken'] = True
+            entries[host]['token'] = h.token
+            done = self.etcd.txn(
+                [etcdlib.cmp_mod(ledger, ledger_rev)],
+                [etcdlib.op_put(ledger, {'holders': entries}),
+                 etcdlib.op_delete(self.keys.lease_holder(vg, lv, host))]
+            ).succeeded
+        else:
+            done = self._commit_without(vg, lv, ledger_rev, holders, host)
+        if not done:
             raise errors.LeaseConflict(f'{vg}/{lv} changed while breaking; '
                                        f'read it again', holders)
         LOG.warning('lease %s/%s of %s broken by admin', vg, lv, host)
         return h
+
+    def wait_gone(self, vg, lv, host, timeout):
+        """True once ``host`` no longer appears in vg/lv's ledger (a
+        broken holder's acknowledgement) within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                holders, _, header = self.read(vg, lv)
+            except errors.LeaseConflict:
+                return True
+            if not any(h.host == host for h in holders):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._wait_change(vg, lv, header, min(left, RECHECK))
 
     def reserve(self, vg, lv, op):
         """Keep vg/lv from being granted while ``op`` (delete, rename)

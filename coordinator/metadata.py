@@ -62,7 +62,7 @@ class MetadataGuard:
             proven = time.monotonic()
         else:
             seq_kvs, intent_kvs = hold.results[:2]
-        started = False
+        started = done = False
         try:
             recorded = seq_kvs[0].json()['seqno'] if seq_kvs else None
             intent = intent_kvs[0].json() if intent_kvs else None
@@ -72,9 +72,10 @@ class MetadataGuard:
                 hold.check()
             started = True
             result = action()
+            done = True
         finally:
             if started:
-                self._record(hold, vg, op, seq_key, intent_key)
+                self._record(hold, vg, op, seq_key, intent_key, done)
             else:
                 hold.release([etcdlib.op_delete(intent_key)])
         return result
@@ -104,7 +105,7 @@ class MetadataGuard:
                 self.on_alert(vg, msg)
         return disk
 
-    def _record(self, hold, vg, op, seq_key, intent_key):
+    def _record(self, hold, vg, op, seq_key, intent_key, done):
         seqno = self.read_seqno(vg, True)
         try:
             hold.release([
@@ -112,9 +113,11 @@ class MetadataGuard:
                                          'host': self.session.host,
                                          'op': op, 'at': time.time()}),
                 etcdlib.op_delete(intent_key)])
-        except errors.LockLost:
+        except errors.LockLost as exc:
             # The command ran but the lock went: the intent stays behind so
             # the next holder adopts this seqno instead of crying foul.
             LOG.error('VG %s: lock lost after %r; seqno %s not recorded',
                       vg, op, seqno)
+            # Only a command that succeeded committed anything.
+            exc.committed = done
             raise

@@ -24,17 +24,26 @@ class Holder:
     since: float = 0.0
     session: int = 0
     alive: bool = True
+    # The LV's UUID when granted: a grant is for an LV, not for a name.
+    uuid: str | None = None
+    # Set by an admin's forced break; the holder acknowledges by fencing
+    # and dropping its entry.
+    broken: bool = False
 
     def describe(self):
         inst = f', instance {self.instance}' if self.instance else ''
         tok = f', token {self.token}' if self.token else ''
-        state = '' if self.alive else ', session ended'
+        state = ', broken by admin' if self.broken else \
+            ('' if self.alive else ', session ended')
         return f'{self.host} ({self.mode}{inst}{tok}{state})'
 
     def ledger_entry(self):
-        return {'mode': self.mode, 'instance': self.instance,
-                'token': self.token, 'since': self.since,
-                'session': self.session}
+        entry = {'mode': self.mode, 'instance': self.instance,
+                 'token': self.token, 'since': self.since,
+                 'session': self.session, 'uuid': self.uuid}
+        if self.broken:
+            entry['broken'] = True
+        return entry
 
 
 def validate(mode, instance):
@@ -58,7 +67,8 @@ def decide(holders, want, grace_left):
     mine = next((h for h in holders if h.host == want.host), None)
     others = [h for h in holders if h.host != want.host]
     if (mine and mine.alive and mine.session == want.session
-            and mine.instance == want.instance
+            and mine.instance == want.instance and not mine.broken
+            and (want.uuid is None or mine.uuid in (None, want.uuid))
             and (mine.mode == want.mode
                  or (mine.mode == MIGRATION and want.mode == EXCLUSIVE))):
         return holders, False

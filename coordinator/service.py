@@ -16,8 +16,12 @@ import cotyledon
 from coordinator import errors
 from coordinator import etcd as etcdlib
 from coordinator import fence
+from coordinator import grantwatch
 from coordinator import metrics
+from coordinator import proof
+from coordinator import reconcile
 from coordinator import supervise
+from coordinator import watchdog
 from coordinator.api.server import APIServer
 from coordinator.host import HostContext
 
@@ -76,9 +80,22 @@ class SessionWorker(_Worker):
                 except errors.CoordError:
                     continue
                 metrics.QUEUE_DEPTH.labels(vg=vg).set(depth)
-            self.ctx.membership.heartbeat()
-            if ticks % 15 == 0:
-                self.ctx.membership.update(self.ctx.readiness(fresh=True))
+            try:
+                self.ctx.membership.heartbeat()
+                if ticks % 15 == 0:
+                    self.ctx.membership.update(
+                        self.ctx.readiness(fresh=True))
+            except Exception as exc:
+                # tooz forgets us when its own lease expires (a partition,
+                # a session loss): join again rather than die.
+                LOG.warning('membership: %s; joining again', exc)
+                self._rejoin()
+
+    def _rejoin(self):
+        try:
+            self.ctx.membership.join(self.ctx.readiness(fresh=True))
+        except Exception as exc:
+            LOG.warning('membership: join failed (%s); retrying', exc)
 
     def terminate(self):
         super().terminate()
@@ -134,65 +151,79 @@ class FenceWorker(_Worker):
         quick = etcdlib.Etcd(e.endpoints, e.ca_file, e.cert_file, e.key_file,
                              timeout=min(e.timeout, self.conf.fence.interval),
                              retry_window=0)
-
-        def on_event(kind, **fields):
-            if kind == 'fenced':
-                metrics.FENCES.inc(len(fields.get('lvs', [])))
-            ctx.emit(kind, **{k: [f'{v}/{lv}' for v, lv in val]
-                              if k == 'lvs' else val
-                              for k, val in fields.items()})
-
-        fencer = fence.Fencer(
+        f = self.conf.fence
+        dog = watchdog.Watchdog(f.watchdog_device, f.watchdog_timeout) \
+            if f.watchdog_device else None
+        self.fencer = fencer = fence.Fencer(
             lambda: session.last_ok,
             lambda lease: quick.lease_ttl(lease) if lease else -1,
-            ctx.backend, self.conf.session.ttl, self.conf.fence.fraction,
-            self.conf.fence.action, on_event, lease=session.id,
-            resume=self._resume_if_ours)
-        # LVs a previous run fenced (on stop, or before a crash) stay
-        # fenced until their leases are proven ours again.
-        fencer.fenced = [k for k, v in ctx.backend.active().items()
-                         if v.get('suspended')]
-        fencer.rearm(session.id)
-        while not self.stopping.wait(self.conf.fence.interval):
-            if fencer.tick() == fence.LOST and \
-                    session.id not in (0, fencer.lease):
-                fencer.rearm(session.id)
-
-    def _resume_if_ours(self, vg, lv):
-        """Resume a fenced LV only under a lease held by our current
-        session; re-take it if nobody else did, else drop the device."""
-        ctx = self.ctx
-        me = ctx.engine.session
-        holders = ctx.engine.leases.holders(vg, lv)
-        mine = next((h for h in holders if h.host == me.host), None)
-        if not (mine and mine.alive and mine.session == me.id):
+            ctx.backend, self.conf.session.ttl, f.fraction, f.action,
+            self._on_event, lease=session.id,
+            prove=proof.Prover(ctx.engine.leases, ctx.lvm, ctx.backend,
+                               ctx.book),
+            book=ctx.book, on_retired=self._retired, watchdog=dog)
+        reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend, ctx.book,
+                           fencer, ctx.emit)
+        watch = grantwatch.GrantWatch(ctx.etcd, ctx.keys, ctx.engine.leases,
+                                      ctx.book, fencer)
+        threading.Thread(target=watch.run, args=(self.stopping,),
+                         name='grant-watch', daemon=True).start()
+        while True:
+            current = session.id
+            if current and current != fencer.lease:
+                # A new session: the old one ended with every grant bound
+                # to it. Fence what is not yet, then prove each under the
+                # new one.
+                fencer.fence_existing(list(ctx.book.all()),
+                                      'session replaced')
+                fencer.rearm(current)
+            state = fencer.tick()
             try:
-                ctx.engine.leases.grant(vg, lv, mine.mode if mine else
-                                        'exclusive',
-                                        mine.instance if mine else None)
-            except errors.LeaseConflict as exc:
-                LOG.error('%s/%s was taken over (%s); removing the stale '
-                          'device here', vg, lv, exc)
-                ctx.backend.deactivate(vg, lv)
-                ctx.emit('stale-device-removed', vg=vg, lv=lv)
+                ctx.beat_fencer(state)
+            except OSError:
+                LOG.exception('fencer: cannot record its heartbeat')
+            if self.stopping.wait(f.interval):
                 return
-        ctx.backend.resume(vg, lv)
-        LOG.warning('resumed %s/%s under session %x', vg, lv, me.id)
+
+    def _on_event(self, kind, **fields):
+        if kind == 'fenced':
+            metrics.FENCES.inc(len(fields.get('lvs', [])))
+        self.ctx.emit(kind, **{k: [f'{v}/{lv}' for v, lv in val]
+                               if k == 'lvs' else val
+                               for k, val in fields.items()})
+
+    def _retired(self, vg, lv):
+        """The device is gone: forget it, and drop our entry if the grant
+        was broken or ended (that is a broken holder's acknowledgement)."""
+        ctx = self.ctx
+        record = ctx.book.get(vg, lv) or {}
+        ctx.book.drop(vg, lv)
+        try:
+            mine = next((h for h in ctx.engine.leases.holders(vg, lv)
+                         if h.host == self.conf.host), None)
+            if mine and (mine.broken or not mine.alive
+                         or mine.token == record.get('token')):
+                ctx.engine.leases.release(vg, lv)
+        except errors.CoordError as exc:
+            LOG.warning('%s/%s retired; lease not released: %s', vg, lv,
+                        exc)
 
     def terminate(self):
         super().terminate()
         if not (self.ctx and self.conf.fence.on_stop):
             return
         # A daemon that is down cannot fence: stop I/O now; a restart
-        # within the TTL resumes it.
-        active = list(self.ctx.backend.active())
-        for vg, lv in active:
-            try:
-                self.ctx.backend.suspend(vg, lv)
-            except errors.CoordError:
-                LOG.exception('could not fence %s/%s on stop', vg, lv)
-        if active:
-            LOG.warning('stopping: fenced %s', active)
+        # within the TTL proves and resumes it.
+        fencer = getattr(self, 'fencer', None)
+        if fencer is None:
+            return
+        fencer.fence_existing(list(self.ctx.book.all()) +
+                              list(self.ctx.backend.active()),
+                              'daemon stopping')
+        booked = set(self.ctx.book.all())
+        if fencer.watchdog and booked <= set(fencer.fenced):
+            # Every device is fenced: nothing needs the host reset.
+            fencer.watchdog.disarm()
 
 
 def build(conf):

@@ -5,7 +5,9 @@ extent_size`` for ``extents * extent_size`` bytes. A loop device over that
 range of the shared PV is a real block device with exactly the LV's data,
 so data written on one host is read back after activation on another.
 Fencing sets the loop device read-only: the kernel then fails every write,
-including writes through descriptors that were already open.
+including writes through descriptors that were already open. A device is
+never made writable on its way out: a detach of an open loop device is
+only deferred by the kernel, so it stays read-only until really gone.
 """
 import fcntl
 import json
@@ -20,6 +22,7 @@ from coordinator.activation import base
 _LOOP_SET_STATUS64 = 0x4C04
 _LOOP_GET_STATUS64 = 0x4C05
 _LOOP_SET_CAPACITY = 0x4C07
+_BLKROSET = 0x125D
 _INFO64 = struct.Struct('5Q4I64s64s32s2Q')
 
 
@@ -35,6 +38,21 @@ def _run(*args):
 def _sys(loop, name):
     with open(f'/sys/block/{os.path.basename(loop)}/{name}') as f:
         return f.read().strip()
+
+
+def _set_ro(loop, read_only):
+    """The minor's read-only flag, by ioctl: no process spawned on the
+    fence path."""
+    try:
+        fd = os.open(loop, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, _BLKROSET, struct.pack('i', int(read_only)))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise errors.LVMError(f'cannot set {loop} read-'
+                              f'{"only" if read_only else "write"}: {exc}',
+                              kind='failed') from exc
 
 
 class LoopBackend(base.Backend):
@@ -73,8 +91,8 @@ class LoopBackend(base.Backend):
             json.dump(state, f)
         os.replace(tmp, self.state_file)
 
-    def _extent_range(self, vg, lv):
-        info = self.lvm.lv(vg, lv)
+    def _extent_range(self, vg, lv, info=None):
+        info = info or self.lvm.lv(vg, lv)
         segs = info['pe_ranges']
         if len(segs) != 1:
             raise errors.LVMError(
@@ -85,51 +103,84 @@ class LoopBackend(base.Backend):
         vginfo = self.lvm.vg(vg)
         pv = next(p for p in self.lvm.pvs(vg) if p['name'] == device)
         ext = vginfo['extent_size']
-        return device, pv['pe_start'] + first * ext, (last - first + 1) * ext
+        return {'pv': device, 'pe_start': pv['pe_start'], 'extent_size': ext,
+                'offset': pv['pe_start'] + first * ext,
+                'size': (last - first + 1) * ext}
 
     def _link(self, vg, lv):
         return os.path.join(self.dev_dir, vg, lv)
 
     # -- backend --
 
-    def activate(self, vg, lv, read_only=False):
+    def activate(self, vg, lv, read_only=False, info=None):
         with self._mutex:
             state = self._load()
             key = f'{vg}/{lv}'
+            info = info or self.lvm.lv(vg, lv)
             if key in state:
-                return state[key]['path']
-            device, offset, size = self._extent_range(vg, lv)
+                if state[key].get('uuid') == info['uuid']:
+                    return state[key]['path']
+                # The name now belongs to another LV: the old device maps
+                # extents that are no longer this name's.
+                _set_ro(state[key]['loop'], True)
+                self._detach(state, vg, lv)
+            geo = self._extent_range(vg, lv, info)
+            device, offset, size = geo['pv'], geo['offset'], geo['size']
             args = ['losetup', '-f', '--show', '--offset', str(offset),
                     '--sizelimit', str(size)]
             loop = _run(*(args + (['-r'] if read_only else []) + [device]))
             # The kernel keeps a minor's read-only flag across detach and
             # attach: set it explicitly, never inherit a past fence.
-            _run('blockdev', '--setro' if read_only else '--setrw', loop)
+            _set_ro(loop, read_only)
             link = self._link(vg, lv)
             os.makedirs(os.path.dirname(link), exist_ok=True)
             if os.path.lexists(link):
                 os.unlink(link)
             os.symlink(loop, link)
-            state[key] = {'loop': loop, 'path': link, 'offset': offset,
-                          'read_only': read_only}
+            state[key] = dict(geo, loop=loop, path=link,
+                              read_only=read_only, uuid=info['uuid'])
             self._save(state)
             return link
 
     def deactivate(self, vg, lv):
         with self._mutex:
             state = self._load()
-            entry = state.pop(f'{vg}/{lv}', None)
-            if entry:
-                _run('blockdev', '--setrw', entry['loop'])
-                _run('losetup', '-d', entry['loop'])
-                if os.path.lexists(entry['path']):
-                    os.unlink(entry['path'])
-            self._save(state)
+            entry = state.get(f'{vg}/{lv}')
+            if entry is None:
+                return
+            if base.open_by_others(entry['loop']):
+                raise errors.LVMError(
+                    f'{vg}/{lv} is open on this host ({entry["loop"]}); '
+                    f'close it first', kind='busy')
+            # Read-only first: a process that opens it before the detach
+            # completes gets a device that cannot write.
+            _set_ro(entry['loop'], True)
+            self._detach(state, vg, lv)
+
+    def retire(self, vg, lv):
+        with self._mutex:
+            state = self._load()
+            entry = state.get(f'{vg}/{lv}')
+            if entry is None:
+                return
+            _set_ro(entry['loop'], True)
+            # Open: the kernel only marks it to detach on last close; it
+            # stays read-only until then.
+            self._detach(state, vg, lv)
+
+    def _detach(self, state, vg, lv):
+        entry = state.pop(f'{vg}/{lv}')
+        _run('losetup', '-d', entry['loop'])
+        if os.path.lexists(entry['path']):
+            os.unlink(entry['path'])
+        self._save(state)
 
     def refresh(self, vg, lv):
         with self._mutex:
             entry = self._load().get(f'{vg}/{lv}')
-            _, offset, size = self._extent_range(vg, lv)
+            info = self.lvm.lv(vg, lv)
+            geo = self._extent_range(vg, lv, info)
+            offset, size = geo['offset'], geo['size']
             if entry is None:
                 return size
             if offset != entry['offset']:
@@ -146,17 +197,33 @@ class LoopBackend(base.Backend):
                 fcntl.ioctl(fd, _LOOP_SET_CAPACITY, 0)
             finally:
                 os.close(fd)
+            state = self._load()
+            state[f'{vg}/{lv}']['size'] = size
+            self._save(state)
             return int(_sys(entry['loop'], 'size')) * 512
 
     def suspend(self, vg, lv):
         entry = self._load().get(f'{vg}/{lv}')
         if entry:
-            _run('blockdev', '--setro', entry['loop'])
+            _set_ro(entry['loop'], True)
 
     def resume(self, vg, lv):
         entry = self._load().get(f'{vg}/{lv}')
         if entry and not entry['read_only']:
-            _run('blockdev', '--setrw', entry['loop'])
+            _set_ro(entry['loop'], False)
+
+    def identity(self, vg, lv):
+        entry = self._load().get(f'{vg}/{lv}')
+        if entry is None:
+            return None
+        # What the kernel maps now, not what was asked for.
+        offset = int(_sys(entry['loop'], 'loop/offset'))
+        size = int(_sys(entry['loop'], 'loop/sizelimit')) or \
+            int(_sys(entry['loop'], 'size')) * 512
+        first = (offset - entry['pe_start']) // entry['extent_size']
+        last = first + size // entry['extent_size'] - 1
+        return {'uuid': entry.get('uuid'),
+                'extents': [[entry['pv'], first, last]]}
 
     def active(self):
         out = {}

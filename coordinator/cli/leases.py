@@ -111,8 +111,12 @@ class LeaseBreak(show.ShowOne):
 
     _epilog = ('The token proves you read the current state. Refused '
                f'without {CONFIRM}, and while the holder\'s session is '
-               'alive unless --force. The break is logged as a '
-               '"lease-broken" event.')
+               'alive unless --force. A forced break is safe by '
+               'construction: the holder fences the LV (its device fails '
+               'every I/O and is removed) and acknowledges; the command '
+               'waits for that, and if the holder does not answer, no '
+               'other host is granted the LV before TTL + grace. The '
+               'break is logged as a "lease-broken" event.')
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
@@ -143,6 +147,16 @@ class LeaseBreak(show.ShowOne):
         holder = ctx.leases.break_(vg, lv, parsed_args.host,
                                    parsed_args.token, parsed_args.force)
         self._record(ctx, vg, lv, holder, parsed_args.force)
+        if holder.alive:
+            wait = ctx.conf.session.ttl + ctx.conf.lease.grace
+            if ctx.leases.wait_gone(vg, lv, holder.host, wait):
+                self.app.stdout.write(f'{holder.host} fenced {vg}/{lv} and '
+                                      f'acknowledged the break\n')
+            else:
+                self.app.stdout.write(
+                    f'{holder.host} did not acknowledge within {wait:.0f}s; '
+                    f'no other host is granted {vg}/{lv} before TTL + grace '
+                    f'from the break\n')
         return BREAK_FIELDS, (vg, lv, holder.host, holder.mode,
                               holder.instance,
                               cli.TokenColumn(holder.token),

@@ -163,7 +163,8 @@ def test_bad_input_is_refused_and_changes_nothing(cluster):
 
 
 def test_killed_daemon_restarts_into_same_session(tmp_path):
-    with Cluster(hosts=('compute-1', 'compute-2'), ttl=4, grace=1.0) as c:
+    # TTL 8: a restart on a loaded 2-core machine takes up to ~4 s.
+    with Cluster(hosts=('compute-1', 'compute-2'), ttl=8, grace=1.0) as c:
         vg = c.vg.vg
         c1, c2 = c['compute-1'], c['compute-2']
         c1.client.call('create', vg=vg, lv='vol-r', size=4 * MiB)

@@ -19,8 +19,14 @@ class FakeBackend:
         self.calls.append(('resume', vg, lv))
 
     def deactivate(self, vg, lv):
+        if self.lvs[(vg, lv)]['open']:
+            raise errors.LVMError('busy', kind='busy')
         self.calls.append(('deactivate', vg, lv))
         del self.lvs[(vg, lv)]
+
+    def retire(self, vg, lv):
+        self.calls.append(('retire', vg, lv))
+        self.lvs.pop((vg, lv), None)
 
 
 class World:
@@ -40,7 +46,7 @@ class World:
         return 10 if self.lease_alive else -1
 
 
-def make(lvs=(('vg', 'a'), ('vg', 'b')), **kw):
+def make(lvs=(("vg", "a"), ("vg", "b")), **kw):
     w = World()
     backend = FakeBackend(lvs)
     events = []
@@ -74,9 +80,9 @@ def test_partition_fences_at_fraction_of_ttl_then_resumes():
     assert f.tick() == fence.FENCED
     w.etcd_up, w.beat = True, 107   # healed within the TTL
     assert f.tick() == fence.OK
-    assert backend.calls[-2:] == [('resume', 'vg', 'a'),
-                                  ('resume', 'vg', 'b')]
-    assert events == ['fenced', 'resumed']
+    assert sorted(backend.calls[-2:]) == [('resume', 'vg', 'a'),
+                                          ('resume', 'vg', 'b')]
+    assert events == ['fenced', 'resumed', 'resumed']
 
 
 def test_stuck_keepalive_fences_even_with_etcd_reachable():
@@ -95,22 +101,25 @@ def test_fresh_keepalive_without_etcd_answer_does_not_resume():
     assert ('resume', 'vg', 'a') not in backend.calls
 
 
-def test_expired_session_stays_fenced_until_rearmed():
+def test_expired_session_stays_fenced_until_proven():
     checked = []
-    f, backend, w, events = make(
-        resume=lambda vg, lv: checked.append((vg, lv)))
-    w.lease_alive = False
+
+    def prove(vg, lv):
+        checked.append((vg, lv))
+        return fence.KEEP
+    f, backend, w, events = make(prove=prove)
+    # Keepalive no longer fresh (half the window gone): etcd is asked.
+    w.lease_alive, w.now = False, 103
     assert f.tick() == fence.LOST
     assert f.tick() == fence.LOST   # no more probes of a dead lease
     assert events == ['fenced', 'session-lost']
-    # A new session never resumes by itself: resume() decides per LV.
+    # A new session never resumes by itself: prove() decides per LV.
     w.lease_alive, w.beat, w.now = True, 120, 120
     f.rearm(8)
-    assert f.state == fence.FENCED
     assert f.tick() == fence.OK
-    assert w.asked == [7, 8]
     assert checked == [('vg', 'a'), ('vg', 'b')]
     assert ('resume', 'vg', 'a') not in backend.calls
+    assert sorted(f.fenced) == [('vg', 'a'), ('vg', 'b')]
 
 
 def test_deactivate_action_spares_open_devices():
@@ -126,3 +135,126 @@ def test_no_keepalive_ever_fences_at_once():
     f, backend, w, _ = make()
     w.beat = 0.0
     assert f.tick() == fence.FENCED
+
+
+class Book:
+    def __init__(self, keys):
+        self.keys = list(keys)
+
+    def all(self):
+        return {k: {} for k in self.keys}
+
+
+class Dog:
+    def __init__(self):
+        self.pets = 0
+        self.armed = False
+
+    def pet(self):
+        self.pets += 1
+        self.armed = True
+
+    def disarm(self):
+        self.armed = False
+
+
+def test_retire_verdict_removes_device_never_resumes_it():
+    retired = []
+    f, backend, w, events = make(
+        prove=lambda vg, lv: fence.RETIRE if lv == 'a' else fence.RESUME,
+        on_retired=lambda vg, lv: retired.append(lv))
+    w.now = 106
+    assert f.tick() == fence.FENCED
+    w.beat = 106
+    assert f.tick() == fence.OK
+    assert ('retire', 'vg', 'a') in backend.calls
+    assert ('resume', 'vg', 'a') not in backend.calls
+    assert ('resume', 'vg', 'b') in backend.calls
+    assert retired == ['a']
+    assert f.fenced == []
+
+
+def test_nothing_on_the_fence_path_kills_the_fencer():
+    def boom(vg, lv):
+        raise RuntimeError('proof exploded')
+    f, backend, w, _ = make(prove=boom)
+
+    def bad_suspend(vg, lv):
+        raise errors.LVMError('in use', kind='busy')
+    backend.suspend = bad_suspend
+    f.book = Book([('vg', 'a'), ('vg', 'b')])
+    w.now = 106
+    assert f.tick() == fence.FENCED        # logged, not raised
+    assert f.fenced == []                  # nothing fenced yet...
+    backend.suspend = lambda vg, lv: backend.calls.append(('suspend', vg,
+                                                           lv))
+    assert f.tick() == fence.FENCED        # ...retried on the next tick
+    assert sorted(f.fenced) == [('vg', 'a'), ('vg', 'b')]
+    w.beat = 106
+    assert f.tick() == fence.OK            # proof raises: stays fenced
+    assert sorted(f.fenced) == [('vg', 'a'), ('vg', 'b')]
+
+
+def test_book_is_fenced_before_the_backend_is_enumerated():
+    f, backend, w, _ = make(lvs=(('vg', 'a'), ('vg', 'x')))
+    order = []
+    backend.suspend = lambda vg, lv: order.append(('suspend', lv))
+    enumerate_ = backend.active
+    backend.active = lambda: (order.append(('enumerate',)),
+                              enumerate_())[1]
+    f.book = Book([('vg', 'a')])
+    w.now = 106
+    f.tick()
+    assert order == [('suspend', 'a'), ('enumerate',), ('suspend', 'x')]
+
+
+def test_fence_one_is_called_off_when_still_says_no():
+    f, backend, w, _ = make()
+    f.fence_one('vg', 'a', 'grant revoked', still=lambda: False)
+    assert backend.calls == []
+    f.fence_one('vg', 'a', 'grant revoked', still=lambda: True)
+    assert backend.calls == [('suspend', 'vg', 'a')]
+    assert f.fenced == [('vg', 'a')]
+
+
+def test_idle_host_with_fresh_keepalive_does_not_ask_etcd():
+    f, backend, w, _ = make()
+    for _ in range(10):
+        w.now += 0.5
+        w.beat = w.now
+        f.tick()
+    assert w.asked == []
+
+
+def test_watchdog_petted_only_while_valid_or_all_fenced():
+    dog = Dog()
+    f, backend, w, _ = make(watchdog=dog)
+    f.book = Book([('vg', 'a'), ('vg', 'b')])
+    w.now = 101
+    f.tick()
+    assert dog.pets == 1                   # valid session, LVs active
+
+    def stuck(vg, lv):
+        if lv == 'b':
+            raise errors.LVMError('timeout', kind='timeout')
+    backend.suspend = stuck
+    w.etcd_up, w.now = False, 106          # deadline passed
+    f.tick()
+    assert f.fenced == [('vg', 'a')]
+    assert dog.pets == 1                   # b not fenced: let it reset
+    backend.suspend = lambda vg, lv: None
+    f.tick()
+    assert dog.pets == 2                   # every device fenced: safe
+    f.book = Book([])
+    f.fenced = []
+    f.tick()
+    assert not dog.armed                   # nothing active: disarmed
+
+
+def test_watchdog_not_petted_when_fencing_disabled_and_deadline_passed():
+    dog = Dog()
+    f, backend, w, _ = make(watchdog=dog, action='none')
+    f.book = Book([('vg', 'a')])
+    w.etcd_up, w.now = False, 106
+    f.tick()
+    assert dog.pets == 0

@@ -1,0 +1,80 @@
+"""GrantWatch: a holder watches its own grants.
+
+If anyone removes or changes this host's ledger entry or holder key of an
+LV it has a device for (an admin's forced break, a bug, a hand-edited
+etcd), the LV is fenced here at once, and the Fencer's proof decides what
+becomes of the device (it retires it: the grant is gone).
+"""
+import logging
+import time
+
+from coordinator import errors
+
+LOG = logging.getLogger(__name__)
+
+# Re-read everything this often even without events: a watch stream lost
+# with an etcd member must not leave a revoked grant unnoticed for long.
+RESCAN = 5.0
+
+
+class GrantWatch:
+    """Fence an LV the moment this host's grant on it changes in etcd."""
+
+    def __init__(self, etcd, keys, leases, book, fencer, on_event=None):
+        self.etcd = etcd
+        self.keys = keys
+        self.leases = leases
+        self.book = book
+        self.fencer = fencer
+        self.on_event = on_event or (lambda kind, **kw: None)
+
+    def revoked(self, vg, lv):
+        """Why our grant on vg/lv is no longer the one we hold, or None."""
+        record = self.book.get(vg, lv)
+        if record is None or record.get('token') is None:
+            return None
+        try:
+            holders = self.leases.holders(vg, lv)
+        except errors.LeaseConflict as exc:
+            return str(exc)
+        mine = next((h for h in holders if h.host == self.leases.session.host),
+                    None)
+        if mine is None:
+            return 'our ledger entry was removed'
+        if mine.broken:
+            return 'the lease was broken by an admin'
+        if mine.token != record['token']:
+            return f'the token changed ({record["token"]} -> {mine.token})'
+        if not mine.alive:
+            return 'our holder key is gone'
+        return None
+
+    def check(self, vg, lv):
+        """Fence vg/lv if its grant was revoked."""
+        why = self.revoked(vg, lv)
+        if why is None:
+            return
+        LOG.error('grant of %s/%s revoked: %s; fencing', vg, lv, why)
+        self.fencer.fence_one(vg, lv, f'grant revoked: {why}',
+                              still=lambda: self.revoked(vg, lv) is not None)
+
+    def run(self, stopping):
+        """Watch until ``stopping`` is set."""
+        root = self.keys.leases()
+        while not stopping.is_set():
+            try:
+                _, rev = self.etcd.range(root, prefix=True, limit=1)
+                for vg, lv in self.book.all():
+                    self.check(vg, lv)
+                with self.etcd.watch(root, rev + 1, prefix=True) as watch:
+                    for event in watch.until(time.monotonic() + RESCAN, 0.5):
+                        if stopping.is_set():
+                            return
+                        if event is None:
+                            continue
+                        vg, lv = event[1].key[len(root):].split('/')[:2]
+                        if self.book.get(vg, lv) is not None:
+                            self.check(vg, lv)
+            except Exception:
+                LOG.exception('grant watch: restarting')
+                stopping.wait(0.5)

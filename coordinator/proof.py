@@ -1,0 +1,79 @@
+"""Proof that a fenced device may be resumed: the same grant of the same
+LV is still this host's.
+
+The LV is found by its UUID, never by its name: renamed, deleted, or with
+its extents changed under us, the device maps what it must not, and goes.
+The grant is found by its token in the LV's ledger: still there means
+nobody was granted the LV since (a takeover drops it); it is then carried
+over to the current session if that is a new one.
+"""
+import logging
+
+from coordinator import errors
+from coordinator import fence
+
+LOG = logging.getLogger(__name__)
+
+
+def covers(lv_extents, device_extents):
+    """True if the device maps a prefix of the LV's extents (an extend
+    since the device was made only adds extents after it)."""
+    lv_extents = [list(x) for x in lv_extents]
+    device_extents = [list(x) for x in device_extents]
+    if not device_extents or len(device_extents) > len(lv_extents):
+        return False
+    *whole, last = device_extents
+    if whole != lv_extents[:len(whole)]:
+        return False
+    pv, first, end = lv_extents[len(whole)]
+    return last[0] == pv and last[1] == first and last[2] <= end
+
+
+class Prover:
+    """prove(vg, lv) for the Fencer, from the grant book, LVM and etcd."""
+
+    def __init__(self, leases, lvm, backend, book):
+        self.leases = leases
+        self.lvm = lvm
+        self.backend = backend
+        self.book = book
+        self.reasons = {}
+
+    def __call__(self, vg, lv):
+        try:
+            verdict, why = self._verdict(vg, lv)
+        except (errors.EtcdUnavailable, errors.SessionLost,
+                errors.LockTimeout) as exc:
+            # Cannot tell yet: stay fenced, ask again on the next tick.
+            LOG.info('proof of %s/%s deferred: %s', vg, lv, exc)
+            return fence.KEEP
+        self.reasons[(vg, lv)] = why
+        if verdict == fence.RETIRE:
+            LOG.error('%s/%s will not be resumed: %s', vg, lv, why)
+        return verdict
+
+    def _verdict(self, vg, lv):
+        record = self.book.get(vg, lv)
+        ident = self.backend.identity(vg, lv)
+        if ident is None:
+            return fence.GONE, 'no device'
+        if record is None or not record.get('uuid'):
+            return fence.RETIRE, 'no record of a grant for this device'
+        uuid = record['uuid']
+        if ident.get('uuid') and ident['uuid'] != uuid:
+            return fence.RETIRE, 'the device maps another LV'
+        now = next((x for x in self.lvm.lvs(vg) if x['uuid'] == uuid), None)
+        if now is None:
+            return fence.RETIRE, 'the LV was deleted'
+        if now['name'] != lv:
+            return fence.RETIRE, f'the LV was renamed to {now["name"]}'
+        if not covers(now['pe_ranges'], ident['extents']):
+            return fence.RETIRE, 'the LV no longer owns the mapped extents'
+        holder = self.leases.rebind(vg, lv, record['token'], uuid)
+        if holder is None:
+            return fence.RETIRE, ('the grant is no longer ours (taken over, '
+                                  'broken or released)')
+        if holder.token != record['token']:
+            self.book.put(vg, lv, token=holder.token,
+                          session=holder.session)
+        return fence.RESUME, 'same grant, same LV'

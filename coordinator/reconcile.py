@@ -1,0 +1,78 @@
+"""Reconcile at (re)start: every grant this host recorded against every
+device it has.
+
+- A device is fenced first and resumed only by the Fencer's proof.
+- A grant recorded while its device was being made ('activating': the
+  daemon died in between) is released: nobody was told it worked.
+- A grant whose device is gone (the host rebooted) is restored under the
+  current session, with its instance and mode, unless another host holds
+  the LV now; then it is dropped and the holder named.
+"""
+import logging
+
+from coordinator import errors
+from coordinator import grantbook
+
+LOG = logging.getLogger(__name__)
+
+
+def at_start(leases, lvm, backend, book, fencer, emit):
+    """Bring the book, the devices and etcd into agreement."""
+    devices = backend.active()
+    fencer.fence_existing(list(devices), 'daemon start: proving grants')
+    for (vg, lv), record in book.all().items():
+        if (vg, lv) in devices:
+            continue
+        try:
+            if record.get('state') == grantbook.ACTIVATING:
+                _release(leases, book, vg, lv, record, emit)
+            else:
+                _restore(leases, lvm, backend, book, vg, lv, record, emit)
+        except errors.CoordError as exc:
+            LOG.error('reconcile %s/%s: %s', vg, lv, exc)
+            emit('reconcile-failed', vg=vg, lv=lv, error=str(exc))
+
+
+def _release(leases, book, vg, lv, record, emit):
+    mine = _mine(leases, vg, lv)
+    if mine is not None and mine.token == record.get('token'):
+        leases.release(vg, lv)
+    book.drop(vg, lv)
+    LOG.warning('%s/%s: granted but never activated; released', vg, lv)
+    emit('reconciled', vg=vg, lv=lv, action='released',
+         reason='granted, device never made')
+
+
+def _restore(leases, lvm, backend, book, vg, lv, record, emit):
+    holder = leases.rebind(vg, lv, record.get('token'), record.get('uuid'))
+    info = next((x for x in lvm.lvs(vg) if x['uuid'] == record.get('uuid')),
+                None)
+    if holder is None or info is None or info['name'] != lv:
+        book.drop(vg, lv)
+        held = ', '.join(h.describe() for h in _holders(leases, vg, lv))
+        why = f'held by {held}' if held else \
+            ('LV renamed or deleted' if holder else 'grant no longer ours')
+        LOG.error('%s/%s not restored: %s', vg, lv, why)
+        emit('restore-refused', vg=vg, lv=lv, reason=why)
+        if holder is not None:
+            leases.release(vg, lv)
+        return
+    book.put(vg, lv, token=holder.token, session=holder.session)
+    path = backend.activate(vg, lv, record.get('read_only', False), info)
+    book.put(vg, lv, state=grantbook.ACTIVE, path=path)
+    LOG.warning('%s/%s restored at %s (token %s)', vg, lv, path,
+                holder.token)
+    emit('restored', vg=vg, lv=lv, path=path, token=holder.token,
+         instance=holder.instance)
+
+
+def _holders(leases, vg, lv):
+    try:
+        return leases.holders(vg, lv)
+    except errors.LeaseConflict:
+        return []
+
+
+def _mine(leases, vg, lv):
+    return next((h for h in _holders(leases, vg, lv)
+                 if h.host == leases.session.host), None)

@@ -300,7 +300,7 @@ def hostile(draw):
         elif fault == 'extra':
             req[draw(st.sampled_from(['host', 'lease', 'run', 'x']))] = 1
             valid = False
-        elif fault == 'no-timeout':
+        elif fault == 'no-timeout' and req.get('timeout') == 60:
             del req['timeout']  # allowed: the default applies
         elif fault == 'as-other':
             # A genuine request from another live host: still fine.
@@ -324,7 +324,7 @@ def hostile(draw):
                                         '{"op": "activate"']))
             return rid, raw, lease, False, False, req
         elif fault == 'huge':
-            req['args'] = dict(req['args'], instance='x' * (70 * 1024))
+            req['pad'] = 'x' * (70 * 1024)
             bound = False
     return rid, json.dumps(req), lease, bound, valid and bound, req
 

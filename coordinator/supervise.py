@@ -6,8 +6,8 @@ crash-loop while the others kept serving, which is unsafe when it is the
 fencer (an API granting LVs nobody fences). Systemd restarts the stopped
 daemon, which resumes its session within the TTL.
 
-Policy: the fencer dying once stops the daemon; any other worker stops it
-after DEATH_LIMIT deaths within DEATH_WINDOW seconds.
+Policy: the fencer dying once (crash or signal) stops the daemon; any
+worker stops it after DEATH_LIMIT deaths within DEATH_WINDOW seconds.
 """
 import collections
 import logging
@@ -40,7 +40,9 @@ class DeathPolicy:
             deaths.popleft()
         how = f'exit status {exit_code}' if exit_code >= 0 else \
             f'signal {-exit_code}'
-        if name in self.fatal:
+        # Status 0 is an orderly stop (SIGTERM, e.g. systemd stopping the
+        # whole group before the master): counted, never fatal at once.
+        if name in self.fatal and exit_code != 0:
             return f'worker {name} died ({how}); no {name}, no service'
         if len(deaths) >= self.limit:
             return (f'worker {name} died {len(deaths)} times in '

@@ -67,3 +67,11 @@ def test_policy_counts_deaths_in_a_window():
 def test_policy_fencer_is_fatal_at_once():
     reason = supervise.DeathPolicy().record('fencer', -9)
     assert reason == 'worker fencer died (signal 9); no fencer, no service'
+
+
+def test_policy_orderly_stop_of_the_fencer_is_not_fatal_at_once():
+    # systemd's SIGTERM reaches every worker, maybe before the master.
+    policy = supervise.DeathPolicy(limit=2)
+    assert policy.record('fencer', 0) is None
+    assert policy.record('fencer', 0) == ('worker fencer died 2 times in '
+                                          '60 s (last: exit status 0)')

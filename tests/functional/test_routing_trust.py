@@ -402,8 +402,7 @@ def test_one_caller_cannot_take_every_worker(routed):
         t.start()
     try:
         # The hog's first requests run (and block), the rest queue.
-        wait_for(lambda: routed.server.scheduler.busy()[0] >= 2,
-                 what='hog running')
+        wait_for(lambda: len(routed.handler.calls) >= 2, what='hog running')
         started = time.monotonic()
         got = routed.router(OTHER).call(TARGET, 'deactivate',
                                         {'vg': VG, 'lv': 'other'},
@@ -456,7 +455,7 @@ def test_routed_call_reports_session_lost(routed):
     t = threading.Thread(target=call, daemon=True)
     t.start()
     try:
-        wait_for(lambda: routed.server.scheduler.busy()[0] == 1,
+        wait_for(lambda: len(routed.handler.calls) == 1,
                  what='request running')
         started = time.monotonic()
         # The caller's session expires (revoked: as if etcd expired it).

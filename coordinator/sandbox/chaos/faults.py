@@ -1,0 +1,269 @@
+"""Seeded random faults. Each records a window (start, end) and the hosts
+it made faulty, so the checker can tell a fault's consequence from a
+healthy host being hurt."""
+import dataclasses
+import signal
+import threading
+import time
+
+KINDS = ('partition-short', 'partition-long', 'sigstop', 'kill-restart-fast',
+         'kill-restart-slow', 'etcd-leader-kill', 'etcd-leader-stop',
+         'lease-break-force', 'rename-after-takeover',
+         'delete-after-takeover')
+LEADER_KINDS = ('etcd-leader-kill', 'etcd-leader-stop')
+# Rough seconds each kind takes with TTL 6 s, grace 1 s (for planning).
+COST = {'partition-short': 6, 'partition-long': 14, 'sigstop': 14,
+        'kill-restart-fast': 5, 'kill-restart-slow': 14,
+        'etcd-leader-kill': 8, 'etcd-leader-stop': 7,
+        'lease-break-force': 6, 'rename-after-takeover': 18,
+        'delete-after-takeover': 18}
+
+
+@dataclasses.dataclass
+class Fault:
+    """One injected fault."""
+
+    kind: str
+    hosts: list
+    start: float
+    end: float | None = None
+    detail: dict = dataclasses.field(default_factory=dict)
+
+
+class Faults:
+    """Injects faults one at a time; knows which hosts are faulty."""
+
+    def __init__(self, topo, workload, rng):
+        self.topo, self.wl, self.rng = topo, workload, rng
+        self.ttl, self.grace = topo.ttl, topo.grace
+        self.long = self.ttl + self.grace + 3  # past expiry + grace
+        self.done = []
+        self.current = None
+        self._faulty = {}  # host -> until (time), None while in progress
+        self.mutex = threading.Lock()
+        self.stopped, self.killed, self.cut = set(), set(), set()
+
+    def faulty(self):
+        """Hosts in a fault, or recovering from one (settle time)."""
+        now = time.time()
+        with self.mutex:
+            return {h for h, until in self._faulty.items()
+                    if until is None or until > now}
+
+    def _mark(self, hosts, until=None):
+        with self.mutex:
+            for h in hosts:
+                self._faulty[h] = until
+
+    def plan(self, duration, rng):
+        """Kinds to inject: each at least once if time allows, then random."""
+        kinds = list(KINDS)
+        rng.shuffle(kinds)
+        out, budget = [], duration
+        for k in kinds:
+            if COST[k] + 4 <= budget:
+                out.append(k)
+                budget -= COST[k] + 4
+        while budget > 20:
+            k = rng.choice(KINDS)
+            out.append(k)
+            budget -= COST[k] + 4
+        return out
+
+    def inject(self, kind):
+        """Run one fault to its end (heal, SIGCONT, restart)."""
+        fault = Fault(kind, [], time.time())
+        self.current = fault
+        try:
+            getattr(self, '_' + kind.replace('-', '_'))(fault)
+        finally:
+            fault.end = time.time()
+            self._mark(fault.hosts, fault.end + self.ttl + self.grace + 2)
+            for h in fault.hosts:
+                self.wl.retire(h, self.ttl + self.grace + 2)
+            self.done.append(fault)
+            self.current = None
+        return fault
+
+    def recover_all(self):
+        """Undo whatever a fault left (also after an exception)."""
+        for h in list(self.cut):
+            self.topo.heal(h)
+            self.cut.discard(h)
+        for h in list(self.stopped):
+            self.topo.daemon(h).kill(signal.SIGCONT)
+            self.stopped.discard(h)
+        for m in self.topo.etcd.members:
+            if m.proc and m.proc.poll() is None:
+                m.send(signal.SIGCONT)
+            elif m.proc is not None:
+                self.topo.etcd.restart(m)
+        for h in list(self.killed):
+            self.topo.cluster.restart(h)
+            self.killed.discard(h)
+
+    # -- helpers --
+
+    def _victim(self, fault, pool=None):
+        host = self.rng.choice(pool or self.topo.computes)
+        fault.hosts.append(host)
+        self._mark([host])
+        return host
+
+    def _held(self, host):
+        """An LV held (exclusively) by ``host`` with a running writer,
+        claimed; activates a fresh one there if needed."""
+        lv = self.wl.claim(lambda lv: list(lv.holders) == [host])
+        if lv is None:
+            lv = self.wl.claim(lambda lv: not lv.holders and
+                               lv.contiguous) or self.wl.create()
+            if lv is None:
+                return None
+            if self.wl.activate(lv, host, kind='activate') is None:
+                self.wl.release(lv)
+                return None
+        return lv
+
+    def _takeover(self, fault, lv, host):
+        res = self.wl.takeover(lv, host, wait=self.ttl + self.grace + 30)
+        fault.detail.update(lv=lv.name, uuid=lv.uuid, taken_by=res and
+                            res['host'], token=res and res['token'])
+        return res
+
+    def _until(self, start, seconds):
+        left = start + seconds - time.time()
+        if left > 0:
+            time.sleep(left)  # the fault's own duration, nothing to wait on
+
+    # -- kinds --
+
+    def _partition_short(self, fault):
+        host = self._victim(fault, self.topo.hosts)
+        d = self.rng.uniform(0.7, 0.95) * self.ttl
+        fault.detail['seconds'] = round(d, 2)
+        self.topo.cut(host)
+        self.cut.add(host)
+        time.sleep(d)
+        self.topo.heal(host)
+        self.cut.discard(host)
+
+    def _partition_long(self, fault, then=None):
+        host = self._victim(fault)
+        lv = self._held(host)
+        start = time.time()
+        self.topo.cut(host)
+        self.cut.add(host)
+        try:
+            if lv is not None:
+                if self._takeover(fault, lv, host) and then:
+                    then(fault, lv)
+            self._until(start, self.long)
+        finally:
+            if lv is not None:
+                self.wl.release(lv)
+            self.topo.heal(host)
+            self.cut.discard(host)
+
+    def _sigstop(self, fault):
+        host = self._victim(fault)
+        lv = self._held(host)
+        d = self.topo.daemon(host)
+        start = time.time()
+        d.kill(signal.SIGSTOP)
+        self.stopped.add(host)
+        try:
+            if lv is not None:
+                self._takeover(fault, lv, host)
+            self._until(start, self.long)
+        finally:
+            if lv is not None:
+                self.wl.release(lv)
+            d.kill(signal.SIGCONT)
+            self.stopped.discard(host)
+
+    def _kill(self, fault, slow):
+        host = self._victim(fault, self.topo.hosts)
+        lv = self._held(host) if slow else None
+        d = self.topo.daemon(host)
+        start = time.time()
+        d.kill(signal.SIGKILL)
+        d.proc.wait()
+        self.killed.add(host)
+        try:
+            if lv is not None:
+                self._takeover(fault, lv, host)
+            if slow:
+                self._until(start, self.long)
+        finally:
+            if lv is not None:
+                self.wl.release(lv)
+            self.topo.cluster.restart(host)
+            self.killed.discard(host)
+        fault.detail['restart_after'] = round(time.time() - start, 2)
+
+    def _kill_restart_fast(self, fault):
+        self._kill(fault, slow=False)
+
+    def _kill_restart_slow(self, fault):
+        self._kill(fault, slow=True)
+
+    def _etcd_leader_kill(self, fault):
+        leader = self.topo.etcd.leader()
+        fault.detail['member'] = leader.name
+        leader.stop(signal.SIGKILL)
+        time.sleep(self.rng.uniform(2, 4))
+        self.topo.etcd.restart(leader)
+
+    def _etcd_leader_stop(self, fault):
+        leader = self.topo.etcd.leader()
+        fault.detail['member'] = leader.name
+        leader.send(signal.SIGSTOP)
+        try:
+            time.sleep(self.rng.uniform(2, 4))
+        finally:
+            leader.send(signal.SIGCONT)
+
+    def _lease_break_force(self, fault):
+        host = self._victim(fault)
+        lv = self._held(host)
+        if lv is None:
+            return
+        try:
+            ok, shown = self.wl.call('show (break)', host, 'show',
+                                     vg=self.wl.vg, lv=lv.name)
+            token = ok and next((h['token'] for h in shown['holders']
+                                 if h['host'] == host), None)
+            if not token:
+                return
+            out = self.topo.cli('lease', 'break', f'{self.wl.vg}/{lv.name}',
+                                '--host', host, '--token', str(token),
+                                '--yes-i-really-mean-it', '--force')
+            fault.detail.update(lv=lv.name, token=token, rc=out.returncode,
+                                stderr=out.stderr.strip()[-300:])
+            if out.returncode == 0:
+                # The operator's next step: attach it elsewhere at once.
+                self._takeover(fault, lv, host)
+        finally:
+            self.wl.release(lv)
+
+    def _rename_after_takeover(self, fault):
+        self._partition_long(fault, then=self._then_rename)
+
+    def _delete_after_takeover(self, fault):
+        self._partition_long(fault, then=self._then_delete)
+
+    def _then_rename(self, fault, lv):
+        [new] = [h for h in lv.holders if h not in fault.hosts] or [None]
+        if new and self.wl.deactivate(lv, new) and self.wl.rename(lv):
+            fault.detail['renamed_to'] = lv.name
+            self.wl.activate(lv, new)
+
+    def _then_delete(self, fault, lv):
+        [new] = [h for h in lv.holders if h not in fault.hosts] or [None]
+        if new and self.wl.deactivate(lv, new) and self.wl.delete(lv):
+            # A new LV is likely to get the freed extents.
+            fresh = self.wl.create()
+            if fresh is not None:
+                fault.detail['new_lv'] = fresh.name
+                self.wl.activate(fresh, new)
+                self.wl.release(fresh)

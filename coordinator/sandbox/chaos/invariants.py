@@ -1,0 +1,215 @@
+"""Invariants checked while the cluster runs (and once more at the end).
+
+- ``double-writable``: two writable mappings of overlapping extents on
+  different hosts, unless both hosts hold a migration lease of one instance
+  on that LV; also one device that two hosts use.
+- ``writable-without-lease``: a writable mapping on a host whose live lease
+  (holder key, bound to its session) on that LV is gone.
+- ``stale-write-acked``: a writer's write succeeded after another host was
+  granted its LV (grant time = the grant's own ``since``, token = its etcd
+  revision; a migration grant for the same instance aside).
+- ``stale-block-on-disk``: a stamp on the shared PV issued after such a
+  grant.
+
+Violations are incidents: one per (kind, what), with first/last seen and a
+sample count, so a mapping that stays wrong is one violation, not hundreds.
+"""
+import mmap
+import os
+import threading
+import time
+
+from coordinator import errors
+from coordinator.sandbox.chaos import mappings
+from coordinator.sandbox.chaos import writers as writerlib
+
+# A condition seen in fewer consecutive samples than this is a race in our
+# own reads (sysfs and etcd are not read atomically), not a finding.
+PERSIST = 2
+
+
+class NameBook:
+    """Which LV (by uuid) a name meant when: the workload tells us."""
+
+    def __init__(self):
+        self.records = []  # (time, vg, name, uuid or None)
+        self.mutex = threading.Lock()
+
+    def record(self, vg, name, uuid, at=None):
+        with self.mutex:
+            self.records.append((at or time.time(), vg, name, uuid))
+
+    def uuid_at(self, vg, name, at):
+        """The uuid ``name`` named at ``at`` (None: no such LV)."""
+        found = None
+        with self.mutex:
+            for t, v, n, u in self.records:
+                if v == vg and n == name and t <= at:
+                    found = u
+        return found
+
+
+class Checker:
+    """Continuous and final invariant checks; collects violations."""
+
+    def __init__(self, pv, vg, dev_dirs, history, names, writers):
+        self.pv, self.vg = pv, vg
+        self.dev_dirs = dev_dirs
+        self.history = history
+        self.names = names
+        self.writers = writers  # callable -> every Writer ever started
+        self.incidents = {}
+        self.pending = {}
+        self.samples = 0
+        self.mutex = threading.Lock()
+
+    # -- recording --
+
+    def violation(self, kind, key, **detail):
+        """Record (or refresh) the incident ``(kind, key)``."""
+        now = time.time()
+        with self.mutex:
+            inc = self.incidents.get((kind, key))
+            if inc is None:
+                inc = self.incidents[(kind, key)] = dict(
+                    kind=kind, first=now, count=0, **detail)
+            inc['last'] = now
+            inc['count'] += 1
+
+    def violations(self):
+        with self.mutex:
+            return sorted(self.incidents.values(), key=lambda i: i['first'])
+
+    def _persisting(self, seen, key):
+        seen.add(key)
+        return self.pending.get(key, 0) + 1 >= PERSIST
+
+    # -- mappings (every sample) --
+
+    def _leases(self):
+        try:
+            return self.history.leases()
+        except errors.CoordError:
+            return None
+
+    def sample(self):
+        """One look at every mapping against the live lease table."""
+        before = self._leases()
+        maps = mappings.snapshot(self.pv, self.dev_dirs, self.writers())
+        after = self._leases()
+        tables = [t for t in (before, after) if t is not None]
+        seen = set()
+        writable = [m for m in maps if m.writable]
+        for m in writable:
+            if len(m.hosts) > 1:
+                self.violation('double-writable', (m.loop, tuple(sorted(
+                    m.hosts))), loops=[m.loop], hosts=sorted(m.hosts),
+                    lvs=sorted(m.lvs), note='one device used by two hosts')
+        for i, a in enumerate(writable):
+            for b in writable[i + 1:]:
+                if not a.overlaps(b) or self._same_host(a, b) or \
+                        self._migration_pair(a, b, tables):
+                    continue
+                key = ('overlap', a.loop, a.offset, b.loop, b.offset)
+                if (a.hosts and b.hosts) or self._persisting(seen, key):
+                    self.violation(
+                        'double-writable', key[1:],
+                        loops=[a.loop, b.loop],
+                        hosts=[sorted(a.hosts), sorted(b.hosts)],
+                        lvs=[sorted(a.lvs), sorted(b.lvs)],
+                        ranges=[[a.offset, a.size], [b.offset, b.size]])
+        if tables:
+            for m in writable:
+                for host in m.hosts:
+                    if self._leased(m, host, tables):
+                        continue
+                    key = ('unleased', m.loop, m.offset, host)
+                    if self._persisting(seen, key):
+                        self.violation('writable-without-lease', key[1:],
+                                       loop=m.loop, host=host,
+                                       lvs=sorted(m.lvs))
+        self.pending = {k: self.pending.get(k, 0) + 1 for k in seen}
+        self.samples += 1
+        return maps
+
+    @staticmethod
+    def _same_host(a, b):
+        return len(a.hosts | b.hosts) == 1
+
+    def _migration_pair(self, a, b, tables):
+        names = {lv for _, lv in a.lvs} & {lv for _, lv in b.lvs}
+        hosts = a.hosts | b.hosts
+        for table in tables:
+            for lv in names:
+                ledger = table.get((self.vg, lv), {}).get('ledger', {})
+                entries = [ledger.get(h) for h in hosts]
+                if len(hosts) == 2 and all(
+                        e and e.get('mode') == 'migration' for e in entries) \
+                        and len({e.get('instance') for e in entries}) == 1:
+                    return True
+        return False
+
+    def _leased(self, m, host, tables):
+        lvs = [lv for h, lv in m.lvs if h == host]
+        return any(host in t.get((self.vg, lv), {}).get('live', {})
+                   for t in tables for lv in lvs)
+
+    # -- stamps and writes (every few seconds, and at the end) --
+
+    def _uuid(self, grant):
+        return grant.uuid or self.names.uuid_at(grant.vg, grant.lv,
+                                                grant.since)
+
+    def _later_grants(self, uuid, host, token, instance):
+        """Grants of LV ``uuid`` to other hosts after token ``token``."""
+        return [g for g in self.history.grants
+                if g.token > token and g.host != host and
+                self._uuid(g) == uuid and
+                not (g.mode == 'migration' and g.instance == instance)]
+
+    def check_writes(self):
+        """Writes a writer got acknowledged after another host's grant."""
+        for w in self.writers():
+            later = self._later_grants(w.uuid, w.host, w.token, w.instance)
+            if not later:
+                continue
+            first = min(later, key=lambda g: g.since)
+            stale = [x for x in w.writes()
+                     if x[3] == 'ok' and x[2] > first.since]
+            if stale:
+                self.violation(
+                    'stale-write-acked', (w.host, w.token, first.token),
+                    writer=w.describe(), grant=vars(first),
+                    writes=len(stale), first_write=stale[0][2],
+                    last_write=stale[-1][2],
+                    after_grant=round(stale[0][2] - first.since, 3))
+
+    def scan_disk(self, extent_size, pe_start, pe_count):
+        """Stamps on the PV issued after another host's grant of their LV."""
+        instances = {g.token: g.instance for g in self.history.grants}
+        fd = os.open(self.pv, os.O_RDONLY | os.O_DIRECT)
+        try:
+            for i in range(pe_count):
+                self._scan_extent(fd, pe_start + i * extent_size, instances)
+        finally:
+            os.close(fd)
+
+    def _scan_extent(self, fd, base, instances):
+        buf = mmap.mmap(-1, writerlib.SPAN)  # aligned, as O_DIRECT needs
+        try:
+            os.preadv(fd, [buf], base)
+            for off in range(0, writerlib.SPAN, writerlib.BLOCK):
+                st = writerlib.parse(buf[off:off + writerlib.BLOCK])
+                if st is None:
+                    continue
+                later = self._later_grants(st['u'], st['h'], st['t'],
+                                           instances.get(st['t']))
+                bad = [g for g in later if g.since < st['w']]
+                if bad:
+                    g = min(bad, key=lambda g: g.since)
+                    self.violation(
+                        'stale-block-on-disk', (st['h'], st['t'], g.token),
+                        stamp=st, at_byte=base + off, grant=vars(g),
+                        after_grant=round(st['w'] - g.since, 3))
+        finally:
+            buf.close()

@@ -1,0 +1,223 @@
+"""One chaos run: build the cluster, run workload and faults while the
+checker samples, settle, run the final checks, collect the result."""
+import contextlib
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+
+from coordinator.sandbox.chaos import final
+from coordinator.sandbox.chaos import history as historylib
+from coordinator.sandbox.chaos import invariants
+from coordinator.sandbox.chaos.faults import Faults
+from coordinator.sandbox.chaos.topology import CLUSTER
+from coordinator.sandbox.chaos.topology import Topology
+from coordinator.sandbox.chaos.workload import Workload
+
+SAMPLE = 0.5
+SLOW_CHECKS = 5.0  # history replay and writer logs
+WORKERS = 2
+
+
+class Run:
+    """State shared by the run's threads."""
+
+    def __init__(self, seed, duration, volumes, computes, ttl, grace,
+                 keep_dir, say):
+        self.seed, self.duration = seed, duration
+        self.volumes, self.computes = volumes, computes
+        self.ttl, self.grace = ttl, grace
+        self.keep_dir = keep_dir
+        self.say = say
+        self.rng = random.Random(seed)
+        self.stop_work = threading.Event()
+        self.stop_sampler = threading.Event()
+        self.harness_errors = []
+
+    def guarded(self, name, fn):
+        """A thread body whose exception is recorded, never lost."""
+        def body():
+            try:
+                fn()
+            except Exception:
+                self.harness_errors.append(f'{name}: {traceback.format_exc()}')
+                self.say(f'harness error in {name}; see the result')
+                self.stop_work.set()
+        t = threading.Thread(target=body, name=name, daemon=True)
+        t.start()
+        return t
+
+    def execute(self):
+        with contextlib.ExitStack() as stack:
+            self.workdir = tempfile.mkdtemp(prefix='lvmcoord-chaos-')
+            stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+            t0 = time.time()
+            topo = stack.enter_context(Topology(
+                self.volumes, self.computes, self.ttl, self.grace))
+            self.say(f'cluster up in {time.time() - t0:.1f}s: etcd x3, '
+                     f'{", ".join(topo.hosts)}; VG {topo.vg} on {topo.pv}')
+            self.topo = topo
+            self.names = invariants.NameBook()
+            self.history = historylib.History(topo.etcd.endpoints, CLUSTER)
+            self.wl = Workload(topo, random.Random(self.rng.random()),
+                               self.names, self.workdir,
+                               lambda: self.faults.faulty())
+            self.faults = Faults(topo, self.wl,
+                                 random.Random(self.rng.random()))
+            stack.callback(self._stop_writers)
+            stack.callback(self._keep_logs)
+            self.checker = invariants.Checker(
+                topo.pv, topo.vg, {h: topo.dev_dir(h) for h in topo.hosts},
+                self.history, self.names, self.wl.writers)
+            return self._phases()
+
+    def _phases(self):
+        started = time.time()
+        sampler = self.guarded('sampler', self._sample)
+        workers = [self.guarded(f'workload-{i}', self._work)
+                   for i in range(WORKERS)]
+        injector = self.guarded('faults', self._inject)
+        injector.join()
+        self.stop_work.set()
+        for w in workers:
+            w.join()
+        self.faults.recover_all()
+        # Orphaned VMs are killed; held LVs keep their writers running.
+        self.wl.reap_orphans(everything=True)
+        last = max([f.end for f in self.faults.done] + [time.time()])
+        settle = last + self.ttl + self.grace + 3 - time.time()
+        self.say(f'faults over; settling {settle:.0f}s (> TTL + grace)')
+        if settle > 0:
+            time.sleep(settle)  # a required quiet period, not a sync point
+        self.stop_sampler.set()
+        sampler.join()
+        self._final()
+        return self._result(time.time() - started)
+
+    def _sample(self):
+        next_slow = time.monotonic() + SLOW_CHECKS
+        while not self.stop_sampler.wait(SAMPLE):
+            self.checker.sample()
+            if time.monotonic() >= next_slow:
+                next_slow = time.monotonic() + SLOW_CHECKS
+                self.wl.reap_orphans()
+                if self.history.poll():
+                    self.checker.check_writes()
+
+    def _work(self):
+        while not self.stop_work.is_set():
+            self.wl.step()
+            self.stop_work.wait(self.wl.rng.uniform(0.1, 0.6))
+
+    def _inject(self):
+        plan = self.faults.plan(self.duration, self.faults.rng)
+        deadline = time.time() + self.duration
+        time.sleep(min(5, self.duration / 10))  # let the workload populate
+        for kind in plan:
+            if self.stop_work.is_set() or time.time() > deadline:
+                break
+            self.say(f'fault {kind} ...')
+            try:
+                f = self.faults.inject(kind)
+            finally:
+                self.faults.recover_all()
+            self.say(f'fault {kind} on {",".join(f.hosts) or "etcd"} done '
+                     f'({f.end - f.start:.1f}s) {f.detail}')
+            self.stop_work.wait(self.faults.rng.uniform(2, 4))
+        left = deadline - time.time()
+        if left > 0:
+            self.stop_work.wait(left)
+
+    def _final(self):
+        topo, checker = self.topo, self.checker
+        for _ in range(5):
+            if self.history.poll():
+                break
+        checker.sample()
+        checker.check_writes()
+        vg = topo.lvm.vg(topo.vg)
+        [pv] = topo.lvm.pvs(topo.vg)
+        checker.scan_disk(vg['extent_size'], pv['pe_start'],
+                          vg['size'] // vg['extent_size'])
+        final.readiness(topo, checker)
+        final.lease_table(topo, checker, self.wl)
+        final.volumes(topo, checker, self.wl)
+        final.vgck(topo, checker)
+        self.crashes = final.crashes(topo)
+        self.leader_fences = final.classify_fences(
+            topo, self.history, self.faults.done, checker)
+
+    def _stop_writers(self):
+        for w in self.wl.writers():
+            w.stop()
+
+    def _keep_logs(self):
+        """Daemon, writer and etcd logs are kept when something failed."""
+        if not self.keep_dir or not getattr(self, 'failed', True):
+            return
+        dest = os.path.join(self.keep_dir, f'seed-{self.seed}-logs')
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(dest)
+        for h in self.topo.hosts:
+            d = self.topo.daemon(h)
+            for p in (d.log, d.log + '.err'):
+                if os.path.exists(p):
+                    shutil.copy(p, os.path.join(dest, f'{h}-' +
+                                                os.path.basename(p)))
+        for name in os.listdir(self.workdir):
+            shutil.copy(os.path.join(self.workdir, name), dest)
+        for m in self.topo.etcd.members:
+            if os.path.exists(m.data_dir + '.log'):
+                shutil.copy(m.data_dir + '.log',
+                            os.path.join(dest, f'etcd-{m.name}.log'))
+        self.say(f'logs kept in {dest}')
+
+    def _result(self, elapsed):
+        wl = self.wl
+        writes = [x for w in wl.writers() for x in w.writes()]
+        violations = self.checker.violations()
+        for err in self.harness_errors:
+            violations.append({'kind': 'harness-error', 'error': err})
+        kinds = {}
+        for f in self.faults.done:
+            kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        self.failed = bool(violations or self.crashes)
+        return {
+            'seed': self.seed, 'duration': self.duration,
+            'elapsed': round(elapsed, 1), 'hosts': self.topo.hosts,
+            'ttl': self.ttl, 'grace': self.grace,
+            'ops_acked': dict(wl.acked), 'ops_failed': dict(wl.failed),
+            'op_errors': dict(wl.errors),
+            'faults_by_kind': kinds,
+            'faults': [dict(kind=f.kind, hosts=f.hosts,
+                            start=f.start, end=f.end, detail=f.detail)
+                       for f in self.faults.done],
+            'violations': violations,
+            'violations_by_kind': _count(v['kind'] for v in violations),
+            'worker_crashes': [list(c) for c in self.crashes],
+            'healthy_fenced_in_leader_change': self.leader_fences,
+            'writes_ok': sum(1 for x in writes if x[3] == 'ok'),
+            'writes_failed': sum(1 for x in writes if x[3] != 'ok'),
+            'writers': len(wl.writers()),
+            'samples': self.checker.samples,
+            'fences': sorted(final.fences(self.topo, self.history),
+                             key=lambda f: f[1] or 0),
+            'op_log': wl.log,
+        }
+
+
+def _count(items):
+    out = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def run(seed, duration, volumes=2, computes=2, ttl=6, grace=1.0,
+        keep_dir=None, say=print):
+    """One run; its result dict (see report.py)."""
+    return Run(seed, duration, volumes, computes, ttl, grace, keep_dir,
+               say).execute()

@@ -1,0 +1,173 @@
+"""The chaos checker can fail: deliberate double-writable mappings (two
+real loop devices over one LV's extents), unleased writable devices, and
+stale writes and stamps are all reported; their legitimate look-alikes are
+not."""
+import mmap
+import os
+import subprocess
+import time
+
+import pytest
+
+from coordinator.sandbox.chaos import history as historylib
+from coordinator.sandbox.chaos import invariants
+from coordinator.sandbox.chaos import writers as writerlib
+from coordinator.sandbox.cluster import detach_stacked
+from coordinator.sandbox.lvm import SharedVG
+
+MiB = 1 << 20
+
+
+class FakeHistory:
+    """The live lease table and grant log the checker would read."""
+
+    def __init__(self, live=(), ledger=None):
+        self.grants = []
+        self.table = {}
+        for vg, lv, host in live:
+            entry = self.table.setdefault((vg, lv),
+                                          {'ledger': {}, 'live': {}})
+            entry['live'][host] = {}
+            entry['ledger'][host] = (ledger or {}).get(host, {
+                'mode': 'exclusive'})
+
+    def leases(self):
+        return self.table
+
+
+class FakeWriter:
+    """A writer's identity and log, without a process."""
+
+    def __init__(self, host, uuid, token, instance, writes):
+        self.host, self.uuid, self.token = host, uuid, token
+        self.instance, self._writes = instance, writes
+
+    def writes(self):
+        return self._writes
+
+    def describe(self):
+        return {'host': self.host, 'token': self.token}
+
+
+@pytest.fixture
+def vg_with_lv(tmp_path):
+    with SharedVG(hosts=1, size=256 * MiB) as shared:
+        lvm = shared.hosts[0].lvm
+        lvm.create_lv(shared.vg, 'vol', 8 * MiB)
+        info = lvm.lv(shared.vg, 'vol')
+        [pv] = lvm.pvs(shared.vg)
+        ext = lvm.vg(shared.vg)['extent_size']
+        _, first, last = info['pe_ranges'][0]
+        offset = pv['pe_start'] + first * ext
+        size = (last - first + 1) * ext
+        try:
+            yield shared, info['uuid'], offset, size, tmp_path
+        finally:
+            detach_stacked(shared.device)
+
+
+def _map(shared, dev_dir, host, offset, size, read_only=False):
+    """A loop device over the range, linked as ``host``'s vg/vol;
+    ``read_only`` as the loop backend fences (blockdev --setro)."""
+    loop = subprocess.run(
+        ['losetup', '-f', '--show', '--offset', str(offset), '--sizelimit',
+         str(size), shared.device],
+        capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(['blockdev', '--setro' if read_only else '--setrw', loop],
+                   check=True)
+    link = os.path.join(dev_dir, host, shared.vg, 'vol')
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(loop, link)
+    return loop
+
+
+def _checker(shared, tmp_path, history, writers=()):
+    dev_dirs = {h: str(tmp_path / h) for h in ('compute-1', 'compute-2')}
+    return invariants.Checker(shared.device, shared.vg, dev_dirs, history,
+                              invariants.NameBook(), lambda: list(writers))
+
+
+def _kinds(checker):
+    return sorted({v['kind'] for v in checker.violations()})
+
+
+def test_two_writable_mappings_on_two_hosts_are_a_violation(vg_with_lv):
+    shared, _, offset, size, tmp = vg_with_lv
+    a = _map(shared, str(tmp), 'compute-1', offset, size)
+    b = _map(shared, str(tmp), 'compute-2', offset + 4 * MiB, 4 * MiB)
+    history = FakeHistory(live=[(shared.vg, 'vol', 'compute-1'),
+                                (shared.vg, 'vol', 'compute-2')])
+    checker = _checker(shared, tmp, history)
+    checker.sample()
+    [v] = checker.violations()
+    assert v['kind'] == 'double-writable'
+    assert sorted(v['loops']) == sorted([a, b])
+
+
+def test_a_fenced_copy_or_a_migration_pair_is_not(vg_with_lv):
+    shared, _, offset, size, tmp = vg_with_lv
+    _map(shared, str(tmp), 'compute-1', offset, size)
+    _map(shared, str(tmp), 'compute-2', offset, size, read_only=True)
+    live = [(shared.vg, 'vol', 'compute-1'), (shared.vg, 'vol', 'compute-2')]
+    checker = _checker(shared, tmp, FakeHistory(live=live))
+    checker.sample()
+    assert checker.violations() == []
+    subprocess.run(['blockdev', '--setrw', os.path.realpath(
+        tmp / 'compute-2' / shared.vg / 'vol')], check=True)
+    pair = {h: {'mode': 'migration', 'instance': 'vm-1'}
+            for h in ('compute-1', 'compute-2')}
+    checker = _checker(shared, tmp, FakeHistory(live=live, ledger=pair))
+    checker.sample()
+    assert checker.violations() == []
+    # Two instances in "migration" are no migration pair.
+    pair['compute-2']['instance'] = 'vm-2'
+    checker.sample()
+    assert _kinds(checker) == ['double-writable']
+
+
+def test_a_writable_device_without_a_live_lease_is_a_violation(vg_with_lv):
+    shared, _, offset, size, tmp = vg_with_lv
+    _map(shared, str(tmp), 'compute-1', offset, size)
+    checker = _checker(shared, tmp, FakeHistory())
+    checker.sample()
+    assert checker.violations() == []  # one sample may be our own race
+    checker.sample()
+    assert _kinds(checker) == ['writable-without-lease']
+
+
+def test_stale_writes_and_stamps_are_violations(vg_with_lv):
+    shared, uuid, offset, size, tmp = vg_with_lv
+    now = time.time()
+    history = FakeHistory()
+    history.grants = [
+        historylib.Grant(shared.vg, 'vol', 'compute-1', 10, now - 60,
+                         'exclusive', 'vm-1', uuid),
+        historylib.Grant(shared.vg, 'vol', 'compute-2', 20, now - 30,
+                         'exclusive', 'vm-2', uuid)]
+    old = FakeWriter('compute-1', uuid, 10, 'vm-1', [
+        (1, now - 50, now - 50, 'ok'), (2, now - 29, now - 29, 'EROFS'),
+        (3, now - 20, now - 20, 'ok')])
+    new = FakeWriter('compute-2', uuid, 20, 'vm-2', [
+        (1, now - 10, now - 10, 'ok')])
+    checker = _checker(shared, tmp, history, [old, new])
+    checker.check_writes()
+    [v] = checker.violations()
+    assert (v['kind'], v['writes']) == ('stale-write-acked', 1)
+    # On disk: compute-1's stamp issued after compute-2's grant.
+    buf = mmap.mmap(-1, writerlib.BLOCK)
+    fd = os.open(shared.device, os.O_RDWR | os.O_DIRECT)
+    try:
+        buf[:] = writerlib.stamp('compute-2', uuid, 20, 1, now - 10)
+        os.pwrite(fd, buf, offset)
+        buf[:] = writerlib.stamp('compute-1', uuid, 10, 3, now - 20)
+        os.pwrite(fd, buf, offset + writerlib.BLOCK)
+    finally:
+        os.close(fd)
+    [pv] = shared.hosts[0].lvm.pvs(shared.vg)
+    ext = shared.hosts[0].lvm.vg(shared.vg)['extent_size']
+    checker.scan_disk(ext, pv['pe_start'], (offset - pv['pe_start']) //
+                      ext + 1)
+    stale = [v for v in checker.violations()
+             if v['kind'] == 'stale-block-on-disk']
+    assert [(v['stamp']['h'], v['at_byte']) for v in stale] == \
+        [('compute-1', offset + writerlib.BLOCK)]

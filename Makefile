@@ -31,6 +31,13 @@ unit: setup
 functional: setup
 	$(PYTHON) -m pytest -q tests/functional
 
+.PHONY: chaos
+# make chaos SEED=N DURATION=S: one chaos run (doc/chaos.md).
+SEED ?= $(shell date +%s)
+DURATION ?= 300
+chaos: setup
+	$(PYTHON) -m coordinator.sandbox.chaos --seed $(SEED) --duration $(DURATION)
+
 bench: setup
 	$(PYTHON) -m bench.run
 

@@ -49,3 +49,19 @@ genconfig: setup
 
 clean:
 	rm -f $(STAMP)
+
+# The real-kernel tier (tests/realhost, doc/realhost.md): qemu guests on
+# Debian's stock kernel, real device-mapper, one shared LU. The kernel is
+# fetched with `apt-get download` into /var/cache/lvmcoord-realhost.
+REALHOST_PACKAGES := qemu-system-x86 busybox-static
+.PHONY: setup-realhost test-realhost
+
+setup-realhost: setup
+	@if ! dpkg -s $(REALHOST_PACKAGES) >/dev/null 2>&1; then \
+		apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			$(REALHOST_PACKAGES); \
+	fi
+
+test-realhost: setup-realhost
+	LVMCOORD_REALHOST=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/realhost

@@ -235,8 +235,9 @@ class LVMBackend(base.Backend):
 
     # -- backend --
 
-    def activate(self, vg, lv, read_only=False):
-        """lvchange -aey; refuses a fenced or retired device of vg/lv."""
+    def activate(self, vg, lv, read_only=False, info=None):
+        """lvchange -aey; refuses a fenced or retired device of vg/lv, and
+        retires a device the name maps that is another LV (by uuid)."""
         row = self._info(vg, lv)
         if row is not None:
             if row['suspended']:
@@ -248,6 +249,16 @@ class LVMBackend(base.Backend):
                 raise errors.LVMError(f'{vg}/{lv}: a retired device (error '
                                       f'target) is still open here',
                                       kind='busy')
+            mapped = lvm_uuid(row['uuid'][36:])
+            if info and info.get('uuid') and mapped != info['uuid']:
+                # The name now belongs to another LV: the old device maps
+                # extents that are no longer this name's.
+                self.retire(vg, lv)
+                if self._info(vg, lv) is not None:
+                    raise errors.LVMError(
+                        f'{vg}/{lv}: the device of a previous LV with this '
+                        f'name (uuid {mapped}) is still open here',
+                        kind='busy')
         self.lvm.activate(vg, lv, exclusive=True, read_only=read_only)
         return f'/dev/{vg}/{lv}'
 
@@ -326,7 +337,10 @@ class LVMBackend(base.Backend):
             raise
         sectors = sum(t[1] for t in table)
         if sectors and not all(t[2] == 'error' for t in table):
-            self._dmsetup('load', name, '--table', f'0 {sectors} error')
+            # Read-only too: active() tells retired devices by that flag
+            # without reading every table.
+            self._dmsetup('load', '--readonly', name, '--table',
+                          f'0 {sectors} error')
         self._dmsetup('resume', name)
         # Removed now if closed, else by the kernel on the last close.
         self._dmsetup('remove', '--deferred', name)
@@ -344,8 +358,8 @@ class LVMBackend(base.Backend):
         devices waiting for their last close."""
         out = {}
         for (vg, lv), row in self._info().items():
-            if 'd' in row['attr'][4:] or 'D' in row['attr']:
-                # Deferred remove pending: a retired device.
+            # attr[3] is 'r' for read-only; only those can be retired ones.
+            if row['attr'][3:4] == 'r' and self._retired(vg, lv):
                 continue
             out[(vg, lv)] = {'path': f'/dev/{vg}/{lv}',
                              'device': f'/dev/{row["blkdevname"]}',

@@ -153,7 +153,7 @@ class Guest:
             '-device', f'virtio-blk-pci,drive=lu,share-rw=on,'
                        f'serial={self.lu_serial}',
             '-netdev', 'user,id=n0',
-            '-device', 'virtio-net-pci,netdev=n0',
+            '-device', 'virtio-net-pci,netdev=n0,romfile=',
             '-device', 'i6300esb', '-action', 'watchdog=reset',
         ]
 

@@ -95,6 +95,29 @@ def op_time(req):
     return {'time': time.time(), 'monotonic': time.monotonic()}
 
 
+def op_settime(req):
+    """Set the wall clock (the host's time plus the link delay)."""
+    time.clock_settime(time.CLOCK_REALTIME, req['time'])
+    return {'time': time.time()}
+
+
+def op_api(req):
+    """One call to the local lvmcoordd through coordinator.api.client."""
+    import sys
+    if req['root'] not in sys.path:
+        sys.path.insert(0, req['root'])
+    from coordinator import errors
+    from coordinator.api.client import Client
+    start = time.time()
+    try:
+        result = Client(req['socket'], req.get('timeout', 120)).call(
+            req['call'], **req.get('args', {}))
+        return {'result': result, 'start': start, 'end': time.time()}
+    except errors.CoordError as exc:
+        return {'api_error': dict(exc.to_dict(), code=getattr(
+            exc, 'code', 'error')), 'start': start, 'end': time.time()}
+
+
 def main():
     path = None
     while path is None:

@@ -1,0 +1,187 @@
+"""Scenarios on real device-mapper, in priority order (one booted cluster).
+
+Every assertion is on what the kernel shows (dm tables, `dmsetup info`,
+data read back with O_DIRECT) and every timing comes from the daemons'
+own timestamps (grant times in the lease ledger, fence lines in their
+logs), on guest clocks set from this machine's and corrected by the
+measured residual offset.
+"""
+import json
+import time
+
+from tests.realhost.cluster import Background
+from tests.realhost.cluster import FRACTION
+from tests.realhost.cluster import GRACE
+from tests.realhost.cluster import MiB
+from tests.realhost.cluster import TTL
+from tests.realhost.cluster import VG
+
+BOUND = (1 - FRACTION) * TTL + GRACE   # documented fence-to-takeover margin
+SECTOR = 512
+
+
+def dev(lv):
+    """The LV's device path in a guest."""
+    return f'/dev/{VG}/{lv}'
+
+
+def sectors(table):
+    """Total length of a dm table."""
+    return sum(t[1] for t in table)
+
+
+def holder_since(host, lv, who):
+    """When ``who`` was granted vg/lv (its ledger entry), on our clock."""
+    show = host.ok('show', vg=VG, lv=lv)
+    entry = next(h for h in show['holders'] if h['host'] == who)
+    return host.cluster.host(who).to_host(entry['since']), entry
+
+
+def fence_lines(host, after):
+    """(time, line) of the daemon's fence log lines after ``after``."""
+    return [(t, line) for t, line in host.log_lines(r'fencer: .*fenced')
+            if t >= after]
+
+
+def wait_for(what, fn, timeout=120, interval=0.3):
+    """fn()'s first truthy value; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout}s waiting for '
+                                 f'{what}')
+        time.sleep(interval)  # polling the guest's kernel state
+
+
+def test_a_create_activate_refuse_extend_migrate(cluster, record):
+    """Create; routed activate; refusal; extend + refresh; migration."""
+    g1, g2, g3 = cluster.hosts
+    g1.ok('create', vg=VG, lv='vol-a', size=64 * MiB)
+
+    # Routed: asked on g1, the lease is taken and the LV activated on g2.
+    start = time.time()
+    act = g1.ok('activate', vg=VG, lv='vol-a', host='g2', instance='vm-1')
+    record['routed_activate_s'] = round(time.time() - start, 1)
+    assert act['host'] == 'g2' and act['path'] == dev('vol-a')
+    table = g2.dm_table('vol-a')
+    assert table and table[0][2] == 'linear', table
+    assert sectors(table) * SECTOR == 64 * MiB
+    assert not g2.dm_info('vol-a')['suspended']
+    assert g1.dm_table('vol-a') is None and g3.dm_table('vol-a') is None
+
+    # Another instance is refused, and nothing appears in g3's kernel.
+    for mode in ('exclusive', 'migration'):
+        reply = g3.api('activate', vg=VG, lv='vol-a', mode=mode,
+                       instance='vm-2')
+        assert reply.get('api_error', {}).get('code') == 'lease-conflict', \
+            reply
+    assert g3.dm_table('vol-a') is None
+
+    # Extend: the holder's mapping grows (its dm table, not LVM's view).
+    ext = g1.ok('extend', vg=VG, lv='vol-a', size=96 * MiB)
+    assert 'g2' in ext['refreshed'], ext
+    assert sectors(g2.dm_table('vol-a')) * SECTOR == 96 * MiB
+
+    # Live migration g2 -> g3 (same instance): data written on g2 is
+    # read back on g3, then the source lets go.
+    written = g2.blockio('fill', dev('vol-a'), 'vm-1', 0, 2048).strip()
+    start = time.time()
+    act = g1.ok('activate', vg=VG, lv='vol-a', host='g3', mode='migration',
+                instance='vm-1')
+    record['migration_activate_s'] = round(time.time() - start, 1)
+    assert act['mode'] == 'migration'
+    assert g3.blockio('sha', dev('vol-a'), 0, 2048).strip() == written
+    assert sectors(g3.dm_table('vol-a')) * SECTOR == 96 * MiB
+    g1.ok('deactivate', vg=VG, lv='vol-a', host='g2')
+    assert g2.dm_table('vol-a') is None
+    leases = json.loads(cluster.cli('lease', 'list', '-f', 'json'))
+    mine = [row for row in leases if row.get('lv') in ('vol-a',
+                                                       f'{VG}/vol-a')]
+    assert [row['host'] for row in mine] == ['g3'], leases
+
+
+def test_b_partition_fence_takeover_heal(cluster, record):
+    """Cut g1 from etcd while a writer has its LV open: suspend before
+    takeover with the documented margin; on heal the stale device gets
+    the error target, the queued writes never reach the disk, and the
+    fencer lives on."""
+    g1, g2, _ = cluster.hosts
+    lv = 'vol-p'
+    g1.ok('create', vg=VG, lv=lv, size=16 * MiB)
+    g1.ok('activate', vg=VG, lv=lv, instance='vm-p')
+    log = g1.guest.guest_path('writer-p.log')
+    g1.guest.spawn('writer-p', argv=[
+        *writer_argv(dev(lv), 'g1', 0, 256, 0.05, log)])
+    wait_for('writer running', lambda: writes(g1, 'writer-p.log', 'ok'))
+
+    cut = time.time()
+    g1.proxy.cut()
+    # g2 asks until granted (the contender that keeps asking).
+    contender = Background(lambda: g2.ok('activate', vg=VG, lv=lv,
+                                         instance='vm-p2', wait=90))
+    wait_for('g1 suspends vol-p', lambda: (g1.dm_info(lv) or {}).get(
+        'suspended'), timeout=60)
+    granted = contender.result(180)
+    assert granted['host'] == 'g2'
+    grant_at, _ = holder_since(g2, lv, 'g2')
+    fenced = fence_lines(g1, cut - 1)
+    assert fenced, g1.log_tail()
+    fence_at = fenced[0][0]
+    margin = grant_at - fence_at
+    record.update(fence_after_cut_s=round(fence_at - cut, 2),
+                  margin_s=round(margin, 2), bound_s=BOUND)
+    assert margin >= BOUND, (margin, fenced, grant_at)
+
+    # What g1's writer had acknowledged before the fence; the write in
+    # flight is stuck in the suspended device's queue.
+    acked = writes(g1, 'writer-p.log', 'ok')
+    assert all(float(w[1]) <= fence_at + 0.5 for w in acked[-1:]), acked[-3:]
+    # The new holder overwrites the writer's blocks with its own stamps.
+    g2.blockio('fill', dev(lv), 'g2', 0, 256)
+
+    heal = time.time()
+    g1.proxy.heal()
+    table = wait_for('error target on g1', lambda: [
+        t for t in (g1.dm_table(lv) or []) if t[2] == 'error'] or (
+        g1.dm_table(lv) is None and 'gone'), timeout=90)
+    record['error_target_after_heal_s'] = round(time.time() - heal, 1)
+    failed = wait_for('queued write failing with EIO',
+                      lambda: writes(g1, 'writer-p.log', 'EIO'), timeout=60)
+    assert float(failed[0][1]) >= heal - 1
+    # Not one block of g1's landed after g2's grant.
+    stamps = json.loads(g2.blockio('stamps', dev(lv), 0, 256))
+    assert all(s.startswith('g2:') for s in stamps), \
+        [s for s in stamps if not s.startswith('g2:')][:5]
+    assert table != 'gone', 'device removed while the writer held it open'
+    # The writer closes: the kernel removes the retired device.
+    g1.guest.signal('writer-p', 9)
+    wait_for('retired device removed', lambda: g1.dm_table(lv) is None,
+             timeout=60)
+    # The fencer survived: g1 fences and serves again.
+    status = g1.ok('status')
+    assert f'{VG}/{lv}' not in status['active']
+    assert 'Traceback' not in g1.log_tail(20000).split('fencer')[-1], \
+        g1.log_tail()
+
+
+def writer_argv(device, tag, first, count, interval, log):
+    """argv of the guest-side writer (guest/blockio.py writer)."""
+    import os
+    import sys
+    from tests.realhost.cluster import GUEST_DIR
+    return [sys.executable, os.path.join(GUEST_DIR, 'blockio.py'),
+            'writer', device, tag, str(first), str(count), str(interval),
+            log]
+
+
+def writes(host, name, result):
+    """The writer's logged writes with ``result`` (ok, EIO...)."""
+    try:
+        with open(host.guest.host_path(name)) as f:
+            rows = [line.split() for line in f if not line.startswith('#')]
+    except OSError:
+        return []
+    return [r for r in rows if len(r) == 5 and r[4] == result]

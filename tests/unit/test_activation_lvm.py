@@ -1,0 +1,154 @@
+"""The lvm activation backend's parsing and decisions, on dmsetup output
+captured in a real-kernel guest (stock Debian 6.1, dmsetup 1.02.185)."""
+import pytest
+
+from coordinator import errors
+from coordinator.activation import lvm as lvmb
+
+VGU = 'Qm3S8y2sQ0pY5v1cKx2XJdH0nR7tA9bE'
+LVU = 'p4Zk0vT1qW8yN2mL6sD3fH9jR5cX7bA1'
+# dmsetup info -c --noheadings --separator '|' \
+#     -o name,uuid,blkdevname,open,suspended,attr
+INFO = f"""\
+rhvg-vol--a|LVM-{VGU}{LVU}|dm-0|1|Active|L--w
+rhvg-vol--p|LVM-{VGU}{LVU[::-1]}|dm-1|0|Suspended|L-sw
+rhvg-snap|LVM-{VGU}{'S' * 32}|dm-4|0|Active|L--w
+rhvg-snap-cow|LVM-{VGU}{'S' * 32}-cow|dm-3|1|Active|L--w
+rhvg-orig-real|LVM-{VGU}{'O' * 32}-real|dm-2|2|Active|L--w
+rootvg-root|LVM-{'R' * 32}{'T' * 32}|dm-5|1|Active|L--w
+mpatha|mpath-3600140512345|dm-6|3|Active|L--w
+"""
+TABLE = """\
+0 131072 linear 254:0 2048
+131072 65536 linear 254:0 133120
+"""
+
+
+def test_dm_name_round_trip():
+    for vg, lv in [('rhvg', 'vol-a'), ('a-b', 'c--d'), ('v', 'x-')]:
+        assert lvmb.split_dm_name(lvmb.dm_name(vg, lv)) == (vg, lv, '')
+    assert lvmb.split_dm_name('rhvg-orig-real') == ('rhvg', 'orig', 'real')
+    assert lvmb.split_dm_name('mpatha') is None
+
+
+def test_parse_info_and_top_level():
+    rows = lvmb.parse_info(INFO)
+    assert len(rows) == 7
+    top = lvmb.top_level_lvs(rows, {'rhvg'})
+    # Layers (-cow, -real), other VGs and non-LVM devices are not ours.
+    assert sorted(top) == [('rhvg', 'snap'), ('rhvg', 'vol-a'),
+                           ('rhvg', 'vol-p')]
+    assert top[('rhvg', 'vol-p')]['suspended']
+    assert top[('rhvg', 'vol-a')]['open'] == 1
+    assert lvmb.lvm_uuid(top[('rhvg', 'vol-a')]['uuid'][36:]) == \
+        'p4Zk0v-T1qW-8yN2-mL6s-D3fH-9jR5-cX7bA1'
+
+
+def test_parse_info_empty_and_garbage():
+    assert lvmb.parse_info('No devices found\n') == []
+    with pytest.raises(errors.LVMError):
+        lvmb.parse_info('just|three|cols\n')
+
+
+def test_table_extents_merges_contiguous_segments():
+    table = lvmb.parse_table(TABLE)
+    pvs = {'254:0': ('/dev/vda', 1 << 20)}
+    ext = 4 << 20
+    # 2048 s = 1 MiB = pe_start: extents 0-15; then 133120 s: 16-23.
+    assert lvmb.table_extents(table, pvs, ext) == [['/dev/vda', 0, 23]]
+    gap = lvmb.parse_table('0 8192 linear 254:0 2048\n'
+                           '8192 8192 linear 254:0 526336\n')
+    assert lvmb.table_extents(gap, pvs, ext) == [['/dev/vda', 0, 0],
+                                                 ['/dev/vda', 64, 64]]
+    assert lvmb.table_extents(lvmb.parse_table('0 8192 error\n'), pvs,
+                              ext) == []
+    with pytest.raises(errors.LVMError):
+        lvmb.table_extents(lvmb.parse_table('0 8 linear 8:0 0\n'), pvs, ext)
+
+
+class FakeDM(lvmb.LVMBackend):
+    """The backend with dmsetup answered from a dict (no kernel)."""
+
+    def __init__(self, outputs):
+        super().__init__(lvm=None, vgs=['rhvg'])
+        self.outputs, self.calls = outputs, []
+
+    def _dmsetup(self, *args, kill_on_timeout=True):
+        self.calls.append(args)
+        key = ' '.join(a for a in args if a != '--noheadings')
+        for prefix, out in self.outputs.items():
+            if key.startswith(prefix):
+                if isinstance(out, Exception):
+                    raise out
+                return out
+        return ''
+
+
+def test_active_is_one_dmsetup_call():
+    be = FakeDM({'info': INFO})
+    active = be.active()
+    assert sorted(active) == [('rhvg', 'snap'), ('rhvg', 'vol-a'),
+                              ('rhvg', 'vol-p')]
+    assert active[('rhvg', 'vol-a')] == {
+        'path': '/dev/rhvg/vol-a', 'device': '/dev/dm-0', 'open': True,
+        'suspended': False,
+        'uuid': 'p4Zk0v-T1qW-8yN2-mL6s-D3fH-9jR5-cX7bA1'}
+    assert len(be.calls) == 1
+
+
+def test_active_leaves_out_retired_devices():
+    info = f'rhvg-gone|LVM-{VGU}{LVU}|dm-0|1|Active|L--r\n'
+    be = FakeDM({'info': info, 'table rhvg-gone': '0 2048 error\n'})
+    assert be.active() == {}
+
+
+def test_fenced_device_is_never_activated_or_refreshed_over():
+    row = f'rhvg-vol--p|LVM-{VGU}{LVU}|dm-1|1|Suspended|L-sw\n'
+    be = FakeDM({'info': row})
+    for call in (lambda: be.activate('rhvg', 'vol-p'),
+                 lambda: be.refresh('rhvg', 'vol-p')):
+        with pytest.raises(errors.LVMError) as exc:
+            call()
+        assert exc.value.kind == 'fenced'
+
+
+def test_deactivate_refuses_an_open_device():
+    row = f'rhvg-vol--a|LVM-{VGU}{LVU}|dm-0|1|Active|L--w\n'
+    with pytest.raises(errors.LVMError) as exc:
+        FakeDM({'info': row}).deactivate('rhvg', 'vol-a')
+    assert exc.value.kind == 'busy'
+
+
+def test_retire_loads_error_then_resumes_then_deferred_remove():
+    be = FakeDM({'table': TABLE})
+    be.retire('rhvg', 'vol-a')
+    assert be.calls[1:] == [
+        ('load', '--readonly', 'rhvg-vol--a', '--table', '0 196608 error'),
+        ('resume', 'rhvg-vol--a'),
+        ('remove', '--deferred', 'rhvg-vol--a')]
+
+
+def test_retire_of_a_missing_device_is_a_no_op():
+    gone = errors.LVMError('No such device', kind='not-found')
+    be = FakeDM({'table': gone})
+    be.retire('rhvg', 'vol-a')
+    assert len(be.calls) == 1
+
+
+def test_identity_from_dm_uuid_and_table(monkeypatch):
+    row = f'rhvg-vol--a|LVM-{VGU}{LVU}|dm-0|0|Active|L--w\n'
+    be = FakeDM({'info': row, 'table': TABLE})
+    monkeypatch.setattr(be, '_geometry', lambda vg: (
+        {'254:0': ('/dev/vda', 1 << 20)}, 4 << 20))
+    assert be.identity('rhvg', 'vol-a') == {
+        'uuid': 'p4Zk0v-T1qW-8yN2-mL6s-D3fH-9jR5-cX7bA1',
+        'extents': [['/dev/vda', 0, 23]]}
+    assert FakeDM({'info': errors.LVMError('x', kind='not-found')}) \
+        .identity('rhvg', 'vol-a') is None
+
+
+def test_errors_are_coord_errors(monkeypatch):
+    be = lvmb.LVMBackend(lvm=None, vgs=['rhvg'], timeout=5)
+    monkeypatch.setenv('PATH', '/nonexistent')
+    with pytest.raises(errors.LVMError):
+        be.active()

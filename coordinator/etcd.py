@@ -216,7 +216,10 @@ def etcdgw_client(url, tls, timeout, stream=False, auth=None):
 # etcd's own words for "who you are or what you may touch was refused".
 _DENIED = ('permission denied', 'user name is empty', 'authentication failed',
            'invalid auth token', 'auth store is old', 'user name not found',
-           'role name not found')
+           'role name not found',
+           # etcd's HTTP gateway never maps a certificate CN to a user:
+           # with auth on, [etcd] username/password are needed as well.
+           'CommonName of client')
 
 
 def _translate(exc):

@@ -84,9 +84,9 @@ class Auth:
                                    'password': self.password}), timeout)
         body = _body(resp)
         if resp.status_code != 200 or not body.get('token'):
+            why = body.get('error') or resp.text.strip()[:300] or resp.reason
             raise errors.EtcdDenied(
-                f'etcd at {u.netloc} refused user {self.username!r}: '
-                f'{body.get("error") or resp.reason}')
+                f'etcd at {u.netloc} refused user {self.username!r}: {why}')
         return body['token']
 
 

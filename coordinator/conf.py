@@ -21,10 +21,11 @@ etcd_opts = [
     cfg.StrOpt('cert_file', help='Client certificate for etcd.'),
     cfg.StrOpt('key_file', help='Client private key for etcd.'),
     cfg.StrOpt('username',
-               help='etcd user (etcd user/password auth, for deployments '
-                    'without per-host client certificates; with '
-                    '--client-cert-auth the certificate CN is the user '
-                    'instead). Used by the engine and by tooz alike.'),
+               help='etcd user (etcd auth and RBAC). Needed whenever etcd '
+                    'has auth enabled, client certificates or not: etcd\'s '
+                    'HTTP gateway never takes a certificate CN as the user '
+                    '(doc/security.md). Used by the engine and by tooz '
+                    'alike.'),
     cfg.StrOpt('password', secret=True,
                help='Password of the etcd user [etcd] username.'),
     cfg.FloatOpt('timeout', default=5.0, min=0.1,

@@ -277,7 +277,8 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
                     data=f'{action}: {exc}') from exc
             why = 'it already exists'
         except errors.HostUnavailable as exc:
-            path = self.configuration.lvmcoord_socket_path
+            path = getattr(self.client, 'path',
+                           self.configuration.lvmcoord_socket_path)
             if not may_have_run(exc):
                 raise exception.VolumeBackendAPIException(
                     data=f'{action}: lvmcoordd is not reachable at {path} '

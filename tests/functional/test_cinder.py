@@ -13,6 +13,7 @@ import importlib
 import json
 import mmap
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def disk_state(spec, lvm=None):
 def spec_of(cluster):
     """What a test needs to know of a sandbox cluster, as JSON data."""
     return {'vg': cluster.vg.vg,
+            'backup_dir': os.path.join(cluster.dir, 'backups'),
             'system_dir': cluster.vg.hosts[0].system_dir,
             'hosts': {h: {'socket': d.socket,
                           'dev': os.path.join(d.dir, 'dev')}
@@ -104,7 +106,9 @@ def cluster():
 
 @pytest.mark.timeout(900)
 def test_cinder_api(cluster):
-    env = dict(os.environ, **{SPEC_ENV: json.dumps(spec_of(cluster)),
+    spec = spec_of(cluster)
+    os.makedirs(spec['backup_dir'], exist_ok=True)
+    env = dict(os.environ, **{SPEC_ENV: json.dumps(spec),
                               NO_EVENTLET: 'false'})
     proc = subprocess.run([sys.executable, '-m', 'tests.functional.'
                            'test_cinder'], cwd=ROOT, env=env, text=True,
@@ -117,6 +121,7 @@ def test_cinder_api(cluster):
 def api_case(spec):
     """Cinder's functional test base configured for the driver (built
     here so that pytest never collects it)."""
+    from cinder import context as cinder_context
     from cinder.tests.functional import functional_helpers
     from cinder.tests.functional.api import client
     from cinder.volume import api as volume_api
@@ -139,6 +144,8 @@ def api_case(spec):
                 manager.volume_backend_opts + cinder_driver.volume_opts,
                 config_group=BACKEND)
             options.register(conf)
+            # Registers backup_posix_path.
+            importlib.import_module('cinder.backup.drivers.posix')
             f = super()._get_flags()
             f['host'] = {'v': 'volume-1'}
             # The scheduler would wait up to a minute for a second report
@@ -147,6 +154,10 @@ def api_case(spec):
             # here.
             f['scheduler_driver_init_wait_time'] = {'v': 1}
             f['service_down_time'] = {'v': 3600}
+            # Cinder's backup service, for its host-side attaches.
+            f['backup_driver'] = {
+                'v': 'cinder.backup.drivers.posix.PosixBackupDriver'}
+            f['backup_posix_path'] = {'v': spec['backup_dir']}
             for name, value in (
                     ('volume_driver', 'driver.volume.LvmcoordDriver'),
                     ('volume_backend_name', BACKEND),
@@ -223,6 +234,10 @@ def api_case(spec):
 
         def lv(self, vid):
             return 'volume-' + vid
+
+        def messages(self, vid):
+            got = self.api.api_get('/messages')['messages']
+            return [m for m in got if m['resource_uuid'] == vid]
 
         def attach(self, vid, instance, host):
             body = {'attachment': {
@@ -363,6 +378,113 @@ def api_case(spec):
             self.wait_volume(vid, 'deleted')
             self.assertNotIn(lv, disk_state(spec)[1])
 
+        def test_extend_attached_refused_detached_works(self):
+            vol = self.create()
+            vid, lv = vol['id'], self.lv(vol['id'])
+            att = self.attach(vid, str(uuid.uuid4()), 'compute-1')
+            # The API takes it (3.42+), the scheduler refuses: the backend
+            # reports online_extend_support False.
+            self.api.api_post(f'/volumes/{vid}/action',
+                              {'os-extend': {'new_size': 2}})
+            self.wait_volume(vid, 'in-use')
+            self.assertEqual(1, self.api.get_volume(vid)['size'])
+            self.assertEqual(GiB, Client(v1['socket']).call(
+                'show', vg=vg, lv=lv)['size'])
+            self.assertIn('extend volume', [
+                m['user_message'].split(':')[0] for m in self.messages(vid)])
+            self.assertEqual([('compute-1', 'exclusive')], self.holders(vid))
+            self.detach(att['id'])
+            self.api.api_post(f'/volumes/{vid}/action',
+                              {'os-extend': {'new_size': 2}})
+            self.wait_volume(vid, 'available')
+            self.assertEqual(2, self.api.get_volume(vid)['size'])
+            self.assertEqual(2 * GiB, Client(v1['socket']).call(
+                'show', vg=vg, lv=lv)['size'])
+            self.api.delete_volume(vid)
+            self.wait_volume(vid, 'deleted')
+
+        def test_nova_host_names(self):
+            vol = self.create()
+            vid, lv = vol['id'], self.lv(vol['id'])
+            # Nova's CONF.host is the FQDN; the daemon is compute-1.
+            att = self.attach(vid, str(uuid.uuid4()), 'compute-1.example.org')
+            path = att['connection_info']['device_path']
+            self.assertTrue(path.startswith(
+                spec['hosts']['compute-1']['dev']), path)
+            self.assertTrue(is_block_device(path), path)
+            self.assertEqual([('compute-1', 'exclusive')], self.holders(vid))
+            self.detach(att['id'])
+            self.assertEqual([], self.holders(vid))
+            self.assertEqual([], where_active(spec, lv))
+            # A host lvmcoord does not know: refused, naming the known.
+            with self.assertRaises(client.OpenStackApiException) as ctx:
+                self.attach(vid, str(uuid.uuid4()), 'compute-9')
+            text = ctx.exception.response.text
+            self.assertIn("host 'compute-9' is not an lvmcoord host (known: "
+                          "compute-1, compute-2, volume-1, volume-2)", text)
+            self.assertEqual([], self.holders(vid))
+            self.assertEqual([], where_active(spec, lv))
+            # The failed attachment is deleted, as Nova would.
+            for att in self.api.api_get(
+                    f'/attachments?volume_id={vid}')['attachments']:
+                self.detach(att['id'])
+            self.api.delete_volume(vid)
+            self.wait_volume(vid, 'deleted')
+
+        def test_backup_attaches_under_the_lease(self):
+            from cinder.backup import chunkeddriver
+            from cinder.volume import volume_utils
+            # The scheduler picks a backup service by its published state.
+            svc = self.start_service('backup', host='volume-1',
+                                     service_name='backup')
+            svc.manager.publish_service_capabilities(
+                cinder_context.get_admin_context())
+            states = self.scheduler.manager.driver.host_manager
+            deadline = time.monotonic() + 30
+            while 'volume-1' not in states.backup_service_states:
+                self.assertLess(time.monotonic(), deadline,
+                                'no state from the backup service')
+                time.sleep(0.1)
+            vol = self.create()
+            vid, lv = vol['id'], self.lv(vol['id'])
+            # os-brick's connector properties, but for the iSCSI initiator
+            # name, which the harness forbids reading (privsep): the host
+            # is this machine's name, as Cinder's own attaches send it.
+            self.mock_object(
+                volume_utils, 'brick_get_connector_properties',
+                return_value={'host': socket.gethostname(),
+                              'ip': '127.0.0.1', 'multipath': False,
+                              'platform': 'x86_64', 'os_type': 'linux'})
+            during = []
+            real = chunkeddriver.ChunkedBackupDriver.backup
+
+            def backup(driver, backup, volume_file, *args, **kwargs):
+                # What the cluster says while Cinder reads the device.
+                during.append((self.holders(vid), where_active(spec, lv)))
+                return real(driver, backup, volume_file, *args, **kwargs)
+            self.mock_object(chunkeddriver.ChunkedBackupDriver, 'backup',
+                             backup)
+            bak = self.api.api_post('/backups', {'backup': {
+                'volume_id': vid, 'name': 'b1'}})['backup']
+            deadline = time.monotonic() + 180
+            while True:
+                status = self.api.api_get(
+                    f'/backups/{bak["id"]}')['backup']['status']
+                if status in ('available', 'error') or \
+                        time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            self.assertEqual('available', status)
+            # Cinder's connector host is this machine's name: the volume
+            # host's daemon took the lease, activated, and released after.
+            self.assertEqual([([('volume-1', 'exclusive')], ['volume-1'])],
+                             during)
+            self.assertEqual([], self.holders(vid))
+            self.assertEqual([], where_active(spec, lv))
+            self.api.api_delete(f'/backups/{bak["id"]}')
+            self.api.delete_volume(vid)
+            self.wait_volume(vid, 'deleted')
+
     return CinderAPITest
 
 
@@ -371,7 +493,10 @@ def main():
     passed."""
     import unittest
     case = api_case(json.loads(os.environ[SPEC_ENV]))
-    suite = unittest.defaultTestLoader.loadTestsFromTestCase(case)
+    loader = unittest.defaultTestLoader
+    # Test names as arguments run only those (when debugging one).
+    suite = loader.loadTestsFromNames(sys.argv[1:], case) if \
+        sys.argv[1:] else loader.loadTestsFromTestCase(case)
     result = unittest.TextTestRunner(verbosity=2).run(suite)
     return 0 if result.wasSuccessful() else 1
 
@@ -514,6 +639,44 @@ def test_bad_requests_change_nothing(cinder, cluster, make_driver):
     drv.delete_volume(busy)
     drv.delete_volume(busy)
     assert busy.name not in disk_state(spec, lvm)[1]
+
+
+def test_create_adopts_its_own_lv_and_refuses_another(cinder, cluster,
+                                                      make_driver):
+    drv = make_driver('volume-1', volume_clear='none')
+    daemon, spec = cluster['volume-1'].client, spec_of(cluster)
+    vol = new_volume(cinder)
+    # A create that committed but whose reply never came: on disk, tagged.
+    daemon.call('create', vg=spec['vg'], lv=vol.name, size=GiB,
+                tags=[f'lvmcoord_volume_{vol.id}'])
+    drv.create_volume(vol)
+    assert cluster.vg.lv_names(0).count(vol.name) == 1
+    # Same name, another volume's tag: refused, saying what is on disk.
+    other = new_volume(cinder)
+    daemon.call('create', vg=spec['vg'], lv=other.name, size=GiB,
+                tags=['lvmcoord_volume_someone-else'])
+    before = disk_state(spec)
+    with pytest.raises(cinder.exception.VolumeBackendAPIException,
+                       match="already exists: .* is not this volume's "
+                             "\\(tags: lvmcoord_volume_someone-else"):
+        drv.create_volume(other)
+    with pytest.raises(cinder.exception.VolumeBackendAPIException,
+                       match='belongs to another volume'):
+        drv.delete_volume(other)
+    assert before == disk_state(spec)
+    drv.delete_volume(vol)
+    daemon.call('delete', vg=spec['vg'], lv=other.name)
+    assert not {vol.name, other.name} & set(disk_state(spec)[1])
+
+
+def test_create_with_the_daemon_gone_says_not_reachable(cinder, make_driver,
+                                                        tmp_path):
+    drv = make_driver('volume-1')
+    drv.client.path = str(tmp_path / 'gone.sock')
+    with pytest.raises(cinder.exception.VolumeBackendAPIException,
+                       match='not reachable at .*gone.sock \\(nothing was '
+                             'created\\)'):
+        drv.create_volume(new_volume(cinder))
 
 
 def test_setup_check_names_what_is_wrong(cinder, cluster, make_driver,

@@ -120,8 +120,9 @@ def _when(line):
 
 def crashes(topo):
     """[(host, time, line)]: tracebacks and dead or respawned workers in
-    the daemons' logs and stderr."""
-    out = []
+    the daemons' logs and stderr, one per (host, pid, second): a chained
+    traceback is one incident."""
+    out, seen = [], set()
     for host in topo.hosts:
         d = topo.daemon(host)
         for path in (d.log, d.log + '.err'):
@@ -131,9 +132,28 @@ def crashes(topo):
             except OSError:
                 continue
             for line in lines:
-                if CRASH.search(line):
+                if not CRASH.search(line):
+                    continue
+                words = line.split()
+                key = (host, words[2] if len(words) > 2 else '',
+                       line[:19], 'Child' in line)
+                if key not in seen:
+                    seen.add(key)
                     out.append((host, _when(line), line.strip()[:400]))
     return out
+
+
+def vg_lock(topo, history, checker):
+    """Nobody holds or waits for the VG lock once everything is quiet."""
+    try:
+        kvs, _ = history.etcd.range(history.keys.vg_lock(topo.vg),
+                                    prefix=True)
+    except Exception as exc:  # etcd not answering at the end is a finding
+        checker.violation('vg-lock-unreadable', topo.vg, error=str(exc))
+        return
+    for kv in kvs:
+        checker.violation('vg-lock-held-after-settle', kv.key,
+                          key=kv.key, value=kv.value[:300])
 
 
 def fences(topo, history):
@@ -173,16 +193,18 @@ def classify_fences(topo, history, faults, checker):
         leader = [f for f in faults if f.kind in faultlib.LEADER_KINDS and
                   f.start - 1 <= at <= (f.end or at) + topo.ttl]
         # The event and the log line of one fence: count it once.
-        key = (host, round(at))
-        if key in seen or (host, round(at) - 1) in seen:
+        once = (host, round(at))
+        if once in seen or (host, round(at) - 1) in seen:
             continue
-        seen.add(key)
+        seen.add(once)
         if leader:
             healthy_in_leader += 1
-            checker.violation('healthy-fenced-by-leader-change', key,
-                              host=host, at=at, reason=reason,
-                              fault=leader[0].kind, source=source)
+            checker.violation('healthy-fenced-by-leader-change',
+                              (host, leader[0].start), host=host, at=at,
+                              reason=reason, fault=leader[0].kind,
+                              source=source)
         else:
-            checker.violation('healthy-fenced', key, host=host, at=at,
-                              reason=reason, source=source)
+            # One incident per host and reason; count says how often.
+            checker.violation('healthy-fenced', (host, reason), host=host,
+                              at=at, reason=reason, source=source)
     return healthy_in_leader

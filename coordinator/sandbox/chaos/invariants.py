@@ -3,6 +3,8 @@
 - ``double-writable``: two writable mappings of overlapping extents on
   different hosts, unless both hosts hold a migration lease of one instance
   on that LV; also one device that two hosts use.
+- ``orphan-writable-device``: a writable device over the PV that no host
+  has ever been seen owning (no link, no writer).
 - ``writable-without-lease``: a writable mapping on a host whose live lease
   (holder key, bound to its session) on that LV is gone.
 - ``stale-write-acked``: a writer's write succeeded after another host was
@@ -60,6 +62,7 @@ class Checker:
         self.writers = writers  # callable -> every Writer ever started
         self.incidents = {}
         self.pending = {}
+        self.owners = {}  # (loop, offset) -> (hosts, lvs) last seen
         self.samples = 0
         self.mutex = threading.Lock()
 
@@ -97,6 +100,7 @@ class Checker:
         before = self._leases()
         maps = mappings.snapshot(self.pv, self.dev_dirs, self.writers())
         after = self._leases()
+        self._remember(maps)
         tables = [t for t in (before, after) if t is not None]
         seen = set()
         writable = [m for m in maps if m.writable]
@@ -111,13 +115,21 @@ class Checker:
                         self._migration_pair(a, b, tables):
                     continue
                 key = ('overlap', a.loop, a.offset, b.loop, b.offset)
-                if (a.hosts and b.hosts) or self._persisting(seen, key):
-                    self.violation(
-                        'double-writable', key[1:],
-                        loops=[a.loop, b.loop],
-                        hosts=[sorted(a.hosts), sorted(b.hosts)],
-                        lvs=[sorted(a.lvs), sorted(b.lvs)],
-                        ranges=[[a.offset, a.size], [b.offset, b.size]])
+                if not (a.hosts and b.hosts):
+                    # A device nobody owns (its link gone, no writer):
+                    # reported as such below, not as a second host.
+                    continue
+                self.violation(
+                    'double-writable', key[1:],
+                    loops=[a.loop, b.loop],
+                    hosts=[sorted(a.hosts), sorted(b.hosts)],
+                    lvs=[sorted(a.lvs), sorted(b.lvs)],
+                    ranges=[[a.offset, a.size], [b.offset, b.size]])
+        for m in writable:
+            key = ('orphan', m.loop, m.offset)
+            if not m.hosts and self._persisting(seen, key):
+                self.violation('orphan-writable-device', key[1:],
+                               loop=m.loop, range=[m.offset, m.size])
         if tables:
             for m in writable:
                 for host in m.hosts:
@@ -131,6 +143,21 @@ class Checker:
         self.pending = {k: self.pending.get(k, 0) + 1 for k in seen}
         self.samples += 1
         return maps
+
+    def _remember(self, maps):
+        """A device keeps the owner it was seen with while it stays
+        attached with the same range (a kernel cannot hand an attached
+        minor to another host); links and writers seen now win."""
+        owners = {}
+        for m in maps:
+            key = (m.loop, m.offset)
+            old = self.owners.get(key, (set(), set()))
+            if m.hosts:
+                owners[key] = (set(m.hosts), set(m.lvs))
+            else:
+                owners[key] = old
+                m.hosts, m.lvs = set(old[0]), set(old[1])
+        self.owners = owners
 
     @staticmethod
     def _same_host(a, b):
@@ -160,17 +187,26 @@ class Checker:
         return grant.uuid or self.names.uuid_at(grant.vg, grant.lv,
                                                 grant.since)
 
-    def _later_grants(self, uuid, host, token, instance):
+    def _by_uuid(self):
+        """{uuid: [Grant]}, resolved once per check (names are slow)."""
+        out = {}
+        for g in list(self.history.grants):
+            out.setdefault(self._uuid(g), []).append(g)
+        return out
+
+    @staticmethod
+    def _later_grants(by_uuid, uuid, host, token, instance):
         """Grants of LV ``uuid`` to other hosts after token ``token``."""
-        return [g for g in self.history.grants
+        return [g for g in by_uuid.get(uuid, ())
                 if g.token > token and g.host != host and
-                self._uuid(g) == uuid and
                 not (g.mode == 'migration' and g.instance == instance)]
 
     def check_writes(self):
         """Writes a writer got acknowledged after another host's grant."""
+        by_uuid = self._by_uuid()
         for w in self.writers():
-            later = self._later_grants(w.uuid, w.host, w.token, w.instance)
+            later = self._later_grants(by_uuid, w.uuid, w.host, w.token,
+                                       w.instance)
             if not later:
                 continue
             first = min(later, key=lambda g: g.since)
@@ -187,14 +223,16 @@ class Checker:
     def scan_disk(self, extent_size, pe_start, pe_count):
         """Stamps on the PV issued after another host's grant of their LV."""
         instances = {g.token: g.instance for g in self.history.grants}
+        by_uuid = self._by_uuid()
         fd = os.open(self.pv, os.O_RDONLY | os.O_DIRECT)
         try:
             for i in range(pe_count):
-                self._scan_extent(fd, pe_start + i * extent_size, instances)
+                self._scan_extent(fd, pe_start + i * extent_size, instances,
+                                  by_uuid)
         finally:
             os.close(fd)
 
-    def _scan_extent(self, fd, base, instances):
+    def _scan_extent(self, fd, base, instances, by_uuid):
         buf = mmap.mmap(-1, writerlib.SPAN)  # aligned, as O_DIRECT needs
         try:
             os.preadv(fd, [buf], base)
@@ -202,8 +240,8 @@ class Checker:
                 st = writerlib.parse(buf[off:off + writerlib.BLOCK])
                 if st is None:
                     continue
-                later = self._later_grants(st['u'], st['h'], st['t'],
-                                           instances.get(st['t']))
+                later = self._later_grants(by_uuid, st['u'], st['h'],
+                                           st['t'], instances.get(st['t']))
                 bad = [g for g in later if g.since < st['w']]
                 if bad:
                     g = min(bad, key=lambda g: g.since)

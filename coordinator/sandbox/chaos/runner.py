@@ -140,12 +140,20 @@ class Run:
         checker.check_writes()
         vg = topo.lvm.vg(topo.vg)
         [pv] = topo.lvm.pvs(topo.vg)
+        t0 = time.time()
         checker.scan_disk(vg['extent_size'], pv['pe_start'],
                           vg['size'] // vg['extent_size'])
-        final.readiness(topo, checker)
-        final.lease_table(topo, checker, self.wl)
-        final.volumes(topo, checker, self.wl)
-        final.vgck(topo, checker)
+        self.say(f'final check stamps on disk: {time.time() - t0:.1f}s')
+        steps = [
+            ('readiness', lambda: final.readiness(topo, checker)),
+            ('lease list', lambda: final.lease_table(topo, checker, self.wl)),
+            ('volumes', lambda: final.volumes(topo, checker, self.wl)),
+            ('vgck', lambda: final.vgck(topo, checker)),
+            ('vg lock', lambda: final.vg_lock(topo, self.history, checker))]
+        for name, step in steps:
+            t0 = time.time()
+            step()
+            self.say(f'final check {name}: {time.time() - t0:.1f}s')
         self.crashes = final.crashes(topo)
         self.leader_fences = final.classify_fences(
             topo, self.history, self.faults.done, checker)
@@ -205,6 +213,7 @@ class Run:
             'samples': self.checker.samples,
             'fences': sorted(final.fences(self.topo, self.history),
                              key=lambda f: f[1] or 0),
+            'grants': [vars(g) for g in self.history.grants],
             'op_log': wl.log,
         }
 

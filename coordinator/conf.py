@@ -46,7 +46,7 @@ session_opts = [
     cfg.IntOpt('ttl', default=10, min=2,
                help='Session (etcd lease) TTL in seconds.'),
     cfg.FloatOpt('keepalive_interval', default=0.0, min=0.0,
-                 help='Seconds between keepalives; 0 means TTL/3.'),
+                 help='Seconds between keepalives; 0 means TTL/6.'),
     cfg.StrOpt('state_dir', default='/var/lib/lvmcoord',
                help='Where the session id is kept so a restarted daemon '
                     'resumes the same session.'),

@@ -14,13 +14,14 @@ class Engine:
 
     def __init__(self, etcd, host, cluster='default', prefix='/lvmcoord',
                  ttl=10, keepalive_interval=None, state_file=None, grace=3.0,
-                 lock_timeout=60.0, session=None):
+                 lock_timeout=60.0, session=None, keepalive_etcd=None):
         self.etcd = etcd
         self.host = host
         self.keys = keyslib.Keys(prefix, cluster)
         # Worker processes pass an AttachedSession kept alive elsewhere.
         self.session = session or sessionlib.Session(
-            etcd, self.keys, host, ttl, keepalive_interval, state_file)
+            etcd, self.keys, host, ttl, keepalive_interval, state_file,
+            keepalive_etcd)
         self.leases = lease.LeaseTable(etcd, self.keys, self.session, grace)
         self.lock_timeout = lock_timeout
 
@@ -36,10 +37,15 @@ class Engine:
         state = cls.state_file(conf)
         session = sessionlib.AttachedSession(
             conf.host, conf.session.ttl, state) if attached else None
+        interval = conf.session.keepalive_interval or conf.session.ttl / 6
+        quick = None if attached else etcdlib.Etcd.from_conf(
+            conf, timeout=max(0.2, min(conf.etcd.timeout, interval / 2)),
+            retry_window=interval / 2)
         return cls(etcdlib.Etcd.from_conf(conf), conf.host, conf.cluster,
                    conf.etcd.prefix, conf.session.ttl,
                    conf.session.keepalive_interval or None, state,
-                   conf.lease.grace, conf.lock.acquire_timeout, session)
+                   conf.lease.grace, conf.lock.acquire_timeout, session,
+                   quick)
 
     def open(self):
         """Open or resume the session; drop lock entries a previous process

@@ -147,10 +147,10 @@ class FenceWorker(_Worker):
         session = ctx.engine.session
         # Its own client: one short attempt per tick, so a partition can
         # never hold the fencer past its deadline.
-        e = self.conf.etcd
-        quick = etcdlib.Etcd(e.endpoints, e.ca_file, e.cert_file, e.key_file,
-                             timeout=min(e.timeout, self.conf.fence.interval),
-                             retry_window=0)
+        quick = etcdlib.Etcd.from_conf(
+            self.conf, timeout=min(self.conf.etcd.timeout,
+                                   self.conf.fence.interval),
+            retry_window=0)
         f = self.conf.fence
         dog = watchdog.Watchdog(f.watchdog_device, f.watchdog_timeout) \
             if f.watchdog_device else None

@@ -21,12 +21,18 @@ class Session:
     """This host's etcd lease, its keepalive, and its loss detection."""
 
     def __init__(self, etcd, keys, host, ttl=10, keepalive_interval=None,
-                 state_file=None):
+                 state_file=None, keepalive_etcd=None):
         self.etcd = etcd
+        # Keepalives go through a client with short timeouts, so a hung
+        # member (a stopped leader) costs a fraction of a second before the
+        # next one is tried, not a whole request timeout.
+        self.keepalive_etcd = keepalive_etcd or etcd
         self.keys = keys
         self.host = host
         self.ttl = int(ttl)
-        self.interval = keepalive_interval or self.ttl / 3.0
+        # Six per TTL: a keepalive lost to an etcd election still leaves
+        # most of the fence window (fraction * TTL) to recover in.
+        self.interval = keepalive_interval or self.ttl / 6.0
         self.state_file = state_file
         self.id = 0
         self.resumed = False
@@ -100,8 +106,10 @@ class Session:
         tmp = self.state_file + '.tmp'
         os.makedirs(os.path.dirname(self.state_file) or '.', exist_ok=True)
         with open(tmp, 'w') as f:
-            json.dump({'host': self.host, 'lease': self.id, 'ttl': self.ttl},
-                      f)
+            # 'daemon': the process that started this daemon's workers, so
+            # they can tell this run's session from a dead run's.
+            json.dump({'host': self.host, 'lease': self.id, 'ttl': self.ttl,
+                       'daemon': os.getppid()}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.state_file)
@@ -129,12 +137,13 @@ class Session:
             try:
                 # One short attempt: a failing keepalive is retried soon
                 # rather than blocking past the fencing deadline.
-                ttl = self.etcd.lease_keepalive(self.id,
-                                                window=self.interval / 2)
+                ttl = self.keepalive_etcd.lease_keepalive(
+                    self.id, window=self.interval / 2)
             except errors.EtcdUnavailable as exc:
                 LOG.warning('session %x keepalive failed (%.1fs silent): %s',
                             self.id, time.monotonic() - self.last_ok, exc)
-                self._stop.wait(min(0.5, self.interval))
+                # Straight on to the next endpoint: the fence deadline runs.
+                self._stop.wait(0.1)
                 continue
             if ttl <= 0:
                 self._mark_lost()
@@ -225,7 +234,8 @@ class AttachedSession:
     def wait_open(self, timeout=60.0):
         """Block until the keepalive worker has opened the session."""
         deadline = time.monotonic() + timeout
-        while not self.id:
+        while not self.id or (self._state() or {}).get('daemon') != \
+                os.getppid():
             if time.monotonic() > deadline:
                 raise errors.SessionLost(f'no session opened for {self.host}'
                                          f' in {timeout:.0f}s')

@@ -15,6 +15,7 @@ import os
 import struct
 import subprocess
 import threading
+import uuid as uuidlib
 
 from coordinator import errors
 from coordinator.activation import base
@@ -38,6 +39,35 @@ def _run(*args):
 def _sys(loop, name):
     with open(f'/sys/block/{os.path.basename(loop)}/{name}') as f:
         return f.read().strip()
+
+
+def _status(loop, change=None):
+    """The loop device's status (LOOP_GET_STATUS64) as a list of fields,
+    after ``change(fields)`` was applied to it, if given."""
+    fd = os.open(loop, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buf = bytearray(_INFO64.size)
+        fcntl.ioctl(fd, _LOOP_GET_STATUS64, buf)
+        info = list(_INFO64.unpack(buf))
+        if change:
+            change(info)
+            fcntl.ioctl(fd, _LOOP_SET_STATUS64, _INFO64.pack(*info))
+        return info
+    finally:
+        os.close(fd)
+
+
+# lo_file_name: informational only (sysfs and losetup show the real
+# backing file), so it can carry our owner tag; the kernel keeps it as set.
+_FILE_NAME = 9
+
+
+def _tag(loop):
+    """The owner tag we stamped in the loop device's status."""
+    try:
+        return _status(loop)[_FILE_NAME].rstrip(b'\0').decode()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _set_ro(loop, read_only):
@@ -74,13 +104,16 @@ class LoopBackend(base.Backend):
                 state = json.load(f)
         except FileNotFoundError:
             return {}
-        # Keep only entries whose loop device still maps what we set up.
+        # Keep only entries whose loop device is still the one we set up:
+        # a minor is reused after a detach (a reboot, an admin), possibly
+        # by another host's daemon for the same LV on a shared kernel.
         return {k: v for k, v in state.items() if self._intact(v)}
 
     @staticmethod
     def _intact(entry):
         try:
-            return int(_sys(entry['loop'], 'loop/offset')) == entry['offset']
+            return int(_sys(entry['loop'], 'loop/offset')) == \
+                entry['offset'] and _tag(entry['loop']) == entry.get('tag')
         except OSError:
             return False
 
@@ -129,6 +162,11 @@ class LoopBackend(base.Backend):
             args = ['losetup', '-f', '--show', '--offset', str(offset),
                     '--sizelimit', str(size)]
             loop = _run(*(args + (['-r'] if read_only else []) + [device]))
+            tag = f'lvmcoord:{uuidlib.uuid4().hex[:16]}'
+
+            def stamp(info):
+                info[_FILE_NAME] = tag.encode()
+            _status(loop, stamp)
             # The kernel keeps a minor's read-only flag across detach and
             # attach: set it explicitly, never inherit a past fence.
             _set_ro(loop, read_only)
@@ -137,7 +175,7 @@ class LoopBackend(base.Backend):
             if os.path.lexists(link):
                 os.unlink(link)
             os.symlink(loop, link)
-            state[key] = dict(geo, loop=loop, path=link,
+            state[key] = dict(geo, loop=loop, path=link, tag=tag,
                               read_only=read_only, uuid=info['uuid'])
             self._save(state)
             return link
@@ -186,14 +224,10 @@ class LoopBackend(base.Backend):
             if offset != entry['offset']:
                 raise errors.LVMError(f'{vg}/{lv} moved on the PV; '
                                       f'deactivate and activate it again')
-            fd = os.open(entry['loop'], os.O_RDONLY)
+            # Grow the mapped range in place: no reopen, no I/O pause.
+            _status(entry['loop'], lambda info: info.__setitem__(4, size))
+            fd = os.open(entry['loop'], os.O_RDONLY | os.O_CLOEXEC)
             try:
-                # Grow the mapped range in place: no reopen, no I/O pause.
-                buf = bytearray(_INFO64.size)
-                fcntl.ioctl(fd, _LOOP_GET_STATUS64, buf)
-                info = list(_INFO64.unpack(buf))
-                info[4] = size
-                fcntl.ioctl(fd, _LOOP_SET_STATUS64, _INFO64.pack(*info))
                 fcntl.ioctl(fd, _LOOP_SET_CAPACITY, 0)
             finally:
                 os.close(fd)

@@ -22,14 +22,19 @@ def live_session(status):
 
 def wait_ready(client, timeout, clock=time.monotonic, pause=time.sleep):
     """(status, None) once ``client``'s daemon answers `status` with a
-    live session; (None, last reason) if ``timeout`` seconds pass first."""
+    live session and a fencer that has reconciled its grants; (None, last
+    reason) if ``timeout`` seconds pass first."""
     deadline = clock() + timeout
     while True:
         try:
             status = client.call('status')
-            if live_session(status):
+            # The fencer answers 'ok' only once it has reconciled (and
+            # restored) this host's grants: consumers may start then.
+            fencer = status.get('fencer', 'ok')
+            if live_session(status) and fencer == 'ok':
                 return status, None
-            reason = f'{status.get("host")}: no live session yet'
+            reason = f'{status.get("host")}: ' + (
+                'no live session yet' if fencer == 'ok' else fencer)
         except errors.CoordError as exc:
             reason = str(exc)
         if clock() >= deadline:

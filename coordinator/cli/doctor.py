@@ -97,8 +97,8 @@ def check_etcd(ctx):
         name = f'etcd {endpoint}'
         try:
             # One endpoint, one attempt: fail-over would hide a dead one.
-            one = etcdlib.Etcd([endpoint], e.ca_file, e.cert_file,
-                               e.key_file, e.timeout, retry_window=0)
+            one = etcdlib.Etcd.from_conf(ctx.conf, endpoints=[endpoint],
+                                         retry_window=0)
             # Asked first, it also opens the connection, which the timed
             # round trip then reuses as the daemon's would.
             version = one.status().get('version', '?')

@@ -17,6 +17,7 @@ Never writable by mistake:
 """
 import concurrent.futures
 import os
+import re
 import subprocess
 import threading
 
@@ -133,8 +134,9 @@ def parse_table(text):
 def table_extents(table, pvs, extent_size):
     """[[pv, first_pe, last_pe], ...] a linear table maps (pure).
 
-    ``pvs``: {'major:minor': (pv name, pe_start)}; sizes in bytes. Adjacent ranges on the same PV are merged, as LVM merges
-    contiguous segments in its metadata.
+    ``pvs``: {'major:minor': (pv name, pe_start)}; sizes in bytes.
+    Adjacent ranges on the same PV are merged, as LVM merges contiguous
+    segments in its metadata.
     """
     out = []
     for _, length, target, args in table:
@@ -196,7 +198,8 @@ class LVMBackend(base.Backend):
                                   f'after {self.timeout}s', kind='timeout',
                                   cmd=argv) from exc
         if proc.returncode:
-            kind = 'not-found' if 'No such device' in err else 'failed'
+            kind = 'not-found' if re.search(
+                r'No such device|Device does not exist', err) else 'failed'
             raise errors.LVMError(f'dmsetup {" ".join(args)}: '
                                   f'{err.strip()}', kind=kind, cmd=argv,
                                   stderr=err)

@@ -29,7 +29,7 @@ INIT = r'''#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in $(cat /modules.list); do insmod /mod/$m || echo "insmod $m failed"; done
+for m in $(cat /modules.list); do insmod /mod/$m || echo "no $m"; done
 arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 P9=trans=virtio,version=9p2000.L,msize=512000
 mount -t 9p -o ro,$P9,cache=loose hostroot /lower || exec sh

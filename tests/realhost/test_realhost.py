@@ -6,15 +6,20 @@ own timestamps (grant times in the lease ledger, fence lines in their
 logs), on guest clocks set from this machine's and corrected by the
 measured residual offset.
 """
+import concurrent.futures
 import json
+import os
+import re
+import sys
 import time
 
-from tests.realhost.cluster import Background
 from tests.realhost.cluster import FRACTION
 from tests.realhost.cluster import GRACE
-from tests.realhost.cluster import MiB
+from tests.realhost.cluster import GUEST_DIR
 from tests.realhost.cluster import TTL
 from tests.realhost.cluster import VG
+from tests.realhost.cluster import Background
+from tests.realhost.cluster import MiB
 
 BOUND = (1 - FRACTION) * TTL + GRACE   # documented fence-to-takeover margin
 SECTOR = 512
@@ -70,6 +75,13 @@ def test_a_create_activate_refuse_extend_migrate(cluster, record):
     assert table and table[0][2] == 'linear', table
     assert sectors(table) * SECTOR == 64 * MiB
     assert not g2.dm_info('vol-a')['suspended']
+    # Real dmsetup output, kept for the lvm backend's unit tests.
+    with open(f'{cluster.dir}/captured-dmsetup.txt', 'w') as f:
+        f.write(g2.guest.sh(
+            "dmsetup info -c --noheadings --separator '|' -o "
+            "name,uuid,blkdevname,open,suspended,attr; echo ---; "
+            "dmsetup table; echo ---; dmsetup info -c -o help 2>&1 | "
+            "tail -40", check=False))
     assert g1.dm_table('vol-a') is None and g3.dm_table('vol-a') is None
 
     # Another instance is refused, and nothing appears in g3's kernel.
@@ -97,7 +109,8 @@ def test_a_create_activate_refuse_extend_migrate(cluster, record):
     assert sectors(g3.dm_table('vol-a')) * SECTOR == 96 * MiB
     g1.ok('deactivate', vg=VG, lv='vol-a', host='g2')
     assert g2.dm_table('vol-a') is None
-    leases = json.loads(cluster.cli('lease', 'list', '-f', 'json'))
+    leases = [{k.lower(): v for k, v in row.items()} for row in
+              json.loads(cluster.cli('lease', 'list', '-f', 'json'))]
     mine = [row for row in leases if row.get('lv') in ('vol-a',
                                                        f'{VG}/vol-a')]
     assert [row['host'] for row in mine] == ['g3'], leases
@@ -167,11 +180,127 @@ def test_b_partition_fence_takeover_heal(cluster, record):
         g1.log_tail()
 
 
+def test_c_fence_time_50_active_lvs(cluster, record):
+    """50 LVs active on g3; g3 cut off: all 50 suspended in the kernel,
+    the fence's own duration and its margin to a takeover."""
+    g1, g2, g3 = cluster.hosts
+    names = [f'f{i:02d}' for i in range(50)]
+    start = time.time()
+    # Creates from all three hosts queue on the VG lock.
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda i: cluster.hosts[i % 3].ok(
+            'create', vg=VG, lv=names[i], size=4 * MiB), range(50)))
+    record['create_50_s'] = round(time.time() - start, 1)
+    start = time.time()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: g3.ok('activate', vg=VG, lv=n,
+                                      instance=f'vm-{n}'), names))
+    record['activate_50_s'] = round(time.time() - start, 1)
+    assert len(suspended_lvs(g3, names, False)) == 50
+
+    cut = time.time()
+    g3.proxy.cut()
+    contender = Background(lambda: g2.ok('activate', vg=VG, lv=names[-1],
+                                         instance='vm-taker', wait=120))
+    wait_for('all 50 suspended on g3',
+             lambda: len(suspended_lvs(g3, names, True)) == 50, timeout=90)
+    granted = contender.result(240)
+    assert granted['host'] == 'g2'
+    grant_at, _ = holder_since(g2, names[-1], 'g2')
+    fenced = fence_lines(g3, cut - 1)
+    assert fenced, g3.log_tail()
+    fence_end, line = fenced[0]
+    took = float(re.search(r' in ([0-9.]+)s', line).group(1))
+    record.update(fence_took_s=took, fence_end_after_cut_s=round(
+        fence_end - cut, 2), margin_s=round(grant_at - fence_end, 2),
+        bound_s=BOUND)
+    assert len(re.findall(f'{VG}/f', line)) == 50, line
+    assert grant_at - fence_end >= BOUND, (grant_at, fenced)
+    g3.proxy.heal()
+    # On heal g3 keeps nothing writable that g2 now holds.
+    wait_for('taken LV retired on g3', lambda: not any(
+        t[2] == 'linear' for t in g3.dm_table(names[-1]) or []), timeout=90)
+
+
+def suspended_lvs(host, names, suspended):
+    """Which of ``names`` are active in host's kernel with that state."""
+    out = host.guest.sh("dmsetup info -c --noheadings --separator '|' "
+                        "-o name,suspended", check=False)
+    want = {f'{VG}-{n}' for n in names}
+    return [row.split('|')[0] for row in out.split()
+            if row.split('|')[0] in want and
+            (row.split('|')[1] == 'Suspended') == suspended]
+
+
+def test_d_watchdog_resets_a_host_whose_daemon_died(cluster, record):
+    """kill -9 of g2's daemon (not restarted) with the watchdog armed:
+    the guest resets before any other host is granted its LV."""
+    g1, g2, _ = cluster.hosts
+    g2.stop_daemon()
+    g2.write_config(fence__watchdog_device='/dev/watchdog')
+    g2.start_daemon()
+    g1.ok('create', vg=VG, lv='vol-w', size=8 * MiB)
+    g2.ok('activate', vg=VG, lv='vol-w', instance='vm-w')
+    boots = len(g2.guest.boots)
+    # The watchdog is armed by the fencer's first pet with an LV active.
+    kill = time.time()
+    g2.kill_daemon()
+    contender = Background(lambda: g1.ok('activate', vg=VG, lv='vol-w',
+                                         instance='vm-w2', wait=120))
+    reset_at, event = g2.guest.wait_qmp_event('RESET', after=kill,
+                                              timeout=90)
+    granted = contender.result(240)
+    assert granted['host'] == 'g1'
+    grant_at, _ = holder_since(g1, 'vol-w', 'g1')
+    watchdog = [e for t, e in g2.guest.qmp_events
+                if e['event'] == 'WATCHDOG' and t >= kill]
+    record.update(reset_after_kill_s=round(reset_at - kill, 2),
+                  grant_after_reset_s=round(grant_at - reset_at, 2),
+                  qmp_watchdog=bool(watchdog))
+    assert watchdog, g2.guest.qmp_events[-5:]
+    assert reset_at < grant_at, (reset_at, grant_at)
+    # g2 comes back (a reset host): its daemon without the watchdog.
+    g2.guest.wait_boot(count=boots + 1)
+    g2.sync_clock()
+    g2.write_config()
+    g2.start_daemon()
+    assert g2.dm_table('vol-w') is None
+
+
+def test_e_host_reset_restores_or_releases(cluster, record):
+    """g1 is reset (QMP system_reset, like a power cut) holding two LVs;
+    g2 takes one over meanwhile. When g1's daemon starts again the LV it
+    still holds is a device again; the other is not, and is g2's."""
+    g1, g2, _ = cluster.hosts
+    for lv in ('vol-r1', 'vol-r2'):
+        g2.ok('create', vg=VG, lv=lv, size=8 * MiB)
+        g1.ok('activate', vg=VG, lv=lv, instance=f'vm-{lv}')
+    written = g1.blockio('fill', dev('vol-r1'), 'r1', 0, 64).strip()
+    boots = len(g1.guest.boots)
+    reset = time.time()
+    assert 'error' not in g1.guest.qmp_cmd('system_reset')
+    granted = g2.ok('activate', vg=VG, lv='vol-r2', instance='vm-r2b',
+                    wait=120)
+    assert granted['host'] == 'g2'
+    g1.guest.wait_boot(count=boots + 1)
+    record['reboot_s'] = round(time.time() - reset, 1)
+    g1.sync_clock()
+    start = time.time()
+    g1.start_daemon()
+    table = wait_for('vol-r1 restored on g1', lambda: g1.dm_table('vol-r1'),
+                     timeout=90)
+    record['restore_after_start_s'] = round(time.time() - start, 1)
+    assert table[0][2] == 'linear' and not g1.dm_info('vol-r1')['suspended']
+    assert g1.blockio('sha', dev('vol-r1'), 0, 64).strip() == written
+    assert g1.dm_table('vol-r2') is None
+    show = g1.ok('show', vg=VG, lv='vol-r2')
+    assert [h['host'] for h in show['holders']] == ['g2'], show
+    show = g1.ok('show', vg=VG, lv='vol-r1')
+    assert [h['host'] for h in show['holders']] == ['g1'], show
+
+
 def writer_argv(device, tag, first, count, interval, log):
     """argv of the guest-side writer (guest/blockio.py writer)."""
-    import os
-    import sys
-    from tests.realhost.cluster import GUEST_DIR
     return [sys.executable, os.path.join(GUEST_DIR, 'blockio.py'),
             'writer', device, tag, str(first), str(count), str(interval),
             log]

@@ -5,12 +5,13 @@ import pytest
 from coordinator import errors
 from coordinator.activation import lvm as lvmb
 
-VGU = 'Qm3S8y2sQ0pY5v1cKx2XJdH0nR7tA9bE'
-LVU = 'p4Zk0vT1qW8yN2mL6sD3fH9jR5cX7bA1'
+# The uuids and the first line are verbatim from a guest.
+VGU = 'mNk4HeBwqGbCXm2tLC2oAzl56s6993Zu'
+LVU = 'wGGkw1MmHz69AAuSF7mocjmZUy01Cas8'
 # dmsetup info -c --noheadings --separator '|' \
 #     -o name,uuid,blkdevname,open,suspended,attr
 INFO = f"""\
-rhvg-vol--a|LVM-{VGU}{LVU}|dm-0|1|Active|L--w
+rhvg-vol--a|LVM-{VGU}{LVU}|dm-0|0|Active|L--w
 rhvg-vol--p|LVM-{VGU}{LVU[::-1]}|dm-1|0|Suspended|L-sw
 rhvg-snap|LVM-{VGU}{'S' * 32}|dm-4|0|Active|L--w
 rhvg-snap-cow|LVM-{VGU}{'S' * 32}-cow|dm-3|1|Active|L--w
@@ -39,9 +40,9 @@ def test_parse_info_and_top_level():
     assert sorted(top) == [('rhvg', 'snap'), ('rhvg', 'vol-a'),
                            ('rhvg', 'vol-p')]
     assert top[('rhvg', 'vol-p')]['suspended']
-    assert top[('rhvg', 'vol-a')]['open'] == 1
+    assert top[('rhvg', 'vol-a')]['open'] == 0
     assert lvmb.lvm_uuid(top[('rhvg', 'vol-a')]['uuid'][36:]) == \
-        'p4Zk0v-T1qW-8yN2-mL6s-D3fH-9jR5-cX7bA1'
+        'wGGkw1-MmHz-69AA-uSF7-mocj-mZUy-01Cas8'
 
 
 def test_parse_info_empty_and_garbage():
@@ -90,9 +91,9 @@ def test_active_is_one_dmsetup_call():
     assert sorted(active) == [('rhvg', 'snap'), ('rhvg', 'vol-a'),
                               ('rhvg', 'vol-p')]
     assert active[('rhvg', 'vol-a')] == {
-        'path': '/dev/rhvg/vol-a', 'device': '/dev/dm-0', 'open': True,
+        'path': '/dev/rhvg/vol-a', 'device': '/dev/dm-0', 'open': False,
         'suspended': False,
-        'uuid': 'p4Zk0v-T1qW-8yN2-mL6s-D3fH-9jR5-cX7bA1'}
+        'uuid': 'wGGkw1-MmHz-69AA-uSF7-mocj-mZUy-01Cas8'}
     assert len(be.calls) == 1
 
 
@@ -141,7 +142,7 @@ def test_identity_from_dm_uuid_and_table(monkeypatch):
     monkeypatch.setattr(be, '_geometry', lambda vg: (
         {'254:0': ('/dev/vda', 1 << 20)}, 4 << 20))
     assert be.identity('rhvg', 'vol-a') == {
-        'uuid': 'p4Zk0v-T1qW-8yN2-mL6s-D3fH-9jR5-cX7bA1',
+        'uuid': 'wGGkw1-MmHz-69AA-uSF7-mocj-mZUy-01Cas8',
         'extents': [['/dev/vda', 0, 23]]}
     assert FakeDM({'info': errors.LVMError('x', kind='not-found')}) \
         .identity('rhvg', 'vol-a') is None

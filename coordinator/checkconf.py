@@ -109,7 +109,12 @@ def _check_watchdog(conf, fence_at):
     except OSError as exc:
         raise ConfigError('[fence] watchdog_device',
                           f'{device}: {exc.strerror}') from exc
-    if not stat.S_ISCHR(mode):
+    if conf.fence.watchdog_simulated:
+        if not stat.S_ISREG(mode):
+            raise ConfigError('[fence] watchdog_device',
+                              f'{device}: a simulated watchdog is a '
+                              f'regular file')
+    elif not stat.S_ISCHR(mode):
         raise ConfigError('[fence] watchdog_device',
                           f'{device} is not a character device')
     ttl, grace = conf.session.ttl, conf.lease.grace

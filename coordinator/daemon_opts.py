@@ -41,6 +41,11 @@ fence_opts = [
                     'active: a hung or dead daemon resets the host before '
                     'another host can be granted its LVs. Required for '
                     'production (doc/design.md).'),
+    cfg.BoolOpt('watchdog_simulated', default=False,
+                help='Test sandboxes only: watchdog_device is a regular '
+                     'file whose writes a supervisor process watches, and '
+                     'that supervisor "resets" the simulated host. Never '
+                     'in production.'),
     cfg.IntOpt('watchdog_timeout', default=5, min=1,
                help='Watchdog timeout in seconds; fraction * TTL + this '
                     '+ 1 must not exceed TTL + grace.'),

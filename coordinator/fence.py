@@ -182,6 +182,10 @@ class Fencer:
                     self.on_event('retired', lvs=[(vg, lv)])
                 elif verdict == KEEP:
                     continue
+                else:
+                    # GONE: no device any more; the grant it was for goes
+                    # the way of a retired one.
+                    self.on_retired(vg, lv)
             except Exception:
                 LOG.exception('fencer: %s/%s stays fenced', vg, lv)
                 continue

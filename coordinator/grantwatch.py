@@ -75,6 +75,9 @@ class GrantWatch:
                         vg, lv = event[1].key[len(root):].split('/')[:2]
                         if self.book.get(vg, lv) is not None:
                             self.check(vg, lv)
+            except errors.CoordError as exc:
+                LOG.warning('grant watch: %s; restarting', exc)
+                stopping.wait(0.5)
             except Exception:
                 LOG.exception('grant watch: restarting')
                 stopping.wait(0.5)

@@ -11,6 +11,7 @@ holder can tell a holder that died mid-command from an out-of-band change.
 import logging
 import time
 
+from coordinator import deadline
 from coordinator import errors
 from coordinator import etcd as etcdlib
 from coordinator import vglock
@@ -71,7 +72,11 @@ class MetadataGuard:
                     or self.session.silent_for() > self.session.ttl / 2):
                 hold.check()
             started = True
-            result = action()
+            # The command must be dead before the lock can lapse: the
+            # session (and the lock key bound to it) lives at least TTL
+            # past its last keepalive.
+            with deadline.bound(self._lock_deadline):
+                result = action()
             done = True
         finally:
             if started:
@@ -79,6 +84,10 @@ class MetadataGuard:
             else:
                 hold.release([etcdlib.op_delete(intent_key)])
         return result
+
+    def _lock_deadline(self):
+        margin = max(1.0, self.session.ttl / 5)
+        return self.session.last_ok + self.session.ttl - margin
 
     def _reconcile(self, vg, recorded, intent):
         disk = self.read_seqno(vg, False)

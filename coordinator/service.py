@@ -70,7 +70,12 @@ class SessionWorker(_Worker):
             if eng.session.lost:
                 # The fencer has stopped our I/O; start over with a new
                 # session so this host can be granted LVs again.
-                eng.session.reopen()
+                try:
+                    eng.session.reopen()
+                except errors.CoordError as exc:
+                    LOG.warning('session: cannot open a new one yet: %s',
+                                exc)
+                    continue
                 self.ctx.emit('session-reopened',
                               session=f'{eng.session.id:x}')
             metrics.KEEPALIVE.set(eng.session.keepalive_rtt)
@@ -162,8 +167,12 @@ class FenceWorker(_Worker):
             prove=proof.Prover(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book),
             book=ctx.book, on_retired=self._retired, watchdog=dog)
-        reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend, ctx.book,
-                           fencer, ctx.emit)
+        try:
+            reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend,
+                               ctx.book, fencer, ctx.emit)
+        except Exception:
+            # Devices found stay fenced until proven; fencing goes on.
+            LOG.exception('fencer: reconcile at start incomplete')
         watch = grantwatch.GrantWatch(ctx.etcd, ctx.keys, ctx.engine.leases,
                                       ctx.book, fencer)
         threading.Thread(target=watch.run, args=(self.stopping,),

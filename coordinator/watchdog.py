@@ -32,7 +32,10 @@ class Watchdog:
     def pet(self):
         """Arm if needed, and restart the countdown."""
         if self._fd is None:
-            self._fd = os.open(self.device, os.O_WRONLY | os.O_CLOEXEC)
+            # O_APPEND: harmless on a device, and a simulated watchdog (a
+            # file a test supervisor reads) keeps every pet.
+            self._fd = os.open(self.device,
+                               os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             try:
                 fcntl.ioctl(self._fd, _WDIOC_SETTIMEOUT,
                             struct.pack('i', self.timeout))

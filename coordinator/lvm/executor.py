@@ -18,7 +18,9 @@ import os
 import re
 import signal
 import subprocess
+import time
 
+from coordinator import deadline
 from coordinator import errors
 from coordinator.lvm import names
 
@@ -92,27 +94,43 @@ def _reason(stderr):
     return '; '.join(lines[-3:]) or 'no error message'
 
 
-def run_process(argv, env, timeout):
+class DeadlinePassed(TimeoutError):
+    """The command was killed at its deadline (the VG lock could lapse)."""
+
+
+def run_process(argv, env, timeout, deadline=None):
     """Run ``argv`` (no shell); (returncode, stdout, stderr) as text.
 
-    Raises TimeoutError after killing the command's process group.
+    Raises TimeoutError after killing the command's process group, at
+    ``timeout`` seconds or, sooner, once monotonic ``deadline()`` passes
+    (DeadlinePassed).
     """
     # stdin from /dev/null: any LVM prompt reads EOF and answers "no".
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    end = time.monotonic() + timeout
+    while True:
+        left = (min(end, deadline()) if deadline else end) - time.monotonic()
+        if left <= 0:
+            break
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        # Bounded: a daemon LVM forked could still hold the pipes.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.communicate(timeout=5)
-        raise TimeoutError(f'{argv[0]} timed out after {timeout}s') from None
-    return proc.returncode, out, err
+            # Short steps under a deadline: it moves with each keepalive.
+            out, err = proc.communicate(
+                timeout=min(left, 0.05) if deadline else left)
+            return proc.returncode, out, err
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    # Bounded: a daemon LVM forked could still hold the pipes.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=5)
+    if time.monotonic() < end:
+        raise DeadlinePassed(f'{argv[0]} killed at its deadline')
+    raise TimeoutError(f'{argv[0]} timed out after {timeout}s')
 
 
 def _split_list(value):
@@ -192,8 +210,16 @@ class LVM:
         """Run one LVM command; its stdout, or LVMError."""
         argv = self.argv(args, config)
         what = what or ' '.join(argv[1:])
+        bound = deadline.current()
         try:
-            rc, out, err = self.runner(argv, self._env(), self.timeout)
+            rc, out, err = self.runner(argv, self._env(), self.timeout,
+                                       **({'deadline': bound} if bound
+                                          else {}))
+        except DeadlinePassed as exc:
+            raise errors.LVMError(
+                f'{argv[0]} {what}: killed before the VG lock could lapse '
+                f'(session silent); nothing is known to have been written',
+                kind='timeout', cmd=argv) from exc
         except TimeoutError as exc:
             raise errors.LVMError(f'{argv[0]} {what}: timed out after '
                                   f'{self.timeout}s', kind='timeout',

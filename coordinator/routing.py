@@ -170,24 +170,30 @@ class Router:
                                     queue_size)
         try:
             while not self._stop.is_set():
-                kvs, header = self.etcd.range(prefix, prefix=True,
-                                              first_created=True)
-                for kv in kvs:
-                    self._admit(handler, kv)
-                with self.etcd.watch(prefix, header + 1,
-                                     prefix=True) as watch:
-                    # Short ticks: stop() is noticed within half a second.
-                    for event in watch.until(time.monotonic() + RESCAN,
-                                             0.5):
-                        if self._stop.is_set():
-                            break
-                        if event and event[0] == 'PUT':
-                            self._admit(handler, event[1])
+                try:
+                    self._serve_once(prefix, handler)
+                except errors.CoordError as exc:
+                    # A partition: keep serving once etcd is back.
+                    LOG.warning('requests: %s; retrying', exc)
+                    self._stop.wait(0.5)
         finally:
             for job in self.scheduler.shutdown():
                 self._reply(job, {'ok': False, 'error': errors.
                                   HostUnavailable(f'{self.session.host} is '
                                                   f'stopping').to_dict()})
+
+    def _serve_once(self, prefix, handler):
+        kvs, header = self.etcd.range(prefix, prefix=True,
+                                      first_created=True)
+        for kv in kvs:
+            self._admit(handler, kv)
+        with self.etcd.watch(prefix, header + 1, prefix=True) as watch:
+            # Short ticks: stop() is noticed within half a second.
+            for event in watch.until(time.monotonic() + RESCAN, 0.5):
+                if self._stop.is_set():
+                    return
+                if event and event[0] == 'PUT':
+                    self._admit(handler, event[1])
 
     def _admit(self, handler, kv):
         """Claim one request if it proves who sent it; queue or answer."""

@@ -8,6 +8,7 @@ its session.
 """
 import logging
 import os
+import threading
 import time
 import uuid
 
@@ -28,6 +29,16 @@ def _queue_empty(prefix):
            etcdlib.b64(etcdlib.prefix_end(prefix)),
            'target': 'VERSION', 'result': 'EQUAL', 'version': 0}
     return cmp
+
+
+def _delete_until_gone(etcd, key, pause=0.5):
+    while True:
+        try:
+            etcd.delete(key)
+            return
+        except errors.EtcdUnavailable as exc:
+            LOG.warning('VG lock key %s not released yet: %s', key, exc)
+            time.sleep(pause)
 
 
 class Hold:
@@ -61,10 +72,19 @@ class Hold:
 
     def release(self, ops=()):
         """Delete our queue key (with ``ops`` in the same txn)."""
-        if ops:
-            self.txn(list(ops) + [etcdlib.op_delete(self.key)], 'release')
-        else:
-            self.lock.etcd.delete(self.key)
+        try:
+            if ops:
+                self.txn(list(ops) + [etcdlib.op_delete(self.key)],
+                         'release')
+            else:
+                self.lock.etcd.delete(self.key)
+        except errors.EtcdUnavailable:
+            # The key lives as long as our session: left behind, it would
+            # block the VG for everyone. Keep deleting it until it is gone.
+            threading.Thread(target=_delete_until_gone,
+                             args=(self.lock.etcd, self.key),
+                             name='vglock-release', daemon=True).start()
+            raise
 
     def __enter__(self):
         return self

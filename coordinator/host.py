@@ -23,6 +23,9 @@ from coordinator.routing import Router
 LOG = logging.getLogger(__name__)
 
 READINESS_TTL = 10.0
+# Events published without a live session expire after this long.
+EVENT_TTL = 3600
+EVENT_RETRIES = 60
 
 
 class HostContext:
@@ -149,12 +152,28 @@ class HostContext:
                 self._publisher.start()
 
     def _publish(self):
+        # Fences happen when etcd is out of reach: their events wait here
+        # and go out once it answers (under a lease of their own if the
+        # session that saw them is gone).
+        lease = None
         while True:
             event = self._events.get()
             key = f'{self.keys.events()}{event["at"]:.6f}-' \
                   f'{uuid.uuid4().hex[:6]}'
-            try:
-                self.etcd.put(key, event, lease=self.engine.session.id)
-            except errors.CoordError as exc:
-                LOG.warning('event %s not published: %s', event['kind'],
-                            exc)
+            for attempt in range(EVENT_RETRIES):
+                try:
+                    self.etcd.put(key, event,
+                                  lease=lease or self.engine.session.id)
+                    break
+                except errors.SessionLost:
+                    lease = self._event_lease()
+                except errors.CoordError as exc:
+                    LOG.warning('event %s not published yet: %s',
+                                event['kind'], exc)
+                    time.sleep(min(5.0, 0.5 * (attempt + 1)))
+
+    def _event_lease(self):
+        try:
+            return self.etcd.lease_grant(EVENT_TTL)
+        except errors.CoordError:
+            return None

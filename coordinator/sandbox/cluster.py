@@ -7,6 +7,7 @@ import tempfile
 from coordinator.sandbox.daemons import Daemon
 from coordinator.sandbox.etcd import EtcdCluster
 from coordinator.sandbox.lvm import SharedVG
+from coordinator.sandbox.watchdog import SimulatedWatchdog
 
 
 class Cluster:
@@ -14,7 +15,8 @@ class Cluster:
 
     def __init__(self, hosts=('volume-1', 'compute-1', 'compute-2'),
                  ttl=10, grace=3.0, vg_size=2 << 30, etcd_members=1,
-                 endpoints_for=None, **daemon_opts):
+                 endpoints_for=None, simulated_watchdog=None,
+                 **daemon_opts):
         self.names = list(hosts)
         self.ttl, self.grace = ttl, grace
         self.vg_size = vg_size
@@ -23,6 +25,10 @@ class Cluster:
         # one daemon and etcd.
         self.endpoints_for = endpoints_for or (lambda host, eps: eps)
         self.daemon_opts = daemon_opts
+        # Seconds: each host gets a SIMULATED watchdog with this timeout
+        # (coordinator/sandbox/watchdog.py); None: no watchdog.
+        self.simulated_watchdog = simulated_watchdog
+        self.watchdogs = {}
         self.stack = contextlib.ExitStack()
         self.dir = None
         self.daemons = {}
@@ -42,8 +48,15 @@ class Cluster:
                 d = Daemon(name, os.path.join(self.dir, name),
                            self.endpoints_for(name, self.etcd.endpoints),
                            self.vg.vg, sim.system_dir, ttl=self.ttl,
-                           grace=self.grace, **self.daemon_opts)
+                           grace=self.grace,
+                           simulated_watchdog=self.simulated_watchdog,
+                           **self.daemon_opts)
                 self.stack.callback(d.stop)
+                if self.simulated_watchdog:
+                    # Stopped before the daemons are: no reset at teardown.
+                    dog = SimulatedWatchdog(d, self.simulated_watchdog)
+                    self.watchdogs[name] = dog.start()
+                    self.stack.callback(dog.stop)
                 self.daemons[name] = d.start(wait=False)
             for d in self.daemons.values():
                 d.wait_ready()

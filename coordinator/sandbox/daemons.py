@@ -18,26 +18,37 @@ class Daemon:
 
     def __init__(self, host, workdir, endpoints, vg, system_dir=None,
                  cluster='sandbox', ttl=10, grace=3.0, backend='loop',
-                 **extra):
+                 simulated_watchdog=None, **extra):
         self.host = host
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.socket = os.path.join(workdir, 'api.sock')
         self.conf_file = os.path.join(workdir, 'lvmcoord.conf')
         self.log = os.path.join(workdir, 'lvmcoordd.log')
+        self.state_dir = os.path.join(workdir, 'state')
+        self.dev_dir = os.path.join(workdir, 'dev')
         sections = {
             'DEFAULT': {'host': host, 'cluster': cluster,
                         'log_file': self.log, 'debug': 'false'},
             'etcd': {'endpoints': ','.join(endpoints), 'timeout': '2'},
-            'session': {'ttl': ttl,
-                        'state_dir': os.path.join(workdir, 'state')},
+            'session': {'ttl': ttl, 'state_dir': self.state_dir},
             'lease': {'grace': grace},
             'lvm': {'volume_groups': vg, 'activation_backend': backend,
-                    'loop_dev_dir': os.path.join(workdir, 'dev')},
+                    'loop_dev_dir': self.dev_dir},
             'api': {'socket_path': self.socket},
         }
         if system_dir:
             sections['lvm']['system_dir'] = system_dir
+        # SIMULATED watchdog (sandbox only): a regular file the fencer
+        # appends its pets to; coordinator/sandbox/watchdog.py watches it.
+        self.watchdog_file = None
+        if simulated_watchdog:
+            self.watchdog_file = os.path.join(workdir,
+                                              'watchdog-SIMULATED')
+            open(self.watchdog_file, 'ab').close()
+            sections['fence'] = {'watchdog_device': self.watchdog_file,
+                                 'watchdog_simulated': 'true',
+                                 'watchdog_timeout': simulated_watchdog}
         for key, value in extra.items():
             group, opt = key.split('__')
             sections.setdefault(group, {})[opt] = value

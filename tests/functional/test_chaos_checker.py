@@ -1,14 +1,21 @@
 """The chaos checker can fail: deliberate double-writable mappings (two
 real loop devices over one LV's extents), unleased writable devices, and
 stale writes and stamps are all reported; their legitimate look-alikes are
-not."""
+not. The SIMULATED watchdog resets a host that stops petting it, and a
+grant elsewhere before that reset is reported."""
+import errno
+import json
 import mmap
 import os
+import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
+from coordinator.activation import loop as looplib
+from coordinator.sandbox import watchdog
 from coordinator.sandbox.chaos import history as historylib
 from coordinator.sandbox.chaos import invariants
 from coordinator.sandbox.chaos import writers as writerlib
@@ -171,3 +178,84 @@ def test_stale_writes_and_stamps_are_violations(vg_with_lv):
              if v['kind'] == 'stale-block-on-disk']
     assert [(v['stamp']['h'], v['at_byte']) for v in stale] == \
         [('compute-1', offset + writerlib.BLOCK)]
+
+
+class FakeDaemon:
+    """What the SIMULATED watchdog needs of a sandbox daemon."""
+
+    def __init__(self, root, host):
+        self.host = host
+        self.state_dir = str(root / 'state')
+        self.dev_dir = str(root / 'dev' / host)
+        os.makedirs(self.state_dir)
+        self.watchdog_file = str(root / 'watchdog-SIMULATED')
+        open(self.watchdog_file, 'ab').close()
+        self.proc = subprocess.Popen(['sleep', '600'],
+                                     start_new_session=True)
+
+
+def _pet(daemon, byte=b'.'):
+    with open(daemon.watchdog_file, 'ab') as f:
+        f.write(byte)
+
+
+def test_simulated_watchdog_resets_a_host_that_stops_petting(vg_with_lv):
+    shared, uuid, offset, size, tmp = vg_with_lv
+    daemon = FakeDaemon(tmp, 'compute-1')
+    loop = _map(shared, str(tmp / 'dev'), 'compute-1', offset, size)
+    looplib._status(loop, lambda info: info.__setitem__(
+        looplib._FILE_NAME, b'lvmcoord:test'))
+    with open(os.path.join(daemon.state_dir, 'loop-devices.json'), 'w') as f:
+        json.dump({f'{shared.vg}/vol': {
+            'loop': loop, 'offset': offset, 'tag': 'lvmcoord:test',
+            'uuid': uuid}}, f)
+    with open(os.path.join(daemon.state_dir, 'grants-sandbox.json'),
+              'w') as f:
+        json.dump({f'{shared.vg}/vol': {'token': 10}}, f)
+    vm = os.open(loop, os.O_RDWR | os.O_DIRECT)  # a VM's open descriptor
+    buf = mmap.mmap(-1, writerlib.BLOCK)
+    dog = watchdog.SimulatedWatchdog(daemon, timeout=1)
+    killed, done = [], threading.Event()
+    dog.on_reset.append(killed.append)
+    dog.after_reset.append(lambda host: done.set())
+    dog.start()
+    try:
+        # Petted, then disarmed by the magic close: no reset.
+        for _ in range(6):
+            _pet(daemon)
+            time.sleep(0.3)  # the pet cadence, nothing to wait for
+        _pet(daemon, b'V')
+        assert not done.wait(1.5)
+        assert daemon.proc.poll() is None
+        os.pwrite(vm, buf, 0)
+        # Armed, and no pet for longer than the timeout: reset.
+        _pet(daemon)
+        assert done.wait(10)
+    finally:
+        dog.stop()
+    [r] = dog.resets
+    assert killed == ['compute-1']
+    assert r.at - r.last_pet > 1
+    assert daemon.proc.poll() == -signal.SIGKILL
+    with pytest.raises(OSError) as exc:
+        os.pwrite(vm, buf, 0)
+    assert exc.value.errno in (errno.EROFS, errno.EPERM, errno.EIO)
+    os.close(vm)
+    assert not os.path.lexists(os.path.join(daemon.dev_dir, shared.vg, 'vol'))
+    assert [(d['loop'], d['writable'], d['token']) for d in r.devices] == \
+        [(loop, True, 10)]
+    # Granted elsewhere before the reset: the watchdog came too late.
+    history = FakeHistory()
+    history.grants = [
+        historylib.Grant(shared.vg, 'vol', 'compute-1', 10, r.at - 30,
+                         'exclusive', 'vm-1', uuid),
+        historylib.Grant(shared.vg, 'vol', 'compute-2', 20, r.at + 1,
+                         'exclusive', 'vm-2', uuid)]
+    checker = _checker(shared, tmp, history)
+    checker.check_resets([r])
+    assert checker.violations() == []
+    history.grants[1].since = r.at - 0.5
+    checker.check_resets([r])
+    [v] = checker.violations()
+    assert (v['kind'], v['host'], v['token']) == \
+        ('grant-before-reset', 'compute-1', 10)

@@ -8,6 +8,7 @@ import tempfile
 import time
 import warnings
 
+from coordinator.sandbox.chaos import faults as faultlib
 from coordinator.sandbox.chaos import report
 
 # etcd3gw imports futurist, which warns that eventlet is deprecated.
@@ -26,6 +27,10 @@ def main(argv=None):
                    help='how many volume and compute daemons (each >= 2)')
     p.add_argument('--ttl', type=int, default=6)
     p.add_argument('--grace', type=float, default=1.0)
+    p.add_argument('--no-watchdog', action='store_true',
+                   help='run the hosts without their SIMULATED watchdog')
+    p.add_argument('--faults', metavar='KIND,...',
+                   help='inject only these fault kinds (default: all)')
     p.add_argument('--out', default=os.path.join(
         tempfile.gettempdir(), 'lvmcoord-chaos'),
         help='directory for the JSON result (and logs when it fails)')
@@ -35,6 +40,11 @@ def main(argv=None):
     volumes, computes = (int(x) for x in args.hosts.split(','))
     if volumes < 2 or computes < 2:
         p.error('--hosts: at least 2 volume and 2 compute hosts')
+    kinds = args.faults.split(',') if args.faults else None
+    unknown = set(kinds or ()) - set(faultlib.KINDS)
+    if unknown:
+        p.error(f'--faults: unknown {", ".join(sorted(unknown))}; known: '
+                f'{", ".join(faultlib.KINDS)}')
     seed = args.seed if args.seed is not None else int(time.time())
     # Ctrl-C and SIGTERM unwind through every context manager.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -43,7 +53,9 @@ def main(argv=None):
     say = lambda text: print(text, flush=True)  # noqa: E731
     try:
         result = runner.run(seed, args.duration, volumes, computes,
-                            args.ttl, args.grace, keep_dir=args.out, say=say)
+                            args.ttl, args.grace, keep_dir=args.out, say=say,
+                            watchdog=not args.no_watchdog,
+                            kinds=kinds)
     except KeyboardInterrupt:
         say('interrupted: everything started has been stopped')
         return 130

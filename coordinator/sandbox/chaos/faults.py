@@ -13,7 +13,7 @@ KINDS = ('partition-short', 'partition-long', 'sigstop', 'kill-restart-fast',
 LEADER_KINDS = ('etcd-leader-kill', 'etcd-leader-stop')
 # Rough seconds each kind takes with TTL 6 s, grace 1 s (for planning).
 COST = {'partition-short': 6, 'partition-long': 14, 'sigstop': 14,
-        'kill-restart-fast': 5, 'kill-restart-slow': 14,
+        'kill-restart-fast': 5, 'kill-restart-slow': 20,
         'etcd-leader-kill': 8, 'etcd-leader-stop': 7,
         'lease-break-force': 6, 'rename-after-takeover': 18,
         'delete-after-takeover': 18}
@@ -42,6 +42,13 @@ class Faults:
         self._faulty = {}  # host -> until (time), None while in progress
         self.mutex = threading.Lock()
         self.stopped, self.killed, self.cut = set(), set(), set()
+        # Hosts a SIMULATED watchdog reset, their daemon not yet rebooted.
+        self.reset_down = set()
+        self._starting = threading.Lock()
+        self.reboot_errors = []
+        for dog in topo.watchdogs.values():
+            dog.on_reset.append(self._on_reset)
+            dog.after_reset.append(self._after_reset)
 
     def faulty(self):
         """Hosts in a fault, or recovering from one (settle time)."""
@@ -55,17 +62,15 @@ class Faults:
             for h in hosts:
                 self._faulty[h] = until
 
-    def plan(self, duration, rng):
-        """Kinds to inject: each at least once if time allows, then random."""
-        kinds = list(KINDS)
+    def plan(self, duration, rng, only=None):
+        """Kinds to inject: each once (a short duration is overrun), then
+        random ones while the duration lasts (``only``: these kinds)."""
+        kinds = list(only or KINDS)
         rng.shuffle(kinds)
-        out, budget = [], duration
-        for k in kinds:
-            if COST[k] + 4 <= budget:
-                out.append(k)
-                budget -= COST[k] + 4
+        out, budget = list(kinds), duration
+        budget -= sum(COST[k] + 4 for k in kinds)
         while budget > 20:
-            k = rng.choice(KINDS)
+            k = rng.choice(only or KINDS)
             out.append(k)
             budget -= COST[k] + 4
         return out
@@ -85,6 +90,54 @@ class Faults:
             self.current = None
         return fault
 
+    # -- SIMULATED watchdog resets: a reset host is a rebooted host --
+
+    def _on_reset(self, host):
+        """Devices read-only, daemon killed: the host's VMs die too."""
+        self._mark([host])
+        with self.mutex:
+            self.reset_down.add(host)
+        self.wl.host_reset(host)
+
+    def _after_reset(self, host):
+        """Reboot now, unless the host's own fault is still on: then its
+        end (recover_all) does."""
+        cur = self.current
+        if cur is not None and host in cur.hosts:
+            return
+        threading.Thread(target=self._reboot, args=(host,),
+                         name=f'reboot-{host}', daemon=True).start()
+
+    def _reboot(self, host):
+        try:
+            self.start(host)
+        except Exception as exc:  # reported as a harness error
+            self.reboot_errors.append(f'reboot {host}: {exc}')
+
+    def start(self, host, attempts=3):
+        """Start ``host``'s daemon unless it runs; a SIMULATED watchdog
+        reset during the start is one more reboot: start again."""
+        dog = self.topo.watchdogs.get(host)
+        with self._starting:
+            for attempt in range(attempts):
+                d = self.topo.daemon(host)
+                if d.proc is not None and d.proc.poll() is None:
+                    break
+                seen = len(dog.resets) if dog else 0
+                if dog:
+                    dog.settled()  # a reset in progress finishes first
+                try:
+                    self.topo.cluster.restart(host)
+                    break
+                except RuntimeError:
+                    if dog is None or len(dog.resets) == seen or \
+                            attempt == attempts - 1:
+                        raise
+        with self.mutex:
+            self.reset_down.discard(host)
+        if host not in (self.current.hosts if self.current else ()):
+            self._mark([host], time.time() + self.ttl + self.grace + 2)
+
     def recover_all(self):
         """Undo whatever a fault left (also after an exception)."""
         for h in list(self.cut):
@@ -99,13 +152,20 @@ class Faults:
             elif m.proc is not None:
                 self.topo.etcd.restart(m)
         for h in list(self.killed):
-            self.topo.cluster.restart(h)
+            self.start(h)
             self.killed.discard(h)
+        with self.mutex:
+            down = sorted(self.reset_down)
+        for h in down:
+            self.start(h)
 
     # -- helpers --
 
     def _victim(self, fault, pool=None):
-        host = self.rng.choice(pool or self.topo.computes)
+        pool = pool or self.topo.computes
+        with self.mutex:
+            up = [h for h in pool if h not in self.reset_down]
+        host = self.rng.choice(up or pool)
         fault.hosts.append(host)
         self._mark([host])
         return host
@@ -113,7 +173,9 @@ class Faults:
     def _held(self, host):
         """An LV held (exclusively) by ``host`` with a running writer,
         claimed; activates a fresh one there if needed."""
-        lv = self.wl.claim(lambda lv: list(lv.holders) == [host])
+        # Contiguous: the loop backend could not map it on the taker.
+        lv = self.wl.claim(lambda lv: list(lv.holders) == [host] and
+                           lv.contiguous)
         if lv is None:
             lv = self.wl.claim(lambda lv: not lv.holders and
                                lv.contiguous) or self.wl.create()
@@ -197,7 +259,7 @@ class Faults:
         finally:
             if lv is not None:
                 self.wl.release(lv)
-            self.topo.cluster.restart(host)
+            self.start(host)
             self.killed.discard(host)
         fault.detail['restart_after'] = round(time.time() - start, 2)
 

@@ -12,6 +12,9 @@
   revision; a migration grant for the same instance aside).
 - ``stale-block-on-disk``: a stamp on the shared PV issued after such a
   grant.
+- ``grant-before-reset``: another host was granted an LV that a host
+  later reset by its SIMULATED watchdog still had writable: the watchdog
+  came too late to cover the dead or hung daemon.
 
 Violations are incidents: one per (kind, what), with first/last seen and a
 sample count, so a mapping that stays wrong is one violation, not hundreds.
@@ -219,6 +222,31 @@ class Checker:
                     writes=len(stale), first_write=stale[0][2],
                     last_write=stale[-1][2],
                     after_grant=round(stale[0][2] - first.since, 3))
+
+    def check_resets(self, resets):
+        """Every SIMULATED watchdog reset came before any other host was
+        granted an LV the reset host still had writable."""
+        by_uuid = self._by_uuid()
+        instances = {g.token: g.instance for g in self.history.grants}
+        for r in resets:
+            for d in r.devices:
+                if not d.get('writable'):
+                    continue  # fenced already: the fence covered it
+                uuid = d.get('uuid') or self.names.uuid_at(d['vg'], d['lv'],
+                                                           r.at)
+                token = d.get('token') or max(
+                    (g.token for g in by_uuid.get(uuid, ())
+                     if g.host == r.host and g.since <= r.at), default=0)
+                later = [g for g in self._later_grants(
+                    by_uuid, uuid, r.host, token, instances.get(token))
+                    if g.since < r.at]
+                if later:
+                    g = min(later, key=lambda g: g.since)
+                    self.violation(
+                        'grant-before-reset', (r.host, d['loop'], g.token),
+                        host=r.host, lv=d['lv'], uuid=uuid, loop=d['loop'],
+                        token=token, last_pet=r.last_pet, reset_at=r.at,
+                        grant=vars(g), late=round(r.at - g.since, 3))
 
     def scan_disk(self, extent_size, pe_start, pe_count):
         """Stamps on the PV issued after another host's grant of their LV."""

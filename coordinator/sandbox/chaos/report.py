@@ -22,6 +22,15 @@ def table(result):
         lines.append(f'{k:<34}{n:>6}')
     if not r['violations_by_kind']:
         lines.append(f'{"(none)":<34}{0:>6}')
+    resets = r.get('resets', [])
+    if r.get('watchdog'):
+        by = {}
+        for x in resets:
+            k = x['fault'] or 'no fault (healthy host)'
+            by[k] = by.get(k, 0) + 1
+        lines.append(f'SIMULATED watchdog (timeout {r["watchdog_timeout"]}s)'
+                     f' host resets: {len(resets)}' + ''.join(
+                         f'; {k}: {n}' for k, n in sorted(by.items())))
     lines += [
         f'worker crashes: {len(r["worker_crashes"])}   healthy hosts fenced '
         f'by etcd leader changes: {r["healthy_fenced_in_leader_change"]}',

@@ -26,12 +26,14 @@ class Run:
     """State shared by the run's threads."""
 
     def __init__(self, seed, duration, volumes, computes, ttl, grace,
-                 keep_dir, say):
+                 keep_dir, say, watchdog=True, kinds=None):
         self.seed, self.duration = seed, duration
         self.volumes, self.computes = volumes, computes
         self.ttl, self.grace = ttl, grace
         self.keep_dir = keep_dir
         self.say = say
+        self.watchdog = watchdog
+        self.kinds = kinds
         self.rng = random.Random(seed)
         self.stop_work = threading.Event()
         self.stop_sampler = threading.Event()
@@ -56,9 +58,14 @@ class Run:
             stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
             t0 = time.time()
             topo = stack.enter_context(Topology(
-                self.volumes, self.computes, self.ttl, self.grace))
+                self.volumes, self.computes, self.ttl, self.grace,
+                watchdog=self.watchdog))
             self.say(f'cluster up in {time.time() - t0:.1f}s: etcd x3, '
                      f'{", ".join(topo.hosts)}; VG {topo.vg} on {topo.pv}')
+            if topo.watchdogs:
+                self.say(f'SIMULATED watchdog on every host (a file per '
+                         f'host, timeout {topo.watchdog_timeout}s): a reset '
+                         f'kills the daemon and the VMs, detaches devices')
             self.topo = topo
             self.names = invariants.NameBook()
             self.history = historylib.History(topo.etcd.endpoints, CLUSTER)
@@ -106,6 +113,7 @@ class Run:
                 self.wl.reap_orphans()
                 if self.history.poll():
                     self.checker.check_writes()
+                    self.checker.check_resets(self.resets())
 
     def _work(self):
         while not self.stop_work.is_set():
@@ -113,11 +121,13 @@ class Run:
             self.stop_work.wait(self.wl.rng.uniform(0.1, 0.6))
 
     def _inject(self):
-        plan = self.faults.plan(self.duration, self.faults.rng)
+        plan = self.faults.plan(self.duration, self.faults.rng, self.kinds)
         deadline = time.time() + self.duration
         time.sleep(min(5, self.duration / 10))  # let the workload populate
-        for kind in plan:
-            if self.stop_work.is_set() or time.time() > deadline:
+        every = len(set(plan))  # the first pass covers every kind
+        for i, kind in enumerate(plan):
+            if self.stop_work.is_set() or \
+                    (i >= every and time.time() > deadline):
                 break
             self.say(f'fault {kind} ...')
             try:
@@ -138,6 +148,7 @@ class Run:
                 break
         checker.sample()
         checker.check_writes()
+        checker.check_resets(self.resets())
         vg = topo.lvm.vg(topo.vg)
         [pv] = topo.lvm.pvs(topo.vg)
         t0 = time.time()
@@ -158,6 +169,29 @@ class Run:
         self.leader_fences = final.classify_fences(
             topo, self.history, self.faults.done, checker)
 
+    def resets(self):
+        """Every SIMULATED watchdog reset so far, in time order."""
+        return sorted((r for d in self.topo.watchdogs.values()
+                       for r in d.resets), key=lambda r: r.at)
+
+    def _classify_resets(self):
+        """[dict] per reset, with the fault it belongs to; a reset outside
+        its host's own fault windows is a violation (a healthy host must
+        never be reset)."""
+        slack = self.ttl + self.grace + 5
+        out = []
+        for r in self.resets():
+            own = [f for f in self.faults.done if r.host in f.hosts and
+                   f.start - 1 <= r.at <= (f.end or r.at) + slack]
+            out.append(dict(vars(r), fault=own[0].kind if own else None,
+                            after_last_pet=round(r.at - r.last_pet, 3)))
+            if not own:
+                self.checker.violation(
+                    'healthy-reset', (r.host, r.at), host=r.host,
+                    at=r.at, last_pet=r.last_pet,
+                    lvs=[d['lv'] for d in r.devices])
+        return out
+
     def _stop_writers(self):
         for w in self.wl.writers():
             w.stop()
@@ -177,6 +211,10 @@ class Run:
                                                 os.path.basename(p)))
         for name in os.listdir(self.workdir):
             shutil.copy(os.path.join(self.workdir, name), dest)
+        for h, dog in self.topo.watchdogs.items():
+            if os.path.exists(dog.path):
+                shutil.copy(dog.path, os.path.join(
+                    dest, f'{h}-watchdog-SIMULATED'))
         for m in self.topo.etcd.members:
             if os.path.exists(m.data_dir + '.log'):
                 shutil.copy(m.data_dir + '.log',
@@ -186,8 +224,12 @@ class Run:
     def _result(self, elapsed):
         wl = self.wl
         writes = [x for w in wl.writers() for x in w.writes()]
+        resets = self._classify_resets()
         violations = self.checker.violations()
-        for err in self.harness_errors:
+        errors = self.harness_errors + self.faults.reboot_errors + [
+            f'SIMULATED watchdog {h}: {d.error}'
+            for h, d in self.topo.watchdogs.items() if d.error]
+        for err in errors:
             violations.append({'kind': 'harness-error', 'error': err})
         kinds = {}
         for f in self.faults.done:
@@ -207,6 +249,9 @@ class Run:
             'violations_by_kind': _count(v['kind'] for v in violations),
             'worker_crashes': [list(c) for c in self.crashes],
             'healthy_fenced_in_leader_change': self.leader_fences,
+            'watchdog': ('SIMULATED' if self.topo.watchdogs else None),
+            'watchdog_timeout': self.topo.watchdog_timeout,
+            'resets': resets,
             'writes_ok': sum(1 for x in writes if x[3] == 'ok'),
             'writes_failed': sum(1 for x in writes if x[3] != 'ok'),
             'writers': len(wl.writers()),
@@ -226,7 +271,7 @@ def _count(items):
 
 
 def run(seed, duration, volumes=2, computes=2, ttl=6, grace=1.0,
-        keep_dir=None, say=print):
+        keep_dir=None, say=print, watchdog=True, kinds=None):
     """One run; its result dict (see report.py)."""
     return Run(seed, duration, volumes, computes, ttl, grace, keep_dir,
-               say).execute()
+               say, watchdog, kinds).execute()

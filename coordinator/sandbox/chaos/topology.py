@@ -15,22 +15,38 @@ from coordinator.sandbox.cluster import Cluster
 from coordinator.sandbox.proxy import Proxy
 
 CLUSTER = 'sandbox'  # Daemon's default cluster name.
+FRACTION = 0.6  # the daemon's default [fence] fraction
+
+
+def watchdog_timeout(ttl, grace, fraction=FRACTION):
+    """The longest SIMULATED watchdog timeout the daemon's start-up rule
+    allows: fraction * TTL + timeout + 1 <= TTL + grace."""
+    timeout = int(ttl + grace - fraction * ttl - 1)
+    if timeout < 1:
+        raise ValueError(f'TTL {ttl} s, grace {grace} s leave no room for '
+                         f'a watchdog timeout of at least 1 s')
+    return timeout
 
 
 class Topology:
     """Context manager; everything started is stopped by close()."""
 
     def __init__(self, volumes=2, computes=2, ttl=6, grace=1.0,
-                 vg_size=768 << 20, **daemon_opts):
+                 vg_size=768 << 20, watchdog=True, **daemon_opts):
         self.volumes = [f'volume-{i + 1}' for i in range(volumes)]
         self.computes = [f'compute-{i + 1}' for i in range(computes)]
         self.hosts = self.volumes + self.computes
         self.ttl, self.grace = ttl, grace
         self.proxies = {}
         self.stack = contextlib.ExitStack()
+        # Every host runs under a SIMULATED watchdog (sandbox/watchdog.py).
+        self.watchdog_timeout = watchdog_timeout(ttl, grace) \
+            if watchdog else None
         self.cluster = Cluster(hosts=self.hosts, ttl=ttl, grace=grace,
                                vg_size=vg_size, etcd_members=3,
-                               endpoints_for=self._proxied, **daemon_opts)
+                               endpoints_for=self._proxied,
+                               simulated_watchdog=self.watchdog_timeout,
+                               fence__fraction=FRACTION, **daemon_opts)
 
     def _proxied(self, host, endpoints):
         mine = []
@@ -72,6 +88,11 @@ class Topology:
         c = self.cluster[host].client
         c.timeout = timeout
         return c
+
+    @property
+    def watchdogs(self):
+        """{host: SimulatedWatchdog}; empty without watchdogs."""
+        return self.cluster.watchdogs
 
     @property
     def etcd(self):

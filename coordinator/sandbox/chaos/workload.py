@@ -107,7 +107,9 @@ class Workload:
         for item in list(self.orphans):
             if everything or item[1] <= now:
                 item[0].stop()
-                self.orphans.remove(item)
+                with self.mutex:  # a host reset may have dropped it
+                    if item in self.orphans:
+                        self.orphans.remove(item)
 
     # -- operations (on a claimed LV, or none) --
 
@@ -215,7 +217,10 @@ class Workload:
         return ok
 
     def migrate(self, lv):
-        [(src, w)] = lv.holders.items()
+        held = list(lv.holders.items())
+        if len(held) != 1:
+            return False  # a host reset took its holder meanwhile
+        [(src, w)] = held
         dests = [h for h in self.healthy(self.topo.computes) if h != src]
         if not dests:
             return False
@@ -296,6 +301,16 @@ class Workload:
                 getattr(self, kind)(lv)
         finally:
             self.release(lv)
+
+    def host_reset(self, host):
+        """``host`` was reset (SIMULATED watchdog): its VMs died with it."""
+        for w in list(self.all_writers):
+            if w.host == host:
+                w.kill()
+        with self.mutex:
+            for lv in self.lvs.values():
+                lv.holders.pop(host, None)
+            self.orphans[:] = [o for o in self.orphans if o[0].host != host]
 
     def retire(self, host, delay):
         """``host``'s orphaned VMs are killed ``delay`` seconds from now."""

@@ -120,6 +120,14 @@ class Writer:
         if self.stopped is None:
             self.stopped = time.time()
 
+    def kill(self):
+        """SIGKILL and reap: the VM dies with its host."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.stopped is None:
+            self.stopped = time.time()
+
     def writes(self):
         """[(seq, issued, done, result)] logged so far."""
         out = []

@@ -11,10 +11,13 @@ user/password (``username``/``password``, a token per client, renewed when
 etcd rejects it). The same settings reach tooz through
 ``Etcd.tooz_coordinator``: one place for both.
 """
+import collections
 import dataclasses
 import json
 import logging
-import queue
+import select
+import socket
+import ssl
 import threading
 import time
 from urllib import parse
@@ -22,7 +25,6 @@ from urllib import parse
 import etcd3gw
 from etcd3gw import exceptions as gw_exc
 from etcd3gw import utils as gw_utils
-from etcd3gw import watch as gw_watch
 import requests
 
 from coordinator import errors
@@ -138,34 +140,150 @@ def op_range(key, prefix=False, first_created=False, limit=0):
 
 
 class Watch:
-    """A watch on a key or prefix; events are read with a timeout."""
+    """A watch on a key or prefix; events are read with a timeout.
+
+    The stream is opened in the constructor and its ``created`` answer read
+    before it returns, so the watch is registered in etcd when it exists:
+    ``created_revision`` is etcd's revision at that moment. Events are read
+    in the caller's thread (no thread, no HTTP session per watch): one TCP
+    connection, closed by cancel()."""
 
     def __init__(self, etcd, key, start_revision, prefix=False):
-        self._queue = queue.Queue()
-        url = etcd.endpoint()
-        # A private HTTP session: a stream holds its connection for its whole
-        # life and must not starve the request pool.
-        client = etcdgw_client(url, etcd.tls, timeout=None, stream=True)
-        client._api_path = etcd.client().api_path
-        token = etcd.stream_token()
-        if token:
-            # A stream with a bad token hangs silently: callers re-read on
-            # their recheck ticks, and the token is renewed by those reads.
-            client.session.headers['Authorization'] = token
-        kwargs = {'start_revision': start_revision}
+        self._raw = b''
+        self._body = b''
+        self._chunk = 0       # bytes left in the current chunk
+        self._crlf = False    # the CRLF after a chunk is still to come
+        self._events = collections.deque()
+        self.dead = False
+        create = {'key': b64(key)}
+        if start_revision:
+            create['start_revision'] = int(start_revision)
         if prefix:
-            kwargs['range_end'] = prefix_end(key).decode()
-        self._watcher = gw_watch.Watcher(client, key, self._queue.put,
-                                         **kwargs)
-        self._session = client.session
+            create['range_end'] = b64(prefix_end(key))
+        url = etcd.endpoint()
+        path = parse.urlsplit(etcd.client().get_url('/watch')).path
+        self._sock = _stream_socket(url, etcd.tls, etcd.timeout)
+        try:
+            body = json.dumps({'create_request': create}).encode()
+            head = [f'POST {path} HTTP/1.1', f'Host: {url.netloc}',
+                    'Content-Type: application/json',
+                    f'Content-Length: {len(body)}']
+            token = etcd.stream_token()
+            if token:
+                head.append(f'Authorization: {token}')
+            self._sock.sendall('\r\n'.join(head).encode() + b'\r\n\r\n' +
+                               body)
+            deadline = time.monotonic() + etcd.timeout
+            self._read_headers(deadline)
+            first = self._message(deadline)
+            result = (first or {}).get('result') or {}
+            if not result.get('created') or result.get('canceled'):
+                raise gw_exc.Etcd3Exception(
+                    f'watch on {key} not created: {first}')
+            self.created_revision = int(result['header']['revision'])
+        except BaseException:
+            self._sock.close()
+            raise
+
+    # -- HTTP/1.1 chunked stream, read with select --
+
+    def _fill(self, deadline):
+        """Read what the socket has; False on timeout or end of stream."""
+        if self.dead:
+            return False
+        pending = getattr(self._sock, 'pending', None)
+        if not (pending and pending()):
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self._sock], [], [], max(0, left))
+            if not ready:
+                return False
+        try:
+            data = self._sock.recv(65536)
+        except (OSError, ValueError):
+            data = b''
+        if not data:
+            self.dead = True
+            return False
+        self._raw += data
+        return True
+
+    def _read_headers(self, deadline):
+        while b'\r\n\r\n' not in self._raw:
+            if not self._fill(deadline):
+                raise requests.exceptions.ConnectionError(
+                    'watch stream: no response from etcd')
+        head, self._raw = self._raw.split(b'\r\n\r\n', 1)
+        lines = head.decode('latin-1').split('\r\n')
+        status = lines[0].split(' ', 2)
+        if len(status) < 2 or status[1] != '200':
+            raise gw_exc.Etcd3Exception(f'watch refused: {lines[0]}')
+        headers = {k.strip().lower(): v.strip() for k, _, v in
+                   (line.partition(':') for line in lines[1:])}
+        self._chunked = 'chunked' in headers.get('transfer-encoding', '')
+        self._dechunk()
+
+    def _dechunk(self):
+        if not self._chunked:
+            self._body, self._raw = self._body + self._raw, b''
+            return
+        while True:
+            if self._crlf:
+                if len(self._raw) < 2:
+                    return
+                self._raw, self._crlf = self._raw[2:], False
+            if not self._chunk:
+                line, sep, rest = self._raw.partition(b'\r\n')
+                if not sep:
+                    return
+                size = int(line.split(b';')[0] or b'0', 16)
+                if not size:
+                    self.dead = True
+                    return
+                self._raw, self._chunk = rest, size
+            take = self._raw[:self._chunk]
+            self._body += take
+            self._raw = self._raw[len(take):]
+            self._chunk -= len(take)
+            if self._chunk:
+                return
+            self._crlf = True
+
+    def _message(self, deadline):
+        """The next JSON message of the stream, or None by ``deadline``."""
+        while True:
+            line, sep, rest = self._body.partition(b'\n')
+            if sep:
+                self._body = rest
+                if line.strip():
+                    return json.loads(line)
+                continue
+            if not self._fill(deadline):
+                return None
+            self._dechunk()
 
     def get(self, timeout):
         """Next event as (type, KV), or None after ``timeout`` seconds."""
-        try:
-            ev = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        return ev.get('type', 'PUT'), KV.from_gateway(ev['kv'])
+        deadline = time.monotonic() + timeout
+        while not self._events:
+            try:
+                msg = self._message(deadline)
+            except ValueError:
+                msg, self.dead = None, True
+            if msg is None:
+                if self.dead:
+                    # A lost stream: callers re-read on their ticks.
+                    time.sleep(max(0, deadline - time.monotonic()))
+                    return None
+                if time.monotonic() >= deadline:
+                    return None
+                continue
+            result = msg.get('result') or {}
+            if 'error' in msg or result.get('canceled'):
+                self.dead = True
+            for ev in result.get('events') or ():
+                self._events.append((ev.get('type', 'PUT'),
+                                     KV.from_gateway(ev['kv'])))
+        return self._events.popleft()
 
     def until(self, deadline, recheck):
         """Events as get() gives them until monotonic ``deadline``, with
@@ -178,15 +296,47 @@ class Watch:
             yield self.get(min(left, recheck))
 
     def cancel(self):
-        """Stop the stream and release its connection."""
-        self._watcher.stop()
-        self._session.close()
+        """Close the stream (etcd drops the watcher with it)."""
+        self.dead = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.cancel()
+
+
+def _stream_socket(url, tls, timeout):
+    """A connected (TLS-wrapped when https) socket for a watch stream."""
+    try:
+        sock = socket.create_connection((url.hostname, url.port or 2379),
+                                        timeout=timeout)
+    except OSError as exc:
+        raise requests.exceptions.ConnectionError(
+            f'watch stream to {url.netloc}: {exc}') from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # A stream cut without a reset (a partition) is found dead in ~15 s.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (('TCP_KEEPIDLE', 5), ('TCP_KEEPINTVL', 2),
+                       ('TCP_KEEPCNT', 4)):
+        if hasattr(socket, opt):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+    if url.scheme != 'https':
+        return sock
+    ctx = ssl.create_default_context(cafile=tls.get('ca_file'))
+    if tls.get('cert_file') and tls.get('key_file'):
+        ctx.load_cert_chain(tls['cert_file'], tls['key_file'])
+    try:
+        return ctx.wrap_socket(sock, server_hostname=url.hostname)
+    except OSError as exc:
+        sock.close()
+        raise requests.exceptions.ConnectionError(
+            f'watch stream to {url.netloc}: {exc}') from exc
 
 
 def http_session(tls, stream=False, auth=None):
@@ -382,6 +532,14 @@ class Etcd:
         resp = self._post('/kv/range', req)
         return ([KV.from_gateway(kv) for kv in resp.get('kvs', [])],
                 int(resp['header']['revision']))
+
+    def range_bytes(self, key, prefix=False):
+        """[(key, value bytes)] for a key or prefix (binary values)."""
+        req = op_range(key, prefix)['request_range']
+        resp = self._post('/kv/range', req)
+        return [(gw_utils._decode(kv['key']).decode(),
+                 gw_utils._decode(kv['value']) if kv.get('value') else b'')
+                for kv in resp.get('kvs', [])]
 
     def put(self, key, value, lease=0):
         """Unconditional put; returns the new revision."""

@@ -6,9 +6,12 @@ leave are events delivered by ``poll()``.
 """
 import logging
 
-from tooz import coordination
+from oslo_serialization import msgpackutils
 
 LOG = logging.getLogger(__name__)
+
+# tooz's etcd3gw driver keeps group members under this key prefix.
+TOOZ_GROUPS = 'tooz/groups/'
 
 
 class Membership:
@@ -31,6 +34,7 @@ class Membership:
         coord = self.etcd.tooz_coordinator(self.host.encode(),
                                            membership_timeout=self.ttl)
         coord.start(start_heart=False)
+        from tooz import coordination
         try:
             coord.create_group(self.group).get()
         except coordination.GroupAlreadyExist:
@@ -39,6 +43,7 @@ class Membership:
 
     def join(self, capabilities):
         """Join the group announcing ``capabilities`` (a JSON-able dict)."""
+        from tooz import coordination
         self.capabilities = capabilities
         self._coord = self._connect()
         try:
@@ -65,9 +70,16 @@ class Membership:
 
     def members(self):
         """{host: capabilities} of every member, this one included."""
-        coord = self._coord or self._connect()
-        got = coord.get_members_with_capabilities(self.group).get()
-        return {m.decode(): caps for m, caps in got.items()}
+        # One range read of tooz's keys (its etcd3gw driver's layout:
+        # tooz/groups/<group>/<member>, msgpack values), not a tooz
+        # coordinator: that costs a lease, a group create and a thread.
+        prefix = f'{TOOZ_GROUPS}{self.group.decode()}/'
+        out = {}
+        for key, value in self.etcd.range_bytes(prefix, prefix=True):
+            member = key[len(prefix):]
+            if member:
+                out[member] = msgpackutils.loads(value) if value else None
+        return out
 
     def on_change(self, callback):
         """Call ``callback(kind, host)`` on 'join' / 'leave' events."""
@@ -97,6 +109,7 @@ class Membership:
         """Leave the group and disconnect."""
         if self._coord is None:
             return
+        from tooz import coordination
         try:
             self._coord.leave_group(self.group).get()
         except coordination.ToozError:

@@ -26,8 +26,9 @@ from coordinator.api import schema
 
 LOG = logging.getLogger(__name__)
 
-# Safety net against a silently dead watch stream.
-RESCAN = 5.0
+# Safety net against a silently dead watch stream (a stream that ends is
+# noticed at once, a silent one by TCP keepalive within ~15 s).
+RESCAN = 30.0
 # How often a waiting caller looks at its own session (local state only).
 RECHECK = 1.0
 
@@ -95,41 +96,50 @@ class Router:
         if not lease:
             raise errors.SessionLost(f'{self.session.host} has no session: '
                                      f'cannot send {op} to {host}')
-        if self.alive(host) is None:
-            raise errors.HostUnavailable(
-                f'host {host} has no live lvmcoord session')
         rid = uuid.uuid4().hex
         req_key, reply_key = self.keys.request(host, rid), \
             self.keys.reply(rid)
-        # SessionLost if our lease is gone (etcd: lease not found).
-        rev = self.etcd.put(req_key, {'op': op, 'args': args,
-                                      'from': self.session.host,
-                                      'timeout': timeout}, lease=lease)
-        try:
-            return self._await(host, op, lease, reply_key, rev, timeout)
-        finally:
-            self.etcd.txn([], [etcdlib.op_delete(req_key),
-                               etcdlib.op_delete(reply_key)])
+        # The reply watch exists before the request does: a watch started
+        # in the past would be "unsynced" in etcd, its events held for
+        # etcd's 100 ms catch-up loop.
+        with self.etcd.watch(reply_key, 0) as watch:
+            # The target's session check and the put in one txn
+            # (SessionLost if our own lease is gone: etcd: lease not found).
+            res = self.etcd.txn(
+                [{'key': etcdlib.b64(self.keys.session(host)),
+                  'target': 'VERSION', 'result': 'GREATER', 'version': 0}],
+                [etcdlib.op_put(req_key, {'op': op, 'args': args,
+                                          'from': self.session.host,
+                                          'timeout': timeout},
+                                lease=lease)])
+            if not res.succeeded:
+                raise errors.HostUnavailable(
+                    f'host {host} has no live lvmcoord session')
+            try:
+                return self._await(host, op, lease, reply_key, watch,
+                                   timeout)
+            finally:
+                self.etcd.txn([], [etcdlib.op_delete(req_key),
+                                   etcdlib.op_delete(reply_key)])
 
-    def _await(self, host, op, lease, reply_key, rev, timeout):
+    def _await(self, host, op, lease, reply_key, watch, timeout):
         deadline = time.monotonic() + timeout
         next_scan = time.monotonic() + RESCAN
-        with self.etcd.watch(reply_key, rev) as watch:
-            for event in watch.until(deadline, RECHECK):
-                if event and event[0] == 'PUT':
-                    return self._unwrap(host, event[1].json())
-                self._check_session(host, op, lease)
-                if event is None and time.monotonic() >= next_scan:
-                    next_scan = time.monotonic() + RESCAN
-                    kv = self.etcd.get(reply_key)
-                    if kv is not None:
-                        return self._unwrap(host, kv.json())
-                    if self.etcd.lease_ttl(lease) <= 0:
-                        self._session_lost(host, op)
-                    if self.alive(host) is None:
-                        raise errors.HostUnavailable(
-                            f'host {host} lost its session while running '
-                            f'{op}')
+        for event in watch.until(deadline, RECHECK):
+            if event and event[0] == 'PUT':
+                return self._unwrap(host, event[1].json())
+            self._check_session(host, op, lease)
+            if event is None and time.monotonic() >= next_scan:
+                next_scan = time.monotonic() + RESCAN
+                kv = self.etcd.get(reply_key)
+                if kv is not None:
+                    return self._unwrap(host, kv.json())
+                if self.etcd.lease_ttl(lease) <= 0:
+                    self._session_lost(host, op)
+                if self.alive(host) is None:
+                    raise errors.HostUnavailable(
+                        f'host {host} lost its session while running '
+                        f'{op}')
         raise errors.HostUnavailable(
             f'host {host} did not answer {op} within {timeout:.0f}s')
 
@@ -183,14 +193,17 @@ class Router:
                                                   f'stopping').to_dict()})
 
     def _serve_once(self, prefix, handler):
-        kvs, header = self.etcd.range(prefix, prefix=True,
-                                      first_created=True)
-        for kv in kvs:
-            self._admit(handler, kv)
-        with self.etcd.watch(prefix, header + 1, prefix=True) as watch:
+        # Watch first, then read: a watch from the read's revision could be
+        # "unsynced" in etcd, its events held up to 100 ms. A request both
+        # see is claimed once (the claim compares its mod revision).
+        with self.etcd.watch(prefix, 0, prefix=True) as watch:
+            kvs, _ = self.etcd.range(prefix, prefix=True,
+                                     first_created=True)
+            for kv in kvs:
+                self._admit(handler, kv)
             # Short ticks: stop() is noticed within half a second.
             for event in watch.until(time.monotonic() + RESCAN, 0.5):
-                if self._stop.is_set():
+                if self._stop.is_set() or watch.dead:
                     return
                 if event and event[0] == 'PUT':
                     self._admit(handler, event[1])

@@ -149,7 +149,14 @@ class VGLock:
     def _await_delete(self, pred, header, deadline):
         """True on the predecessor's DELETE event, False if it is found
         gone by a re-check (the event may have been missed)."""
-        with self.etcd.watch(pred, header + 1) as watch:
+        # Watch from now, not from the read: a watch that starts in the
+        # past is "unsynced" in etcd, and its events (even later ones) wait
+        # for etcd's 100 ms catch-up loop. What happened between the read
+        # and the watch's creation, a re-read sees.
+        with self.etcd.watch(pred, 0) as watch:
+            if watch.created_revision != header and \
+                    self.etcd.get(pred) is None:
+                return True
             for event in watch.until(deadline, RECHECK):
                 if event and event[0] == 'DELETE':
                     return True

@@ -51,6 +51,7 @@ class HostContext:
         self.membership = Membership(self.etcd, self.keys, conf.host,
                                      conf.session.ttl)
         self._pv_cache = {}
+        self._versions = None
         self._events = queue.Queue()
         self._publisher = None
         self._ready = (0.0, None)
@@ -59,7 +60,10 @@ class HostContext:
                               self.router, conf.lvm.volume_groups,
                               self.read_seqno, self.readiness,
                               self.membership.members, self.emit,
-                              self.book, self.fencer_problem)
+                              self.book, self.fencer_problem,
+                              self.vg_metadata)
+        if hasattr(self.backend, 'metadata'):
+            self.backend.metadata = self.vg_metadata
 
     def beat_fencer(self, state):
         """The fencer's proof of life, read by the workers that grant."""
@@ -104,6 +108,19 @@ class HostContext:
                     return found.seqno
         return self.lvm.vg(vg)['seqno']
 
+    def vg_metadata(self, vg):
+        """The VG as its committed metadata describes it (mda.VGInfo), or
+        None when no metadata area can be read (callers ask LVM then)."""
+        for attempt in range(2):
+            try:
+                if attempt or vg not in self._pv_cache:
+                    self._pv_cache[vg] = [p['name']
+                                          for p in self.lvm.pvs(vg)]
+                return mda.read_vg(vg, self._pv_cache[vg])
+            except errors.LVMError as exc:
+                LOG.debug('metadata of %s not read directly: %s', vg, exc)
+        return None
+
     def readiness(self, fresh=False):
         """This host's view of the shared VGs (cached for a few seconds)."""
         with self._mutex:
@@ -132,12 +149,17 @@ class HostContext:
                           [etcdlib.op_put(key, entry['uuid'])])
 
     def versions(self):
-        try:
-            etcd_version = self.etcd.status().get('version')
-        except errors.CoordError:
-            etcd_version = None
-        return {'lvm': self.lvm.version(), 'etcd': etcd_version,
-                'backend': self.backend.name}
+        """LVM, etcd and backend versions (asked once per process: the
+        readiness view is refreshed every 15 s, versions do not change)."""
+        if self._versions is None or self._versions['etcd'] is None:
+            try:
+                etcd_version = self.etcd.status().get('version')
+            except errors.CoordError:
+                etcd_version = None
+            self._versions = {'lvm': self.lvm.version(),
+                              'etcd': etcd_version,
+                              'backend': self.backend.name}
+        return dict(self._versions)
 
     def emit(self, kind, **fields):
         """Publish an event (fence, alert...) for `lvmcoord events`.

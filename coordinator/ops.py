@@ -23,7 +23,7 @@ class Operations:
 
     def __init__(self, engine, lvm, backend, router, vgs, read_seqno,
                  readiness=None, members=None, events=None, book=None,
-                 fencer_alive=None):
+                 fencer_alive=None, metadata=None):
         self.engine = engine
         self.host = engine.host
         self.leases = engine.leases
@@ -41,6 +41,9 @@ class Operations:
         # whether the fencer is running: without it, no grant is served.
         self.book = book
         self.fencer_alive = fencer_alive or (lambda: None)
+        # metadata(vg) -> mda.VGInfo from the committed metadata, or None
+        # (then LVM commands answer).
+        self.metadata = metadata or (lambda vg: None)
 
     def handle(self, op, args):
         """Dispatch one validated request."""
@@ -72,7 +75,8 @@ class Operations:
     # -- metadata --
 
     def op_create(self, vg, lv, size, tags=(), multiattach=False):
-        free = self.lvm.vg(vg)['free']
+        meta = self.metadata(vg)
+        free = meta.free if meta else self.lvm.vg(vg)['free']
         if size > free:
             raise errors.InvalidInput('size', f'{size} bytes requested, '
                                       f'{free} free in {vg}')
@@ -80,7 +84,19 @@ class Operations:
         recorded = self._change(vg, f'lvcreate {vg}/{lv}',
                                 lambda: self.lvm.create_lv(vg, lv, size,
                                                            tags))
-        return self._committed(self.op_show(vg, lv), recorded)
+        return self._committed(self.op_show(vg, lv, self._lv_info(vg, lv)),
+                               recorded)
+
+    def _lv_info(self, vg, lv):
+        """LVM.lv() from the committed metadata (one O_DIRECT read), or
+        from lvs when that cannot be read."""
+        meta = self.metadata(vg)
+        if meta is not None:
+            try:
+                return meta.lv(lv)
+            except errors.LVMError:
+                pass  # not there: lvs has the last word
+        return self.lvm.lv(vg, lv)
 
     @staticmethod
     def _committed(result, recorded):
@@ -182,7 +198,7 @@ class Operations:
         try:
             # Read under the grant: a rename or delete needs the LV
             # unheld, so the name maps this LV until we let go.
-            info = self.lvm.lv(vg, lv)
+            info = self._lv_info(vg, lv)
             if mode == modes.SHARED and MULTIATTACH_TAG not in info['tags']:
                 raise errors.InvalidInput('mode', f'{vg}/{lv} is not a '
                                           f'multiattach volume')
@@ -278,8 +294,8 @@ class Operations:
 
     # -- reading --
 
-    def op_show(self, vg, lv):
-        info = self.lvm.lv(vg, lv)
+    def op_show(self, vg, lv, info=None):
+        info = info or self.lvm.lv(vg, lv)
         holders = self.leases.holders(vg, lv)
         return {'vg': vg, 'lv': lv, 'size': info['size'],
                 'tags': info['tags'], 'uuid': info.get('uuid'),

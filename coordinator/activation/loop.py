@@ -94,20 +94,30 @@ class LoopBackend(base.Backend):
         self.lvm = lvm
         self.state_file = os.path.join(state_dir, 'loop-devices.json')
         self.dev_dir = dev_dir or '/run/lvmcoord/dev'
+        # metadata(vg) -> mda.VGInfo or None, set by the host context.
+        self.metadata = None
         self._mutex = threading.Lock()
 
     # -- state: which loop device serves which LV, kept across restarts --
 
-    def _load(self):
+    def _raw(self):
         try:
             with open(self.state_file) as f:
-                state = json.load(f)
+                return json.load(f)
         except FileNotFoundError:
             return {}
+
+    def _load(self):
         # Keep only entries whose loop device is still the one we set up:
         # a minor is reused after a detach (a reboot, an admin), possibly
         # by another host's daemon for the same LV on a shared kernel.
-        return {k: v for k, v in state.items() if self._intact(v)}
+        return {k: v for k, v in self._raw().items() if self._intact(v)}
+
+    def _entry(self, vg, lv):
+        """Our entry for vg/lv if its device is still ours: one LV's
+        checks only, so fencing n LVs costs O(n)."""
+        entry = self._raw().get(f'{vg}/{lv}')
+        return entry if entry and self._intact(entry) else None
 
     @staticmethod
     def _intact(entry):
@@ -125,7 +135,7 @@ class LoopBackend(base.Backend):
         os.replace(tmp, self.state_file)
 
     def _extent_range(self, vg, lv, info=None):
-        info = info or self.lvm.lv(vg, lv)
+        info = info or self._lv(vg, lv)
         segs = info['pe_ranges']
         if len(segs) != 1:
             raise errors.LVMError(
@@ -133,12 +143,27 @@ class LoopBackend(base.Backend):
                 f'one contiguous range (use the lvm backend)',
                 kind='failed')
         device, first, last = segs[0]
-        vginfo = self.lvm.vg(vg)
-        pv = next(p for p in self.lvm.pvs(vg) if p['name'] == device)
-        ext = vginfo['extent_size']
-        return {'pv': device, 'pe_start': pv['pe_start'], 'extent_size': ext,
-                'offset': pv['pe_start'] + first * ext,
+        if 'extent_size' in info and device in info.get('pe_start', {}):
+            # From the committed metadata (mda.VGInfo): no LVM command.
+            ext, pe_start = info['extent_size'], info['pe_start'][device]
+        else:
+            ext = self.lvm.vg(vg)['extent_size']
+            pe_start = next(p for p in self.lvm.pvs(vg)
+                            if p['name'] == device)['pe_start']
+        return {'pv': device, 'pe_start': pe_start, 'extent_size': ext,
+                'offset': pe_start + first * ext,
                 'size': (last - first + 1) * ext}
+
+    def _lv(self, vg, lv):
+        """The LV from the committed metadata when it can be read (no LVM
+        command), else from lvs."""
+        meta = self.metadata(vg) if self.metadata else None
+        if meta is not None:
+            try:
+                return meta.lv(lv)
+            except errors.LVMError:
+                pass  # not there: lvs has the last word
+        return self.lvm.lv(vg, lv)
 
     def _link(self, vg, lv):
         return os.path.join(self.dev_dir, vg, lv)
@@ -149,7 +174,7 @@ class LoopBackend(base.Backend):
         with self._mutex:
             state = self._load()
             key = f'{vg}/{lv}'
-            info = info or self.lvm.lv(vg, lv)
+            info = info or self._lv(vg, lv)
             if key in state:
                 if state[key].get('uuid') == info['uuid']:
                     return state[key]['path']
@@ -237,17 +262,17 @@ class LoopBackend(base.Backend):
             return int(_sys(entry['loop'], 'size')) * 512
 
     def suspend(self, vg, lv):
-        entry = self._load().get(f'{vg}/{lv}')
+        entry = self._entry(vg, lv)
         if entry:
             _set_ro(entry['loop'], True)
 
     def resume(self, vg, lv):
-        entry = self._load().get(f'{vg}/{lv}')
+        entry = self._entry(vg, lv)
         if entry and not entry['read_only']:
             _set_ro(entry['loop'], False)
 
     def identity(self, vg, lv):
-        entry = self._load().get(f'{vg}/{lv}')
+        entry = self._entry(vg, lv)
         if entry is None:
             return None
         # What the kernel maps now, not what was asked for.
@@ -258,6 +283,10 @@ class LoopBackend(base.Backend):
         last = first + size // entry['extent_size'] - 1
         return {'uuid': entry.get('uuid'),
                 'extents': [[entry['pv'], first, last]]}
+
+    def devices(self):
+        # No open-by-others scan of /proc: this is the fence path.
+        return [tuple(key.split('/')) for key in self._load()]
 
     def active(self):
         out = {}

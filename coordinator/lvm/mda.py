@@ -16,6 +16,7 @@ On-disk format (LVM2 "text" format, all integers little-endian):
 """
 import collections
 import errno
+import json
 import mmap
 import os
 import re
@@ -232,3 +233,158 @@ def read(device):
     """The committed Metadata of the VG on PV ``device``."""
     _, text = read_text(device)
     return parse(text, device)
+
+
+# -- the metadata text as a VG description --
+
+# One pass turns the text into JSON: strings are kept as they are (LVM
+# escapes " and \\ as JSON does), comments dropped, ``name =`` and
+# ``name {`` become JSON keys with the commas between members.
+_SYNTAX = re.compile(rb'("(?:[^"\\]|\\.)*")|#[^\n]*|'
+                     rb'([A-Za-z0-9_.+-]+)[ \t]*([={])|(\})')
+
+# Segment types whose physical extents are listed in ``stripes``; every
+# other known type is made of sub-LVs (which are listed themselves).
+_PV_SEGTYPES = {'striped', 'linear'}
+_LV_SEGTYPES = ('mirror', 'raid', 'thin', 'thin-pool', 'snapshot', 'cache',
+                'cache-pool', 'writecache', 'integrity', 'vdo', 'vdo-pool',
+                'zero', 'error')
+
+
+def tree(text):
+    """The metadata text as nested dicts (sections) of values."""
+    first = [True]
+
+    def convert(m):
+        string, name, op, close = m.groups()
+        if string:
+            first[0] = False
+            return string
+        if close:
+            first[0] = False
+            return b'}'
+        if name is None:
+            return b''
+        out = (b'' if first[0] else b',') + b'"' + name + b'":'
+        first[0] = op == b'{'
+        return out + (b'{' if first[0] else b'')
+
+    body = _SYNTAX.sub(convert, text.split(b'\0', 1)[0])
+    return json.loads(b'{' + body + b'}')
+
+
+class VGInfo:
+    """A VG as its committed metadata describes it (sizes in bytes).
+
+    ``devices`` maps PV UUIDs to this host's device paths; LV extents are
+    reported on those paths, like ``lvs -o seg_pe_ranges``."""
+
+    def __init__(self, text, devices):
+        doc = tree(text)
+        names = [k for k, v in doc.items() if isinstance(v, dict)]
+        if len(names) != 1:
+            raise ValueError('metadata text does not hold exactly one VG')
+        self.name = names[0]
+        vg = doc[self.name]
+        self.uuid = vg['id']
+        self.seqno = vg['seqno']
+        self.extent_size = vg['extent_size'] * SECTOR
+        self.tags = list(vg.get('tags', []))
+        self.pvs = {}
+        for key, pv in vg.get('physical_volumes', {}).items():
+            if pv['id'] not in devices:
+                raise ValueError(f'PV {pv["id"]} is not seen on this host')
+            self.pvs[key] = {'name': devices[pv['id']], 'uuid': pv['id'],
+                             'pe_start': pv['pe_start'] * SECTOR,
+                             'pe_count': pv['pe_count']}
+        self.lvs = {}
+        used = 0
+        for name, lv in vg.get('logical_volumes', {}).items():
+            info, extents = self._lv(name, lv)
+            self.lvs[name] = info
+            used += extents
+        total = sum(p['pe_count'] for p in self.pvs.values())
+        self.size = total * self.extent_size
+        self.free = (total - used) * self.extent_size
+
+    def _lv(self, name, lv):
+        ranges, types, extents, allocated = [], [], 0, 0
+        segs = sorted((v for k, v in lv.items()
+                       if k.startswith('segment') and isinstance(v, dict)),
+                      key=lambda s: s['start_extent'])
+        for seg in segs:
+            kind = seg['type']
+            if kind == 'striped' and seg.get('stripe_count') == 1:
+                kind = 'linear'  # as LVM reports it
+            if kind not in types:
+                types.append(kind)
+            extents += seg['extent_count']
+            if kind in _PV_SEGTYPES:
+                stripes = seg['stripes']
+                count = seg.get('stripe_count', len(stripes) // 2)
+                area = seg['extent_count'] // max(1, count)
+                for pv, first in zip(stripes[::2], stripes[1::2],
+                                     strict=True):
+                    ranges.append((self.pvs[pv]['name'], first,
+                                   first + area - 1))
+                    allocated += area
+            elif not kind.startswith(_LV_SEGTYPES):
+                raise ValueError(f'LV {name}: unknown segment type {kind}')
+        info = {'name': name, 'uuid': lv['id'],
+                'size': extents * self.extent_size,
+                'tags': list(lv.get('tags', [])),
+                'origin': lv.get('origin', ''), 'segtype': ','.join(types),
+                'pe_ranges': ranges, 'active': None,
+                'visible': 'VISIBLE' in lv.get('status', []),
+                'extent_size': self.extent_size,
+                'pe_start': {p['name']: p['pe_start']
+                             for p in self.pvs.values()}}
+        return info, allocated
+
+    def lv(self, name):
+        """One LV as LVM.lv() reports it, plus extent_size and the PVs'
+        pe_start; LVMError 'not-found' if the VG has no such LV."""
+        info = self.lvs.get(name)
+        if info is None or not info['visible']:
+            raise errors.LVMError(f'LV {self.name}/{name} not found',
+                                  kind='not-found')
+        return dict(info, pe_ranges=list(info['pe_ranges']))
+
+
+def pv_uuid(block, offset):
+    """The PV UUID of a label, dashed as LVM prints it."""
+    raw = block[offset:offset + 32].decode('ascii', 'replace')
+    cuts = (6, 4, 4, 4, 4, 4, 6)
+    out, pos = [], 0
+    for n in cuts:
+        out.append(raw[pos:pos + n])
+        pos += n
+    return '-'.join(out)
+
+
+def read_vg(vg, devices):
+    """VGInfo of ``vg`` from the committed metadata on one of
+    ``devices`` (this host's PV paths, every PV of the VG among them)."""
+    seen, text = {}, None
+    for device in devices:
+        reader = _Reader(device)
+        try:
+            block, offset = _label(reader)
+            seen[pv_uuid(block, offset)] = device
+            if text is None:
+                for start, size in _locn_lists(block, offset)[1]:
+                    found = _read_area(reader, start, size)
+                    if found:
+                        if parse(found[1], device).vg_name == vg:
+                            text = found[1]
+                        break
+        finally:
+            reader.close()
+    if text is None:
+        raise _fail(','.join(devices), f'no metadata of VG {vg}')
+    try:
+        return VGInfo(text, seen)
+    except (ValueError, KeyError, TypeError, IndexError,
+            AttributeError) as exc:
+        raise _fail(','.join(devices), f'metadata of VG {vg} not '
+                    f'understood: {exc}') from exc

@@ -79,17 +79,24 @@ class SessionWorker(_Worker):
                 self.ctx.emit('session-reopened',
                               session=f'{eng.session.id:x}')
             metrics.KEEPALIVE.set(eng.session.keepalive_rtt)
+            # Idle etcd traffic per host stays under 1 request/s: the
+            # lock-queue metric is read only when metrics are served, tooz's
+            # membership lease (TTL = session TTL) refreshed every TTL/3.
             for vg in self.conf.lvm.volume_groups:
+                if not self.conf.metrics.port or ticks % 5:
+                    break
                 try:
                     depth = len(eng.vglock(vg).queue())
                 except errors.CoordError:
                     continue
                 metrics.QUEUE_DEPTH.labels(vg=vg).set(depth)
             try:
-                self.ctx.membership.heartbeat()
+                if ticks % max(1, int(self.conf.session.ttl / 3)) == 0:
+                    self.ctx.membership.heartbeat()
                 if ticks % 15 == 0:
-                    self.ctx.membership.update(
-                        self.ctx.readiness(fresh=True))
+                    view = self.ctx.readiness(fresh=True)
+                    if view != self.ctx.membership.capabilities:
+                        self.ctx.membership.update(view)
             except Exception as exc:
                 # tooz forgets us when its own lease expires (a partition,
                 # a session loss): join again rather than die.

@@ -205,13 +205,30 @@ class AttachedSession:
         self.ttl = int(ttl)
         self.state_file = state_file
         self.resumed = False
+        self._cache = {}
 
-    def _state(self):
+    def _read(self, path, parse):
+        """``parse(text)`` of a file, re-read only when it was replaced or
+        changed (the writers replace it: a new inode), None if unreadable."""
         try:
-            with open(self.state_file) as f:
-                return json.load(f)
+            st = os.stat(path)
+        except OSError:
+            self._cache.pop(path, None)
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._cache.get(path)
+        if hit and hit[0] == stamp:
+            return hit[1]
+        try:
+            with open(path) as f:
+                value = parse(f.read())
         except (OSError, ValueError):
             return None
+        self._cache[path] = (stamp, value)
+        return value
+
+    def _state(self):
+        return self._read(self.state_file, json.loads)
 
     @property
     def id(self):
@@ -225,11 +242,7 @@ class AttachedSession:
     @property
     def last_ok(self):
         """Monotonic time the last good keepalive was sent (0: unknown)."""
-        try:
-            with open(self.state_file + '.beat') as f:
-                return float(f.read())
-        except (OSError, ValueError):
-            return 0.0
+        return self._read(self.state_file + '.beat', float) or 0.0
 
     def wait_open(self, timeout=60.0):
         """Block until the keepalive worker has opened the session."""

@@ -1,13 +1,19 @@
 """lvmcoordd: the per-host daemon."""
+import gc
 import os
 import sys
 import tempfile
 
-from oslo_config import cfg
-from oslo_log import log
+# etcd3gw imports futurist, which imports eventlet (and dnspython) only to
+# offer green executors; the daemon runs plain threads. Unimportable here,
+# they cost no memory in any of its five processes.
+sys.modules.setdefault('eventlet', None)
 
-from coordinator import checkconf
-from coordinator import conf as conflib
+from oslo_config import cfg  # noqa: E402
+from oslo_log import log  # noqa: E402
+
+from coordinator import checkconf  # noqa: E402
+from coordinator import conf as conflib  # noqa: E402
 
 LOG = log.getLogger(__name__)
 
@@ -44,8 +50,22 @@ def main(argv=None):
         os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(
             prefix='lvmcoord-metrics-')
     from coordinator import service
+    _preload()
+    # Workers are forked from here: what the master imported is shared
+    # copy-on-write, and frozen objects are never written by the GC.
+    gc.collect()
+    gc.freeze()
     service.build(conf).run()
     return 0
+
+
+def _preload():
+    """Import before the fork what the workers import after it."""
+    import prometheus_client  # noqa: F401
+    from tooz.drivers import etcd3gw  # noqa: F401  (the session worker)
+
+    from coordinator.activation import loop  # noqa: F401
+    from coordinator.activation import lvm  # noqa: F401
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ from bench.peer import Peer
 from bench.report import fmt_summary
 
 TARGET_P50 = 0.010
+TARGET_P99 = 0.020
 SETTLE = 0.05
 
 
@@ -28,15 +29,16 @@ def _wait_queued(lock, count, timeout=10.0):
         time.sleep(0.002)
 
 
-def engine_handoff(eng, peer):
-    """One engine hand-off, and the holder's release call, in seconds."""
+def engine_handoff(eng, peer, settle=0.0):
+    """One engine hand-off, and the holder's release call, in seconds:
+    released as soon as the waiter's key is queued (or ``settle`` later,
+    when the waiter has had time to open its watch)."""
     lock = eng.vglock(waiter.VG)
     hold = lock.acquire('handoff holder', timeout=30)
     peer.send('go')
     peer.recv('trying')
     _wait_queued(lock, 2)
-    # Let the waiter open its watch: we time a queued waiter's wake-up.
-    time.sleep(SETTLE)
+    time.sleep(settle)
     t0 = time.monotonic()
     hold.release()
     released = time.monotonic() - t0
@@ -59,7 +61,7 @@ def run(report, endpoint, eng, coord, workdir, samples, tooz_samples):
     """Measure and add the section-2 rows to ``report``."""
     rng = random.Random(4242)
     tooz_lock = coord.get_lock(waiter.TOOZ_LOCK)
-    got = {'engine': [], 'tooz': [], 'release_call': []}
+    got = {'engine': [], 'settled': [], 'tooz': [], 'release_call': []}
     with contextlib.ExitStack() as stack:
         peers = {}
         for kind in ('engine', 'tooz'):
@@ -77,6 +79,8 @@ def run(report, endpoint, eng, coord, workdir, samples, tooz_samples):
                 handed, released = engine_handoff(eng, peers['engine'])
                 got['engine'].append(handed)
                 got['release_call'].append(released)
+                got['settled'].append(engine_handoff(
+                    eng, peers['engine'], SETTLE)[0])
             if b < tooz_samples:
                 got['tooz'].append(tooz_handoff(tooz_lock, peers['tooz'],
                                                 rng))
@@ -84,11 +88,16 @@ def run(report, endpoint, eng, coord, workdir, samples, tooz_samples):
     report.data['handoff'] = {k: v.ms() for k, v in s.items()}
     report.section('2. hand-off to a waiter queued in another process '
                    '(release call -> waiter acquire returns)')
-    report.row('VG lock hand-off', fmt_summary(s['engine']),
-               f'p50 <= {TARGET_P50 * 1e3:.0f} ms',
-               s['engine'].median <= TARGET_P50)
+    report.row('VG lock hand-off, released once the waiter is queued',
+               fmt_summary(s['engine']),
+               f'p50 <= {TARGET_P50 * 1e3:.0f} ms, p99 <= '
+               f'{TARGET_P99 * 1e3:.0f} ms',
+               s['engine'].median <= TARGET_P50 and
+               s['engine'].p99 <= TARGET_P99)
     report.row("  of which the holder's release call",
                fmt_summary(s['release_call']))
+    report.row(f'VG lock hand-off, released {SETTLE * 1e3:.0f} ms after '
+               f'the waiter is queued', fmt_summary(s['settled']))
     report.row('tooz lock hand-off', fmt_summary(s['tooz']))
     report.note('tooz hand-off: holder releases a random 0.05-1.05 s '
                 'after the waiter starts polling (uniform poll phase).')

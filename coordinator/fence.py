@@ -29,7 +29,7 @@ class Fencer:
     def __init__(self, last_keepalive, probe, backend, ttl, fraction=0.6,
                  action='suspend', on_event=None, clock=time.monotonic,
                  lease=0, prove=None, book=None, on_retired=None,
-                 watchdog=None, workers=8):
+                 watchdog=None, workers=8, background=True):
         # last_keepalive() -> when the last good keepalive was sent, on
         # ``clock`` (0: never); probe(lease) -> seconds left on that lease,
         # -1 if it is gone; raises EtcdUnavailable when etcd is unreachable.
@@ -51,6 +51,12 @@ class Fencer:
         self.state = OK
         self.fenced = []
         self.workers = workers
+        # Proofs ask etcd and LVM, which may take long: they run beside
+        # the ticks (``background``), so a deadline is never missed
+        # waiting for one. The lock guards the fenced set, never I/O.
+        self.background = background
+        self._settler = None
+        self._gen = {}
         self._mutex = threading.RLock()
 
     def tick(self):
@@ -59,6 +65,8 @@ class Fencer:
         try:
             with self._mutex:
                 self._tick()
+            if self.state == OK and self.fenced:
+                self._settle_soon()
         except Exception:
             LOG.exception('fencer: tick failed; LVs fenced so far stay '
                           'fenced')
@@ -94,11 +102,11 @@ class Fencer:
             self.state = LOST
             self.on_event('session-lost', lvs=list(self.fenced))
             return
-        if self.state == FENCED and left is not None and \
-                self.clock() < self.last_keepalive() + self.window:
+        if self.state == FENCED and left is not None and self._fresh():
             self.state = OK
-        if self.state == OK and self.fenced:
-            self._settle()
+
+    def _fresh(self):
+        return self.clock() < self.last_keepalive() + self.window
 
     def rearm(self, lease):
         """Watch a new session; LVs fenced so far stay fenced until
@@ -109,11 +117,12 @@ class Fencer:
 
     def fence_one(self, vg, lv, why, still=None):
         """Fence one LV now (its grant changed under us); ``still()``,
-        re-checked under the fencer's lock, may call it off."""
+        asked once more first, may call it off."""
+        if still and not still():
+            return
         with self._mutex:
-            if (vg, lv) in self.fenced or (still and not still()):
-                return
-            self._fence(why, [(vg, lv)])
+            if (vg, lv) not in self.fenced:
+                self._fence(why, [(vg, lv)])
 
     def fence_existing(self, keys, why):
         """Fence devices found at start: each is resumed only by proof."""
@@ -129,7 +138,7 @@ class Fencer:
         first = list(self.book.all()) if self.book else []
         yield [k for k in first if k not in self.fenced]
         try:
-            rest = [k for k in self.backend.active()
+            rest = [k for k in self.backend.devices()
                     if k not in self.fenced and k not in first]
         except errors.CoordError:
             LOG.exception('fencer: could not enumerate active LVs')
@@ -140,18 +149,31 @@ class Fencer:
         if self.action == 'none':
             LOG.error('fencer: %s but fencing is disabled', why)
             return
-        started = self.clock()
-        done = []
         batches = [only] if only else self._targets()
         with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
+            told = False
             for batch in batches:
+                if not batch:
+                    continue
+                told = True
+                started = self.clock()
                 results = pool.map(self._stop_io, batch)
-                done += [k for k, ok in zip(batch, results, strict=True) if ok]
-        self.fenced += done
-        took = self.clock() - started
-        LOG.error('fencer: %s; fenced %s in %.3fs', why,
-                  ', '.join(f'{v}/{lv}' for v, lv in done) or 'none', took)
-        self.on_event('fenced', reason=why, lvs=done, took=round(took, 4))
+                done = [k for k, ok in zip(batch, results, strict=True)
+                        if ok]
+                self.fenced += done
+                for k in done:
+                    self._gen[k] = self._gen.get(k, 0) + 1
+                took = self.clock() - started
+                # Told per batch: the first (our own record) is the one
+                # the fence-to-takeover margin is about.
+                LOG.error('fencer: %s; fenced %s in %.3fs', why,
+                          ', '.join(f'{v}/{lv}' for v, lv in done)
+                          or 'none', took)
+                self.on_event('fenced', reason=why, lvs=done,
+                              took=round(took, 4))
+        if not told:
+            LOG.error('fencer: %s; nothing to fence', why)
+            self.on_event('fenced', reason=why, lvs=[], took=0.0)
 
     def _stop_io(self, key):
         vg, lv = key
@@ -168,28 +190,52 @@ class Fencer:
             LOG.exception('fencer: could not fence %s/%s', vg, lv)
             return False
 
+    def _settle_soon(self):
+        if not self.background:
+            self._settle()
+        elif self._settler is None or not self._settler.is_alive():
+            self._settler = threading.Thread(target=self._settle,
+                                             name='fence-proofs',
+                                             daemon=True)
+            self._settler.start()
+
     def _settle(self):
-        for vg, lv in list(self.fenced):
+        for key in list(self.fenced):
+            gen = self._gen.get(key)
             try:
-                verdict = self.prove(vg, lv)
-                if verdict == RESUME:
-                    self.backend.resume(vg, lv)
-                    LOG.warning('fencer: %s/%s proven ours; resumed', vg, lv)
-                    self.on_event('resumed', lvs=[(vg, lv)])
-                elif verdict == RETIRE:
-                    self.backend.retire(vg, lv)
-                    self.on_retired(vg, lv)
-                    self.on_event('retired', lvs=[(vg, lv)])
-                elif verdict == KEEP:
-                    continue
-                else:
-                    # GONE: no device any more; the grant it was for goes
-                    # the way of a retired one.
-                    self.on_retired(vg, lv)
+                verdict = self.prove(*key)
             except Exception:
-                LOG.exception('fencer: %s/%s stays fenced', vg, lv)
+                LOG.exception('fencer: %s/%s stays fenced', *key)
                 continue
-            self.fenced.remove((vg, lv))
+            with self._mutex:
+                # Fenced again meanwhile, or the session is in doubt: a
+                # proof made before that proves nothing now.
+                if key not in self.fenced or self._gen.get(key) != gen or (
+                        verdict == RESUME and not (self.state == OK
+                                                   and self._fresh())):
+                    continue
+                if verdict != KEEP and self._apply(*key, verdict):
+                    self.fenced.remove(key)
+                    self._gen.pop(key, None)
+
+    def _apply(self, vg, lv, verdict):
+        try:
+            if verdict == RESUME:
+                self.backend.resume(vg, lv)
+                LOG.warning('fencer: %s/%s proven ours; resumed', vg, lv)
+                self.on_event('resumed', lvs=[(vg, lv)])
+            elif verdict == RETIRE:
+                self.backend.retire(vg, lv)
+                self.on_retired(vg, lv)
+                self.on_event('retired', lvs=[(vg, lv)])
+            else:
+                # GONE: no device any more; the grant it was for goes the
+                # way of a retired one.
+                self.on_retired(vg, lv)
+        except Exception:
+            LOG.exception('fencer: %s/%s stays fenced', vg, lv)
+            return False
+        return True
 
     def _pet(self):
         if self.watchdog is None:

@@ -45,6 +45,11 @@ class Backend(abc.ABC):
         """What the device maps now: {'uuid': LV uuid or None,
         'extents': [[pv, first_pe, last_pe], ...]}; None if not active."""
 
+    def devices(self):
+        """[(vg, lv)] with a device here, as cheaply as the backend can
+        tell (the fencer enumerates with it)."""
+        return list(self.active())
+
     def path(self, vg, lv):
         """Where the block device of an active LV appears."""
         return self.active().get((vg, lv), {}).get('path')

@@ -12,6 +12,9 @@ class FakeBackend:
     def active(self):
         return dict(self.lvs)
 
+    def devices(self):
+        return list(self.lvs)
+
     def suspend(self, vg, lv):
         self.calls.append(('suspend', vg, lv))
 
@@ -53,7 +56,7 @@ def make(lvs=(("vg", "a"), ("vg", "b")), **kw):
     f = fence.Fencer(lambda: w.beat, w.probe, backend, ttl=10,
                      fraction=0.5, clock=lambda: w.now,
                      on_event=lambda kind, **_: events.append(kind),
-                     lease=7, **kw)
+                     lease=7, background=False, **kw)
     return f, backend, w, events
 
 
@@ -199,9 +202,9 @@ def test_book_is_fenced_before_the_backend_is_enumerated():
     f, backend, w, _ = make(lvs=(('vg', 'a'), ('vg', 'x')))
     order = []
     backend.suspend = lambda vg, lv: order.append(('suspend', lv))
-    enumerate_ = backend.active
-    backend.active = lambda: (order.append(('enumerate',)),
-                              enumerate_())[1]
+    enumerate_ = backend.devices
+    backend.devices = lambda: (order.append(('enumerate',)),
+                               enumerate_())[1]
     f.book = Book([('vg', 'a')])
     w.now = 106
     f.tick()
@@ -258,3 +261,27 @@ def test_watchdog_not_petted_when_fencing_disabled_and_deadline_passed():
     w.etcd_up, w.now = False, 106
     f.tick()
     assert dog.pets == 0
+
+
+def test_a_slow_proof_never_delays_a_deadline_fence():
+    import threading
+    release = threading.Event()
+    asked = threading.Event()
+
+    def slow(vg, lv):
+        asked.set()
+        release.wait(10)
+        return fence.RESUME
+    f, backend, w, _ = make(prove=slow)
+    f.background = True
+    f.fence_one('vg', 'a', 'grant revoked')
+    f.tick()                               # starts the proof beside us
+    assert asked.wait(5)
+    w.etcd_up, w.now = False, 106          # deadline passes meanwhile
+    assert f.tick() == fence.FENCED        # not blocked by the proof
+    assert ('suspend', 'vg', 'b') in backend.calls
+    release.set()
+    f._settler.join(5)
+    # The proof predates the session doubt: it resumes nothing.
+    assert ('resume', 'vg', 'a') not in backend.calls
+    assert sorted(f.fenced) == [('vg', 'a'), ('vg', 'b')]

@@ -94,6 +94,8 @@ class LoopBackend(base.Backend):
         self.lvm = lvm
         self.state_file = os.path.join(state_dir, 'loop-devices.json')
         self.dev_dir = dev_dir or '/run/lvmcoord/dev'
+        # metadata(vg) -> mda.VGInfo or None, set by the host context.
+        self.metadata = None
         self._mutex = threading.Lock()
 
     # -- state: which loop device serves which LV, kept across restarts --
@@ -133,7 +135,7 @@ class LoopBackend(base.Backend):
         os.replace(tmp, self.state_file)
 
     def _extent_range(self, vg, lv, info=None):
-        info = info or self.lvm.lv(vg, lv)
+        info = info or self._lv(vg, lv)
         segs = info['pe_ranges']
         if len(segs) != 1:
             raise errors.LVMError(
@@ -141,12 +143,27 @@ class LoopBackend(base.Backend):
                 f'one contiguous range (use the lvm backend)',
                 kind='failed')
         device, first, last = segs[0]
-        vginfo = self.lvm.vg(vg)
-        pv = next(p for p in self.lvm.pvs(vg) if p['name'] == device)
-        ext = vginfo['extent_size']
-        return {'pv': device, 'pe_start': pv['pe_start'], 'extent_size': ext,
-                'offset': pv['pe_start'] + first * ext,
+        if 'extent_size' in info and device in info.get('pe_start', {}):
+            # From the committed metadata (mda.VGInfo): no LVM command.
+            ext, pe_start = info['extent_size'], info['pe_start'][device]
+        else:
+            ext = self.lvm.vg(vg)['extent_size']
+            pe_start = next(p for p in self.lvm.pvs(vg)
+                            if p['name'] == device)['pe_start']
+        return {'pv': device, 'pe_start': pe_start, 'extent_size': ext,
+                'offset': pe_start + first * ext,
                 'size': (last - first + 1) * ext}
+
+    def _lv(self, vg, lv):
+        """The LV from the committed metadata when it can be read (no LVM
+        command), else from lvs."""
+        meta = self.metadata(vg) if self.metadata else None
+        if meta is not None:
+            try:
+                return meta.lv(lv)
+            except errors.LVMError:
+                pass  # not there: lvs has the last word
+        return self.lvm.lv(vg, lv)
 
     def _link(self, vg, lv):
         return os.path.join(self.dev_dir, vg, lv)
@@ -157,7 +174,7 @@ class LoopBackend(base.Backend):
         with self._mutex:
             state = self._load()
             key = f'{vg}/{lv}'
-            info = info or self.lvm.lv(vg, lv)
+            info = info or self._lv(vg, lv)
             if key in state:
                 if state[key].get('uuid') == info['uuid']:
                     return state[key]['path']

@@ -329,3 +329,31 @@ def test_session_expiry_crashes_no_worker():
         with open(d1.log) as f:
             log = f.read()
         assert 'Traceback' not in log, log[-3000:]
+
+
+def test_fifty_active_lvs_all_fenced_before_any_takeover(cut_cluster):
+    cluster, part = cut_cluster
+    vg = cluster.vg.vg
+    c1, c2 = cluster['compute-1'].client, cluster['compute-2'].client
+    paths = []
+    for i in range(50):
+        c2.call('create', vg=vg, lv=f'vol-f{i}', size=4 * MiB)
+        paths.append(c1.call('activate', vg=vg, lv=f'vol-f{i}',
+                             instance=f'vm-{i}')['path'])
+    loops = [loop_of(p) for p in paths]
+    part.cut()
+    taken = c2.call('activate', vg=vg, lv='vol-f49', instance='vm-x',
+                    wait=60)
+    # Every device, not only the one taken, was fenced by then.
+    assert [x for x in loops if not read_only(x)] == []
+    part.heal()
+    # Its events were held while etcd was out of reach.
+    fenced = wait_for(lambda: events(cluster, 'fenced', 'compute-1'), 60,
+                      "compute-1's fence event")
+    assert len(fenced[0]['lvs']) == 50, fenced
+    grant = c2.call('show', vg=vg, lv='vol-f49')['holders'][0]
+    assert grant['host'] == 'compute-2' and grant['token'] == taken['token']
+    # Ordered by the grant's own time, not by when the call returned.
+    assert fenced[0]["at"] < grant["since"]
+    print(f'50 LVs fenced in {fenced[0]["took"]:.3f}s; fence-to-grant '
+          f'margin {grant["since"] - fenced[0]["at"]:.2f}s')

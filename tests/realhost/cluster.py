@@ -305,6 +305,13 @@ class Cluster:
 
     def close(self):
         """Collect what is left to collect and stop everything."""
+        for args in (('lease', 'list'), ('host', 'list')):
+            try:
+                with open(os.path.join(self.dir, '-'.join(args) + '.txt'),
+                          'w') as f:
+                    f.write(self.cli(*args))
+            except (AssertionError, OSError, subprocess.SubprocessError):
+                pass
         for host in self.hosts:
             if host.guest.alive():
                 try:

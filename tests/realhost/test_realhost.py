@@ -13,6 +13,8 @@ import re
 import sys
 import time
 
+import pytest
+
 from tests.realhost.cluster import FRACTION
 from tests.realhost.cluster import GRACE
 from tests.realhost.cluster import GUEST_DIR
@@ -23,6 +25,15 @@ from tests.realhost.cluster import MiB
 
 BOUND = (1 - FRACTION) * TTL + GRACE   # documented fence-to-takeover margin
 SECTOR = 512
+
+
+@pytest.fixture(autouse=True)
+def heal_links(cluster):
+    """A failed scenario leaves no guest cut off for the next one."""
+    yield
+    for host in cluster.hosts:
+        if host.proxy.cut_event.is_set():
+            host.proxy.heal()
 
 
 def dev(lv):
@@ -139,14 +150,7 @@ def test_b_partition_fence_takeover_heal(cluster, record):
         'suspended'), timeout=60)
     granted = contender.result(180)
     assert granted['host'] == 'g2'
-    grant_at, _ = holder_since(g2, lv, 'g2')
-    fenced = fence_lines(g1, cut - 1)
-    assert fenced, g1.log_tail()
-    fence_at = fenced[0][0]
-    margin = grant_at - fence_at
-    record.update(fence_after_cut_s=round(fence_at - cut, 2),
-                  margin_s=round(margin, 2), bound_s=BOUND)
-    assert margin >= BOUND, (margin, fenced, grant_at)
+    margin, fence_at = takeover_margin(cluster, g1, g2, lv, cut, record)
 
     # What g1's writer had acknowledged before the fence; the write in
     # flight is stuck in the suspended device's queue.
@@ -178,6 +182,29 @@ def test_b_partition_fence_takeover_heal(cluster, record):
     assert f'{VG}/{lv}' not in status['active']
     assert 'Traceback' not in g1.log_tail(20000).split('fencer')[-1], \
         g1.log_tail()
+    assert margin >= BOUND, record
+
+
+def takeover_margin(cluster, fenced_host, taker, lv, cut, record):
+    """(margin, fence end): from the end of fenced_host's fence (its log
+    line) to taker's grant of lv. The grant time is the ledger's 'since',
+    taken before the grant's txn: the earliest the grant can be."""
+    for host in (fenced_host, taker):
+        host.offset = host.guest.clock_offset()
+    since, _ = holder_since(taker, lv, taker.name)
+    logged = [t for t, _ in taker.log_lines(
+        f'granted {VG}/{lv} to {taker.name}') if t >= cut]
+    fenced = fence_lines(fenced_host, cut - 1)
+    assert fenced, fenced_host.log_tail()
+    fence_at, line = fenced[0]
+    took = re.search(r' in ([0-9.]+)s', line)
+    record.update(fence_after_cut_s=round(fence_at - cut, 2),
+                  fence_took_s=float(took.group(1)) if took else None,
+                  margin_s=round(since - fence_at, 2),
+                  margin_logged_grant_s=round(logged[0] - fence_at, 2)
+                  if logged else None, bound_s=BOUND)
+    assert fence_at < since, record
+    return since - fence_at, fence_at
 
 
 def test_c_fence_time_50_active_lvs(cluster, record):
@@ -206,20 +233,14 @@ def test_c_fence_time_50_active_lvs(cluster, record):
              lambda: len(suspended_lvs(g3, names, True)) == 50, timeout=90)
     granted = contender.result(240)
     assert granted['host'] == 'g2'
-    grant_at, _ = holder_since(g2, names[-1], 'g2')
-    fenced = fence_lines(g3, cut - 1)
-    assert fenced, g3.log_tail()
-    fence_end, line = fenced[0]
-    took = float(re.search(r' in ([0-9.]+)s', line).group(1))
-    record.update(fence_took_s=took, fence_end_after_cut_s=round(
-        fence_end - cut, 2), margin_s=round(grant_at - fence_end, 2),
-        bound_s=BOUND)
+    margin, _ = takeover_margin(cluster, g3, g2, names[-1], cut, record)
+    line = fence_lines(g3, cut - 1)[0][1]
     assert len(re.findall(f'{VG}/f', line)) == 50, line
-    assert grant_at - fence_end >= BOUND, (grant_at, fenced)
     g3.proxy.heal()
     # On heal g3 keeps nothing writable that g2 now holds.
     wait_for('taken LV retired on g3', lambda: not any(
         t[2] == 'linear' for t in g3.dm_table(names[-1]) or []), timeout=90)
+    assert margin >= BOUND, record
 
 
 def suspended_lvs(host, names, suspended):
@@ -236,12 +257,35 @@ def test_d_watchdog_resets_a_host_whose_daemon_died(cluster, record):
     """kill -9 of g2's daemon (not restarted) with the watchdog armed:
     the guest resets before any other host is granted its LV."""
     g1, g2, _ = cluster.hosts
+    boots, start = len(g2.guest.boots), time.time()
+    try:
+        watchdog_scenario(g1, g2, start, record)
+    finally:
+        # g2 comes back (it was reset) without the watchdog.
+        g2.write_config()
+        if resets(g2, start):
+            g2.guest.wait_boot(count=boots + 1)
+            g2.sync_clock()
+        else:
+            g2.stop_daemon()
+        g2.start_daemon()
+    assert g2.dm_table('vol-w') is None
+
+
+def resets(host, after):
+    """Host times of QMP RESET events of host's guest after ``after``."""
+    return [t for t, e in host.guest.qmp_events
+            if e['event'] == 'RESET' and t >= after]
+
+
+def watchdog_scenario(g1, g2, start, record):
+    """Arm g2's watchdog with vol-w active, kill -9 its daemon; the
+    reset must come before g1's grant."""
     g2.stop_daemon()
     g2.write_config(fence__watchdog_device='/dev/watchdog')
     g2.start_daemon()
     g1.ok('create', vg=VG, lv='vol-w', size=8 * MiB)
     g2.ok('activate', vg=VG, lv='vol-w', instance='vm-w')
-    boots = len(g2.guest.boots)
     # The watchdog is armed by the fencer's first pet with an LV active.
     kill = time.time()
     g2.kill_daemon()
@@ -258,13 +302,8 @@ def test_d_watchdog_resets_a_host_whose_daemon_died(cluster, record):
                   grant_after_reset_s=round(grant_at - reset_at, 2),
                   qmp_watchdog=bool(watchdog))
     assert watchdog, g2.guest.qmp_events[-5:]
+    assert resets(g2, start)[0] >= kill, 'g2 was reset before the kill'
     assert reset_at < grant_at, (reset_at, grant_at)
-    # g2 comes back (a reset host): its daemon without the watchdog.
-    g2.guest.wait_boot(count=boots + 1)
-    g2.sync_clock()
-    g2.write_config()
-    g2.start_daemon()
-    assert g2.dm_table('vol-w') is None
 
 
 def test_e_host_reset_restores_or_releases(cluster, record):

@@ -178,6 +178,9 @@ class Guest:
         with self.cond:
             if 'event' in msg:
                 self.qmp_events.append((now, msg))
+                with open(os.path.join(self.dir, 'qmp-events.jsonl'),
+                          'a') as f:
+                    f.write(json.dumps(dict(msg, host_time=now)) + '\n')
             elif 'return' in msg or 'error' in msg:
                 self.qmp_replies.append(msg)
             self.cond.notify_all()

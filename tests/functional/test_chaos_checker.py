@@ -259,3 +259,21 @@ def test_simulated_watchdog_resets_a_host_that_stops_petting(vg_with_lv):
     [v] = checker.violations()
     assert (v['kind'], v['host'], v['token']) == \
         ('grant-before-reset', 'compute-1', 10)
+
+
+def test_a_writable_device_of_an_unarmed_watchdog_is_a_violation(vg_with_lv):
+    shared, _, offset, size, tmp = vg_with_lv
+    _map(shared, str(tmp), 'compute-1', offset, size)
+    dog = watchdog.SimulatedWatchdog.__new__(watchdog.SimulatedWatchdog)
+    dog.armed, dog.timeout = True, 0
+    history = FakeHistory(live=[(shared.vg, 'vol', 'compute-1')])
+    checker = invariants.Checker(
+        shared.device, shared.vg, {'compute-1': str(tmp / 'compute-1')},
+        history, invariants.NameBook(), lambda: [], {'compute-1': dog})
+    checker.sample()
+    checker.sample()
+    assert checker.violations() == []
+    dog.armed = False
+    checker.sample()
+    checker.sample()
+    assert _kinds(checker) == ['writable-unwatched']

@@ -11,6 +11,9 @@ KINDS = ('partition-short', 'partition-long', 'sigstop', 'kill-restart-fast',
          'lease-break-force', 'rename-after-takeover',
          'delete-after-takeover')
 LEADER_KINDS = ('etcd-leader-kill', 'etcd-leader-stop')
+# Faults that leave a daemon dead or stopped: the only ones whose host its
+# watchdog may reset.
+DAEMON_DOWN_KINDS = ('sigstop', 'kill-restart-fast', 'kill-restart-slow')
 # Rough seconds each kind takes with TTL 6 s, grace 1 s (for planning).
 COST = {'partition-short': 6, 'partition-long': 14, 'sigstop': 14,
         'kill-restart-fast': 5, 'kill-restart-slow': 20,

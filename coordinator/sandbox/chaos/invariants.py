@@ -12,6 +12,9 @@
   revision; a migration grant for the same instance aside).
 - ``stale-block-on-disk``: a stamp on the shared PV issued after such a
   grant.
+- ``writable-unwatched``: a writable device on a host whose SIMULATED
+  watchdog is not armed, for longer than the watchdog timeout: a daemon
+  that dies then is not covered.
 - ``grant-before-reset``: another host was granted an LV that a host
   later reset by its SIMULATED watchdog still had writable: the watchdog
   came too late to cover the dead or hung daemon.
@@ -57,7 +60,8 @@ class NameBook:
 class Checker:
     """Continuous and final invariant checks; collects violations."""
 
-    def __init__(self, pv, vg, dev_dirs, history, names, writers):
+    def __init__(self, pv, vg, dev_dirs, history, names, writers,
+                 watchdogs=None):
         self.pv, self.vg = pv, vg
         self.dev_dirs = dev_dirs
         self.history = history
@@ -68,6 +72,8 @@ class Checker:
         self.owners = {}  # (loop, offset) -> (hosts, lvs) last seen
         self.samples = 0
         self.mutex = threading.Lock()
+        self.watchdogs = watchdogs or {}  # host -> SimulatedWatchdog
+        self.unwatched = {}  # (loop, offset, host) -> first seen
 
     # -- recording --
 
@@ -144,8 +150,27 @@ class Checker:
                                        loop=m.loop, host=host,
                                        lvs=sorted(m.lvs))
         self.pending = {k: self.pending.get(k, 0) + 1 for k in seen}
+        self._watched(writable)
         self.samples += 1
         return maps
+
+    def _watched(self, writable):
+        """Writable devices of hosts whose watchdog is not armed; the
+        fencer arms it within a tick, so a timeout's worth is allowed."""
+        now = time.time()
+        still = {}
+        for m in writable:
+            for host in m.hosts:
+                dog = self.watchdogs.get(host)
+                if dog is None or dog.armed:
+                    continue
+                key = (m.loop, m.offset, host)
+                since = still[key] = self.unwatched.get(key, now)
+                if now - since > dog.timeout:
+                    self.violation('writable-unwatched', key, loop=m.loop,
+                                   host=host, lvs=sorted(m.lvs),
+                                   since=since)
+        self.unwatched = still
 
     def _remember(self, maps):
         """A device keeps the owner it was seen with while it stays

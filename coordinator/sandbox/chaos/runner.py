@@ -9,6 +9,7 @@ import threading
 import time
 import traceback
 
+from coordinator.sandbox.chaos import faults as faultlib
 from coordinator.sandbox.chaos import final
 from coordinator.sandbox.chaos import history as historylib
 from coordinator.sandbox.chaos import invariants
@@ -78,7 +79,7 @@ class Run:
             stack.callback(self._keep_logs)
             self.checker = invariants.Checker(
                 topo.pv, topo.vg, {h: topo.dev_dir(h) for h in topo.hosts},
-                self.history, self.names, self.wl.writers)
+                self.history, self.names, self.wl.writers, topo.watchdogs)
             return self._phases()
 
     def _phases(self):
@@ -175,21 +176,23 @@ class Run:
                        for r in d.resets), key=lambda r: r.at)
 
     def _classify_resets(self):
-        """[dict] per reset, with the fault it belongs to; a reset outside
-        its host's own fault windows is a violation (a healthy host must
-        never be reset)."""
+        """[dict] per reset, with the fault it came in (the host's latest
+        fault begun before it); only a dead or stopped daemon may leave
+        its host reset: any other reset is a violation."""
         slack = self.ttl + self.grace + 5
         out = []
         for r in self.resets():
             own = [f for f in self.faults.done if r.host in f.hosts and
                    f.start - 1 <= r.at <= (f.end or r.at) + slack]
-            out.append(dict(vars(r), fault=own[0].kind if own else None,
+            fault = max(own, key=lambda f: f.start) if own else None
+            kind = fault.kind if fault else None
+            out.append(dict(vars(r), fault=kind,
                             after_last_pet=round(r.at - r.last_pet, 3)))
-            if not own:
+            if kind not in faultlib.DAEMON_DOWN_KINDS:
                 self.checker.violation(
-                    'healthy-reset', (r.host, r.at), host=r.host,
-                    at=r.at, last_pet=r.last_pet,
-                    lvs=[d['lv'] for d in r.devices])
+                    'needless-reset', (r.host, r.at), host=r.host,
+                    fault=kind, at=r.at, last_pet=r.last_pet,
+                    lvs=[(d['lv'], d['writable']) for d in r.devices])
         return out
 
     def _stop_writers(self):

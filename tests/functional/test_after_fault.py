@@ -357,3 +357,19 @@ def test_fifty_active_lvs_all_fenced_before_any_takeover(cut_cluster):
     assert fenced[0]["at"] < grant["since"]
     print(f'50 LVs fenced in {fenced[0]["took"]:.3f}s; fence-to-grant '
           f'margin {grant["since"] - fenced[0]["at"]:.2f}s')
+
+
+def test_extend_that_committed_is_reported_as_done(cut_cluster):
+    cluster, _ = cut_cluster
+    vg = cluster.vg.vg
+    c1, c2 = cluster['compute-1'].client, cluster['compute-2'].client
+    c2.call('create', vg=vg, lv='vol-g', size=4 * MiB)
+    c2.call('create', vg=vg, lv='vol-h', size=4 * MiB)   # right after it
+    c1.call('activate', vg=vg, lv='vol-g', instance='vm-1')
+    # The new extents land after vol-h: two segments, which the holder's
+    # loop backend cannot map. The extend itself committed all the same.
+    out = c2.call('extend', vg=vg, lv='vol-g', size=8 * MiB)
+    assert out['size'] == 8 * MiB
+    assert list(out['refresh_failed']) == ['compute-1']
+    assert 'segments' in out['refresh_failed']['compute-1']
+    assert c2.call('show', vg=vg, lv='vol-g')['size'] == 8 * MiB

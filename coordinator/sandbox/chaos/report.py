@@ -63,3 +63,36 @@ def save(result, path):
 def ok(result):
     """True when the run found nothing."""
     return not result['violations'] and not result['worker_crashes']
+
+
+def summary(results):
+    """One line per run: the table across seeds."""
+    def short(counts):
+        return ' '.join(f'{k}={n}' for k, n in sorted(counts.items())) \
+            or '-'
+    lines = []
+    for r in results:
+        acked = sum(r['ops_acked'].values())
+        failed = sum(r['ops_failed'].values())
+        lines.append(
+            f'seed {r["seed"]} duration {r["duration"]}s (elapsed '
+            f'{r["elapsed"]}s): ops acked {acked} failed {failed}; '
+            f'faults {sum(r["faults_by_kind"].values())} '
+            f'({len(r["faults_by_kind"])} kinds); violations '
+            f'{len(r["violations"])} [{short(r["violations_by_kind"])}]; '
+            f'worker crashes {len(r["worker_crashes"])}; SIMULATED '
+            f'watchdog resets {len(r.get("resets", []))}; healthy fenced by '
+            f'leader changes {r["healthy_fenced_in_leader_change"]}')
+        lines.append(f'    acked: {short(r["ops_acked"])}')
+        lines.append(f'    failed: {short(r["ops_failed"])}')
+        lines.append(f'    faults: {short(r["faults_by_kind"])}')
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    import sys
+    runs = []
+    for path in sys.argv[1:]:
+        with open(path) as f:
+            runs.append(json.load(f))
+    print(summary(runs))

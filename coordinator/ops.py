@@ -12,6 +12,7 @@ from coordinator import errors
 from coordinator import grantbook
 from coordinator import metrics
 from coordinator import modes
+from coordinator import snapshots
 
 LOG = logging.getLogger(__name__)
 
@@ -107,7 +108,9 @@ class Operations:
         return result
 
     def op_delete(self, vg, lv):
-        self.lvm.lv(vg, lv)
+        origin = self.lvm.lv(vg, lv).get('origin')
+        if origin:
+            return snapshots.delete(self, vg, lv, origin)
         # Nobody may be granted the LV from the check until it is gone.
         self.leases.reserve(vg, lv, 'delete')
         try:
@@ -171,17 +174,16 @@ class Operations:
         return self._committed(result, recorded)
 
     def op_snapshot(self, vg, lv, name, size):
-        # The origin's device-mapper table lives on the host that has it
-        # active: the snapshot must be taken there.
-        active_on = [h.host for h in self.leases.holders(vg, lv)
-                     if h.alive and h.mode != modes.SHARED]
-        if active_on and self.host not in active_on:
-            return self.router.call(active_on[0], 'snapshot',
-                                    {'vg': vg, 'lv': lv, 'name': name,
-                                     'size': size})
-        self._change(vg, f'lvcreate -s {vg}/{lv} {name}',
-                     lambda: self.lvm.create_snapshot(vg, lv, name, size))
-        return dict(self.op_show(vg, name), taken_on=self.host)
+        return snapshots.create(self, vg, lv, name, size)
+
+    def op_snapshot_delete(self, vg, lv):
+        origin = self.lvm.lv(vg, lv).get('origin')
+        if not origin:
+            raise errors.InvalidInput('lv', f'{vg}/{lv} is not a snapshot')
+        return snapshots.delete(self, vg, lv, origin)
+
+    def op_revert(self, vg, lv, snapshot):
+        return snapshots.revert(self, vg, lv, snapshot)
 
     # -- activation --
 
@@ -199,6 +201,7 @@ class Operations:
             # Read under the grant: a rename or delete needs the LV
             # unheld, so the name maps this LV until we let go.
             info = self._lv_info(vg, lv)
+            snapshots.check_activation(self, vg, info)
             if mode == modes.SHARED and MULTIATTACH_TAG not in info['tags']:
                 raise errors.InvalidInput('mode', f'{vg}/{lv} is not a '
                                           f'multiattach volume')

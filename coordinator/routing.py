@@ -35,7 +35,8 @@ RECHECK = 1.0
 # What another host may ask of this one: the operations ops.py routes
 # (activate/deactivate/refresh through _route, snapshot to the origin's
 # holder). Metadata changes and reads are never run on request.
-ROUTABLE = ('activate', 'deactivate', 'refresh', 'snapshot')
+ROUTABLE = ('activate', 'deactivate', 'refresh', 'snapshot',
+            'snapshot_delete')
 # A routed activate may wait this long for a lease; the caller waits
 # MAX_WAIT plus its own margin, so a request can never hold a worker longer.
 MAX_WAIT = 300.0

@@ -68,6 +68,8 @@ OPS = {
     'tag': ([VG, LV], [('add', _tags), ('remove', _tags)]),
     'snapshot': ([VG, LV, ('name', names.lv_name), ('size', names.size)],
                  []),
+    'snapshot_delete': ([VG, LV], []),
+    'revert': ([VG, LV, ('snapshot', names.lv_name)], []),
     'activate': ([VG, LV], [('host', _host), ('mode', _mode),
                             ('instance', _text(255)), ('wait', _seconds),
                             ('read_only', _bool)]),

@@ -366,6 +366,13 @@ class LVM:
         self.run(['lvcreate', '--snapshot', '--size', _bytes_arg(size),
                   '--name', name, f'{vg}/{origin}'], f'{vg}/{name}')
 
+    def merge_snapshot(self, vg, snapshot):
+        """lvconvert --merge: fold ``snapshot`` back into its origin (at
+        the origin's next activation if it is inactive)."""
+        vg, snapshot = names.vg_name(vg), names.lv_name(snapshot, 'snapshot')
+        self.run(['lvconvert', '--merge', '--yes', f'{vg}/{snapshot}'],
+                 f'{vg}/{snapshot}')
+
     # -- activation (production path: needs device-mapper) --
 
     def _activation(self, vg, lv, args, config=()):

@@ -303,6 +303,15 @@ class VGInfo:
             info, extents = self._lv(name, lv)
             self.lvs[name] = info
             used += extents
+        # An old-style snapshot is a hidden LV whose 'snapshot' segment
+        # names the origin and the COW LV; lvs reports the origin on the
+        # COW LV (the one users see): so do we.
+        for lv in vg.get('logical_volumes', {}).values():
+            for seg in lv.values():
+                if isinstance(seg, dict) and seg.get('type') == 'snapshot' \
+                        and seg.get('cow_store') in self.lvs:
+                    self.lvs[seg['cow_store']]['origin'] = seg.get('origin',
+                                                                   '')
         total = sum(p['pe_count'] for p in self.pvs.values())
         self.size = total * self.extent_size
         self.free = (total - used) * self.extent_size

@@ -80,3 +80,65 @@ def test_missing_lv_and_unknown_pv():
         info.lv('b')
     with pytest.raises(ValueError, match='not seen'):
         mda.VGInfo(TEXT, {})
+
+
+SNAP_TEXT = b'''vg0 {
+id = "vgid-1"
+seqno = 9
+status = ["RESIZEABLE", "READ", "WRITE"]
+extent_size = 8192
+physical_volumes {
+pv0 {
+id = "''' + PV.encode() + b'''"
+pe_start = 2048
+pe_count = 100
+}
+}
+logical_volumes {
+vol {
+id = "lvid-o"
+status = ["READ", "WRITE", "VISIBLE"]
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 4
+type = "striped"
+stripe_count = 1
+stripes = ["pv0", 0]
+}
+}
+snap {
+id = "lvid-s"
+status = ["READ", "WRITE", "VISIBLE"]
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 2
+type = "striped"
+stripe_count = 1
+stripes = ["pv0", 4]
+}
+}
+snapshot0 {
+id = "lvid-h"
+status = ["READ", "WRITE", "VISIBLE"]
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 4
+type = "snapshot"
+chunk_size = 8
+origin = "vol"
+cow_store = "snap"
+}
+}
+}
+}
+\0'''
+
+
+def test_snapshot_cow_lv_names_its_origin_as_lvs_does():
+    info = mda.VGInfo(SNAP_TEXT, {PV: '/dev/loop7'})
+    assert info.lv('snap')['origin'] == 'vol'
+    assert info.lv('vol')['origin'] == ''
+    assert info.free == 94 * 8192 * 512

@@ -1,0 +1,130 @@
+"""Snapshots go where their origin is active, under its lease (rules only;
+the real-kernel tier runs them on device-mapper)."""
+import pytest
+
+from coordinator import errors
+from coordinator import modes
+from coordinator import snapshots
+
+
+class FakeOps:
+    def __init__(self, holders=(), host='volume-1'):
+        self.host = host
+        self.calls = []
+        self.holders = [modes.Holder(host=h, mode=m) for h, m in holders]
+        ops = self
+
+        class Leases:
+            def holders(self, vg, lv):
+                return ops.holders
+
+            def reserve(self, vg, lv, op):
+                ops.calls.append(('reserve', lv, op))
+
+            def unreserve(self, vg, lv):
+                ops.calls.append(('unreserve', lv))
+
+        class Router:
+            def call(self, host, op, args):
+                ops.calls.append(('route', host, op, args['lv']))
+                return {'routed': host}
+
+        class LVM:
+            def create_snapshot(self, vg, lv, name, size):
+                ops.calls.append(('lvcreate -s', lv, name))
+
+            def remove_lv(self, vg, lv):
+                ops.calls.append(('lvremove', lv))
+
+            def merge_snapshot(self, vg, snap):
+                ops.calls.append(('merge', snap))
+
+            def lv(self, vg, lv):
+                return {'name': lv, 'origin': 'vol'}
+
+        self.leases, self.router, self.lvm = Leases(), Router(), LVM()
+
+    def op_activate(self, vg, lv, instance=None):
+        self.calls.append(('activate', lv))
+
+    def op_deactivate(self, vg, lv):
+        self.calls.append(('deactivate', lv))
+
+    def _change(self, vg, op, action):
+        action()
+        return True
+
+    def op_show(self, vg, lv):
+        return {'lv': lv}
+
+
+def test_snapshot_is_taken_where_the_origin_is_active():
+    ops = FakeOps([('compute-2', 'exclusive')])
+    assert snapshots.create(ops, 'vg', 'vol', 'snap', 1) == \
+        {'routed': 'compute-2'}
+    assert ops.calls == [('route', 'compute-2', 'snapshot', 'vol')]
+
+
+def test_detached_origin_gets_a_short_lease_here():
+    ops = FakeOps()
+    out = snapshots.create(ops, 'vg', 'vol', 'snap', 1)
+    assert out['taken_on'] == 'volume-1'
+    assert ops.calls == [('activate', 'vol'), ('lvcreate -s', 'vol', 'snap'),
+                         ('deactivate', 'vol')]
+
+
+def test_origin_held_here_is_used_as_is():
+    ops = FakeOps([('volume-1', 'exclusive')])
+    snapshots.create(ops, 'vg', 'vol', 'snap', 1)
+    assert ops.calls == [('lvcreate -s', 'vol', 'snap')]
+
+
+def test_shared_origin_is_refused():
+    ops = FakeOps([('compute-1', 'shared'), ('compute-2', 'shared')])
+    with pytest.raises(errors.LeaseConflict, match='shared'):
+        snapshots.create(ops, 'vg', 'vol', 'snap', 1)
+    assert ops.calls == []
+
+
+def test_snapshot_delete_goes_to_the_origin_holder():
+    ops = FakeOps([('compute-2', 'exclusive')])
+    snapshots.delete(ops, 'vg', 'snap', 'vol')
+    assert ops.calls == [('route', 'compute-2', 'snapshot_delete', 'snap')]
+
+
+def test_snapshot_delete_of_detached_origin_keeps_it_unactivated():
+    ops = FakeOps()
+    snapshots.delete(ops, 'vg', 'snap', 'vol')
+    assert ops.calls == [('reserve', 'vol', 'snapshot delete'),
+                         ('lvremove', 'snap'), ('unreserve', 'vol')]
+
+
+def test_revert_needs_a_detached_origin():
+    ops = FakeOps([('compute-2', 'exclusive')])
+    with pytest.raises(errors.LeaseConflict, match='compute-2'):
+        snapshots.revert(ops, 'vg', 'vol', 'snap')
+    assert ops.calls == []
+    ops = FakeOps()
+    out = snapshots.revert(ops, 'vg', 'vol', 'snap')
+    assert out['merge'] == 'on next activation'
+    assert ops.calls == [('reserve', 'vol', 'revert'), ('merge', 'snap'),
+                         ('unreserve', 'vol')]
+
+
+def test_revert_refuses_a_snapshot_of_another_origin():
+    ops = FakeOps()
+    with pytest.raises(errors.InvalidInput, match='not a snapshot of'):
+        snapshots.revert(ops, 'vg', 'other', 'snap')
+
+
+def test_snapshot_activates_only_with_its_origin_here():
+    info = {'name': 'snap', 'origin': 'vol'}
+    with pytest.raises(errors.LeaseConflict, match='active on compute-2'):
+        snapshots.check_activation(
+            FakeOps([('compute-2', 'exclusive')]), 'vg', info)
+    with pytest.raises(errors.LeaseConflict, match='not active'):
+        snapshots.check_activation(FakeOps(), 'vg', info)
+    snapshots.check_activation(FakeOps([('volume-1', 'exclusive')]), 'vg',
+                               info)
+    snapshots.check_activation(FakeOps(), 'vg', {'name': 'vol',
+                                                 'origin': ''})

@@ -105,24 +105,25 @@ def test_sigstopped_holder_loses_session_and_lock(etcd_server, actors,
 def test_restart_within_ttl_resumes_session(etcd_server, actors, tmp_path):
     eps = etcd_server.endpoints
     state = str(tmp_path / 'session.json')
+    # TTL 10: a restart on a loaded 2-core machine takes several seconds.
     first = actors(eps, 'compute-1', 'lease', '--vg', 'vg0', '--lv', 'v1',
-                   ttl=4, state_file=state)
+                   ttl=10, state_file=state)
     granted = first.wait_event('granted')
     contender = actors(eps, 'compute-2', 'lease', '--vg', 'vg0', '--lv',
-                       'v1', '--wait', '12', ttl=4)
+                       'v1', '--wait', '25', ttl=10)
     contender.wait_event('session')
     first.signal(signal.SIGKILL)
     first.proc.wait()
     time.sleep(1.0)
     again = actors(eps, 'compute-1', 'lease', '--vg', 'vg0', '--lv', 'v1',
-                   ttl=4, state_file=state)
+                   ttl=10, state_file=state)
     session = again.wait_event('session')
     assert session['resumed'] is True
     assert session['session'] == first.events('session')[0]['session']
     # Re-grant to the same holder is idempotent: same fencing token.
     assert again.wait_event('granted')['token'] == granted['token']
-    # The contender waited the whole time (12s, 3 TTLs) and never got in.
-    refused = contender.wait_event('refused', timeout=20)
+    # The contender waited the whole time (25s, 2.5 TTLs), never got in.
+    refused = contender.wait_event('refused', timeout=40)
     assert refused['code'] == 'lease-conflict'
     assert 'compute-1' in refused['error']
     assert contender.events('granted') == []

@@ -12,9 +12,11 @@ from coordinator import errors
 
 LOG = logging.getLogger(__name__)
 
-# Re-read everything this often even without events: a watch stream lost
-# with an etcd member must not leave a revoked grant unnoticed for long.
-RESCAN = 5.0
+# Re-read everything this often even without events: a safety net for a
+# silently dead stream (one that ends is noticed at once). Safety does not
+# hang on it: a broken holder that does not acknowledge keeps the LV
+# ungranted for TTL + grace, and session loss is the fencer's.
+RESCAN = 30.0
 
 
 class GrantWatch:
@@ -70,6 +72,8 @@ class GrantWatch:
                     for event in watch.until(time.monotonic() + RESCAN, 0.5):
                         if stopping.is_set():
                             return
+                        if watch.dead:
+                            break
                         if event is None:
                             continue
                         vg, lv = event[1].key[len(root):].split('/')[:2]

@@ -241,7 +241,7 @@ class SimulatedWatchdog:
     def _tokens(self):
         """{'vg/lv': token} from the daemon's grant book."""
         out = {}
-        for name in os.listdir(self.daemon.state_dir):
+        for name in _listdir(self.daemon.state_dir):
             if not (name.startswith('grants-') and name.endswith('.json')):
                 continue
             try:

@@ -37,31 +37,35 @@ class History:
     def __init__(self, endpoints, cluster):
         self.etcd = etcdlib.Etcd(endpoints, timeout=2.0, retry_window=5.0)
         self.keys = Keys(cluster=cluster)
+        # Under the cluster's root (so the watch sees it), where no daemon
+        # looks.
+        self.marker = f'{self.keys.root}chaos-checker/marker'
         self.last = 0
         self.grants = []
         self.events = []
 
-    def poll(self, idle=2.0):
-        """Read everything written since the last poll; False if etcd did
-        not answer (try again later)."""
+    def poll(self, idle=2.0, tries=3):
+        """Replay everything written until now; False if etcd did not
+        answer in time (nothing is skipped: the next poll goes on from
+        the last event replayed)."""
         try:
-            _, head = self.etcd.range(self.keys.root, prefix=True, limit=1)
-            # The head counts keys outside our prefix (tooz's) too: a
-            # second idle stream means nothing under it is left to replay.
-            for _ in range(2):
-                if self.last >= head:
-                    break
+            # A marker of our own, put now: once the watch has delivered
+            # it, everything before it has been replayed (no guessing from
+            # idle streams, which a loaded machine or a lost member makes).
+            mark = self.etcd.put(self.marker, repr(time.time()))
+            for _ in range(tries):
                 with self.etcd.watch(self.keys.root, self.last + 1,
                                      prefix=True) as watch:
-                    while self.last < head:
+                    while self.last < mark:
                         got = watch.get(idle)
                         if got is None:
-                            break  # idle, or a stream lost with a member
+                            break  # a lost stream: reopen from self.last
                         self._apply(*got)
-            self.last = max(self.last, head)
+                if self.last >= mark:
+                    return True
         except errors.CoordError:
-            return False
-        return True
+            pass
+        return False
 
     def _apply(self, kind, kv):
         self.last = max(self.last, kv.mod_revision)

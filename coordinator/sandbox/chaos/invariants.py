@@ -224,10 +224,18 @@ class Checker:
 
     @staticmethod
     def _later_grants(by_uuid, uuid, host, token, instance):
-        """Grants of LV ``uuid`` to other hosts after token ``token``."""
-        return [g for g in by_uuid.get(uuid, ())
+        """Grants of LV ``uuid`` to other hosts after token ``token``; a
+        migration grant of the same instance aside, and so is its
+        conversion to exclusive when the source detaches (the same
+        holder, instance and ``since``, rewritten)."""
+        grants = by_uuid.get(uuid, ())
+        migrations = {(g.host, g.instance, g.since) for g in grants
+                      if g.mode == 'migration'}
+        return [g for g in grants
                 if g.token > token and g.host != host and
-                not (g.mode == 'migration' and g.instance == instance)]
+                not (g.instance == instance and
+                     (g.mode == 'migration' or
+                      (g.host, g.instance, g.since) in migrations))]
 
     def check_writes(self):
         """Writes a writer got acknowledged after another host's grant."""

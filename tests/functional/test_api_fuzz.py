@@ -43,7 +43,11 @@ requests = st.fixed_dictionaries(
      'args': st.dictionaries(names, json_values, max_size=5)})
 
 
-@settings(max_examples=150, deadline=None,
+# `make test` runs 150; LVMCOORD_FUZZ_EXAMPLES=10000 for a long run.
+EXAMPLES = int(os.environ.get('LVMCOORD_FUZZ_EXAMPLES', '150'))
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.one_of(requests.map(lambda r: json.dumps(r).encode()),
                       st.binary(max_size=200),

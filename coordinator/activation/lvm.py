@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 
 from coordinator import errors
 from coordinator.activation import base
@@ -304,8 +305,21 @@ class LVMBackend(base.Backend):
 
     def suspend(self, vg, lv):
         """dmsetup suspend: new I/O queues in the kernel."""
-        # Never killed: interrupting the ioctl would undo the suspend.
-        self._dmsetup('suspend', dm_name(vg, lv), kill_on_timeout=False)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                # Never killed: interrupting the ioctl undoes the suspend.
+                self._dmsetup('suspend', dm_name(vg, lv),
+                              kill_on_timeout=False)
+                return
+            except errors.LVMError as exc:
+                # ENXIO: the device exists without a live table yet, i.e.
+                # an lvchange is activating it right now; it will load and
+                # resume the table in a moment: suspend it once it has.
+                if 'No such device or address' not in exc.stderr or \
+                        time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
 
     def suspend_many(self, lvs):
         """Suspend every (vg, lv) in parallel; {(vg, lv): error} of those

@@ -25,6 +25,7 @@ from tests.realhost.cluster import MiB
 
 BOUND = (1 - FRACTION) * TTL + GRACE   # documented fence-to-takeover margin
 SECTOR = 512
+SHARED = {}   # what one scenario leaves for the next (d -> e)
 
 
 @pytest.fixture(autouse=True)
@@ -207,6 +208,7 @@ def takeover_margin(cluster, fenced_host, taker, lv, cut, record):
     return since - fence_at, fence_at
 
 
+@pytest.mark.timeout(900)
 def test_c_fence_time_50_active_lvs(cluster, record):
     """50 LVs active on g3; g3 cut off: all 50 suspended in the kernel,
     the fence's own duration and its margin to a takeover."""
@@ -219,7 +221,9 @@ def test_c_fence_time_50_active_lvs(cluster, record):
             'create', vg=VG, lv=names[i], size=4 * MiB), range(50)))
     record['create_50_s'] = round(time.time() - start, 1)
     start = time.time()
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    # Two at a time: a 1-vCPU TCG guest running 8 lvchange at once
+    # starves its own daemon's keepalives.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda n: g3.ok('activate', vg=VG, lv=n,
                                       instance=f'vm-{n}'), names))
     record['activate_50_s'] = round(time.time() - start, 1)
@@ -253,23 +257,20 @@ def suspended_lvs(host, names, suspended):
             (row.split('|')[1] == 'Suspended') == suspended]
 
 
+@pytest.mark.timeout(600)
 def test_d_watchdog_resets_a_host_whose_daemon_died(cluster, record):
     """kill -9 of g2's daemon (not restarted) with the watchdog armed:
     the guest resets before any other host is granted its LV."""
     g1, g2, _ = cluster.hosts
-    boots, start = len(g2.guest.boots), time.time()
+    start = time.time()
     try:
         watchdog_scenario(g1, g2, start, record)
     finally:
-        # g2 comes back (it was reset) without the watchdog.
+        # No reset (a failure): g2 goes on without the watchdog.
         g2.write_config()
-        if resets(g2, start):
-            g2.guest.wait_boot(count=boots + 1)
-            g2.sync_clock()
-        else:
+        if not resets(g2, start):
             g2.stop_daemon()
-        g2.start_daemon()
-    assert g2.dm_table('vol-w') is None
+            g2.start_daemon()
 
 
 def resets(host, after):
@@ -279,20 +280,22 @@ def resets(host, after):
 
 
 def watchdog_scenario(g1, g2, start, record):
-    """Arm g2's watchdog with vol-w active, kill -9 its daemon; the
-    reset must come before g1's grant."""
+    """g2 holds vol-w and vol-r with its watchdog armed; kill -9 of its
+    daemon; the reset must come before g1's grant of vol-w."""
     g2.stop_daemon()
     g2.write_config(fence__watchdog_device='/dev/watchdog')
     g2.start_daemon()
-    g1.ok('create', vg=VG, lv='vol-w', size=8 * MiB)
-    g2.ok('activate', vg=VG, lv='vol-w', instance='vm-w')
-    # The watchdog is armed by the fencer's first pet with an LV active.
+    for lv in ('vol-w', 'vol-r'):
+        g1.ok('create', vg=VG, lv=lv, size=8 * MiB)
+        g2.ok('activate', vg=VG, lv=lv, instance=f'vm-{lv}')
+    SHARED['vol_r_sha'] = g2.blockio('fill', dev('vol-r'), 'r', 0,
+                                     64).strip()
+    # The fencer armed the watchdog when it first petted with LVs active.
     kill = time.time()
     g2.kill_daemon()
     contender = Background(lambda: g1.ok('activate', vg=VG, lv='vol-w',
                                          instance='vm-w2', wait=120))
-    reset_at, event = g2.guest.wait_qmp_event('RESET', after=kill,
-                                              timeout=90)
+    reset_at, _ = g2.guest.wait_qmp_event('RESET', after=kill, timeout=90)
     granted = contender.result(240)
     assert granted['host'] == 'g1'
     grant_at, _ = holder_since(g1, 'vol-w', 'g1')
@@ -306,36 +309,30 @@ def watchdog_scenario(g1, g2, start, record):
     assert reset_at < grant_at, (reset_at, grant_at)
 
 
-def test_e_host_reset_restores_or_releases(cluster, record):
-    """g1 is reset (QMP system_reset, like a power cut) holding two LVs;
-    g2 takes one over meanwhile. When g1's daemon starts again the LV it
-    still holds is a device again; the other is not, and is g2's."""
+@pytest.mark.timeout(600)
+def test_e_host_reboot_restores_or_releases(cluster, record):
+    """g2 comes back from the reset of scenario d (a host reboot): the LV
+    it still holds (vol-r) is a device again, with its data; the one g1
+    took meanwhile (vol-w) is not, and stays g1's."""
     g1, g2, _ = cluster.hosts
-    for lv in ('vol-r1', 'vol-r2'):
-        g2.ok('create', vg=VG, lv=lv, size=8 * MiB)
-        g1.ok('activate', vg=VG, lv=lv, instance=f'vm-{lv}')
-    written = g1.blockio('fill', dev('vol-r1'), 'r1', 0, 64).strip()
-    boots = len(g1.guest.boots)
-    reset = time.time()
-    assert 'error' not in g1.guest.qmp_cmd('system_reset')
-    granted = g2.ok('activate', vg=VG, lv='vol-r2', instance='vm-r2b',
-                    wait=120)
-    assert granted['host'] == 'g2'
-    g1.guest.wait_boot(count=boots + 1)
-    record['reboot_s'] = round(time.time() - reset, 1)
-    g1.sync_clock()
+    reset_at = resets(g2, 0)[-1]
+    g2.guest.wait_boot(count=len(g2.guest.boots) + (
+        0 if g2.guest.boots[-1][1] > reset_at else 1))
+    record['reboot_s'] = round(g2.guest.boots[-1][1] - reset_at, 1)
+    g2.sync_clock()
+    g2.write_config()
     start = time.time()
-    g1.start_daemon()
-    table = wait_for('vol-r1 restored on g1', lambda: g1.dm_table('vol-r1'),
-                     timeout=90)
-    record['restore_after_start_s'] = round(time.time() - start, 1)
-    assert table[0][2] == 'linear' and not g1.dm_info('vol-r1')['suspended']
-    assert g1.blockio('sha', dev('vol-r1'), 0, 64).strip() == written
-    assert g1.dm_table('vol-r2') is None
-    show = g1.ok('show', vg=VG, lv='vol-r2')
-    assert [h['host'] for h in show['holders']] == ['g2'], show
-    show = g1.ok('show', vg=VG, lv='vol-r1')
-    assert [h['host'] for h in show['holders']] == ['g1'], show
+    g2.start_daemon()
+    table = wait_for('vol-r restored on g2', lambda: g2.dm_table('vol-r'),
+                     timeout=120)
+    record['restored_after_start_s'] = round(time.time() - start, 1)
+    assert table[0][2] == 'linear' and not g2.dm_info('vol-r')['suspended']
+    assert g2.blockio('sha', dev('vol-r'), 0, 64).strip() == \
+        SHARED['vol_r_sha']
+    assert g2.dm_table('vol-w') is None
+    holders = {lv: [h['host'] for h in g2.ok('show', vg=VG, lv=lv)[
+        'holders'] if h.get('alive', True)] for lv in ('vol-w', 'vol-r')}
+    assert holders == {'vol-w': ['g1'], 'vol-r': ['g2']}, holders
 
 
 def writer_argv(device, tag, first, count, interval, log):

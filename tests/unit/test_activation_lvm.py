@@ -153,3 +153,19 @@ def test_errors_are_coord_errors(monkeypatch):
     monkeypatch.setenv('PATH', '/nonexistent')
     with pytest.raises(errors.LVMError):
         be.active()
+
+
+def test_suspend_waits_for_an_activation_in_flight():
+    # Captured on a guest: suspend while lvchange had not loaded the table.
+    enxio = ('device-mapper: suspend ioctl on rhvg-f12  failed: No such '
+             'device or address\nCommand failed.\n')
+
+    class Racing(FakeDM):
+        def _dmsetup(self, *args, kill_on_timeout=True):
+            self.calls.append(args)
+            if len(self.calls) < 3:
+                raise errors.LVMError('dmsetup suspend', stderr=enxio)
+            return ''
+    be = Racing({})
+    be.suspend('rhvg', 'f12')
+    assert be.calls == [('suspend', 'rhvg-f12')] * 3

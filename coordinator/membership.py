@@ -59,6 +59,13 @@ class Membership:
         self.capabilities = capabilities
         self._coord.update_capabilities(self.group, capabilities).get()
 
+    @property
+    def heartbeat_interval(self):
+        """Seconds between heartbeats: tooz's membership lease has the
+        session TTL, so every TTL/2 leaves one more try before it runs out
+        (a host that stays silent longer has lost its session anyway)."""
+        return self.ttl / 2.0
+
     def heartbeat(self):
         """Keep the membership alive; reconnect (next endpoint) on error."""
         try:

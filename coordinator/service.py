@@ -10,6 +10,7 @@ signals.
 import logging
 import os
 import threading
+import time
 
 import cotyledon
 
@@ -26,6 +27,10 @@ from coordinator.api.server import APIServer
 from coordinator.host import HostContext
 
 LOG = logging.getLogger(__name__)
+
+# Seconds the session worker reuses the VG UUIDs recorded in etcd (written
+# once; re-read at once while one is not recorded yet).
+UUIDS_REFRESH = 120.0
 
 
 class _Worker(cotyledon.Service):
@@ -64,6 +69,12 @@ class SessionWorker(_Worker):
         self.ctx.membership.join(view)
         if self.conf.metrics.port:
             metrics.serve(self.conf.metrics.port, self.conf.metrics.address)
+        # The VG UUIDs recorded in etcd are written once (first host to see
+        # the VG): the readiness refresh every 15 s need not read them
+        # again each time, only while one is missing, and now and then.
+        self._uuids = (time.monotonic(), None)
+        self.ctx.known_uuids = self._known_uuids
+        beat_every = max(1, int(self.ctx.membership.heartbeat_interval))
         ticks = 0
         while not self.stopping.wait(1.0):
             ticks += 1
@@ -81,7 +92,8 @@ class SessionWorker(_Worker):
             metrics.KEEPALIVE.set(eng.session.keepalive_rtt)
             # Idle etcd traffic per host stays under 1 request/s: the
             # lock-queue metric is read only when metrics are served, tooz's
-            # membership lease (TTL = session TTL) refreshed every TTL/3.
+            # membership lease (TTL = session TTL) refreshed every TTL/2,
+            # recorded VG UUIDs re-read every UUIDS_REFRESH seconds.
             for vg in self.conf.lvm.volume_groups:
                 if not self.conf.metrics.port or ticks % 5:
                     break
@@ -91,7 +103,7 @@ class SessionWorker(_Worker):
                     continue
                 metrics.QUEUE_DEPTH.labels(vg=vg).set(depth)
             try:
-                if ticks % max(1, int(self.conf.session.ttl / 3)) == 0:
+                if ticks % beat_every == 0:
                     self.ctx.membership.heartbeat()
                 if ticks % 15 == 0:
                     view = self.ctx.readiness(fresh=True)
@@ -102,6 +114,14 @@ class SessionWorker(_Worker):
                 # a session loss): join again rather than die.
                 LOG.warning('membership: %s; joining again', exc)
                 self._rejoin()
+
+    def _known_uuids(self):
+        at, uuids = self._uuids
+        if uuids is None or time.monotonic() - at > UUIDS_REFRESH or \
+                any(vg not in uuids for vg in self.conf.lvm.volume_groups):
+            uuids = HostContext.known_uuids(self.ctx)
+            self._uuids = (time.monotonic(), uuids)
+        return dict(uuids)
 
     def _rejoin(self):
         try:
@@ -164,7 +184,8 @@ class FenceWorker(_Worker):
                                    self.conf.fence.interval),
             retry_window=0)
         f = self.conf.fence
-        dog = watchdog.Watchdog(f.watchdog_device, f.watchdog_timeout) \
+        dog = watchdog.Watchdog(f.watchdog_device, f.watchdog_timeout,
+                                ctx.watchdog_state) \
             if f.watchdog_device else None
         self.fencer = fencer = fence.Fencer(
             lambda: session.last_ok,

@@ -184,8 +184,7 @@ class FenceWorker(_Worker):
                                    self.conf.fence.interval),
             retry_window=0)
         f = self.conf.fence
-        dog = watchdog.Watchdog(f.watchdog_device, f.watchdog_timeout,
-                                ctx.watchdog_state) \
+        dog = watchdog.Watchdog(f.watchdog_device, f.watchdog_timeout) \
             if f.watchdog_device else None
         self.fencer = fencer = fence.Fencer(
             lambda: session.last_ok,

@@ -6,6 +6,7 @@ Three hosts: compute-1 (the caller), compute-2 (the routed target) and
 idle-1, whose etcd traffic goes through a counting proxy and which is
 never asked anything (a proxy on the others would add its own latency).
 """
+import collections
 import os
 import re
 import select
@@ -35,10 +36,11 @@ class CountingProxy(Proxy):
     """A Proxy that counts the HTTP requests a host sends to etcd (a watch
     stream counts once, when it is opened)."""
 
-    _REQUEST = re.compile(rb'(?:^|\r\n)(?:POST|GET|PUT|DELETE) /')
+    _REQUEST = re.compile(rb'(?:^|\r\n)(?:POST|GET|PUT|DELETE) (/[^ ?]*)')
 
     def __init__(self, host, port):
         self.requests = 0
+        self.paths = collections.Counter()
         super().__init__(host, port)
 
     def _serve(self, client):
@@ -58,7 +60,9 @@ class CountingProxy(Proxy):
                     if not data:
                         return
                     if s is client:
-                        self.requests += len(self._REQUEST.findall(data))
+                        found = self._REQUEST.findall(data)
+                        self.requests += len(found)
+                        self.paths.update(p.decode() for p in found)
                     pair[s].sendall(data)
         except OSError:
             return
@@ -184,9 +188,14 @@ def _sum(samples, key):
 
 
 def _idle(proxy, seconds):
-    start = proxy.requests
+    """(requests per second, {URL path: requests per second})."""
+    start, paths = proxy.requests, proxy.paths.copy()
     time.sleep(seconds)
-    return (proxy.requests - start) / seconds
+    by_path = proxy.paths.copy()
+    by_path.subtract(paths)
+    return ((proxy.requests - start) / seconds,
+            {p: round(n / seconds, 3) for p, n in by_path.most_common()
+             if n > 0})
 
 
 def run(report, quick):
@@ -227,16 +236,19 @@ def run(report, quick):
             # Idle: the other hosts' work is over; let the idle host settle.
             time.sleep(max(0.0, 15 - (time.monotonic() - settle)))
             window = 20 if quick else 60
-            rate = _idle(proxies[0], window)
+            rate, by_path = _idle(proxies[0], window)
             report.row(f'idle etcd requests per host ({window} s window)',
                        f'{rate:.2f} req/s', f'<= {TARGET_IDLE:g} req/s',
                        rate <= TARGET_IDLE)
+            report.row('  by URL path', ', '.join(
+                f'{p} {n:.2f}' for p, n in by_path.items()) or 'none')
             memory(report, c)
             report.data['daemons'] = {
                 'create': {k: v.ms() for k, v in s.items()},
                 'create_ratio': round(med, 3),
                 'routed_ms': {k: round(v * 1e3, 3) for k, v in r.items()},
-                'idle_req_per_s': round(rate, 3)}
+                'idle_req_per_s': round(rate, 3),
+                'idle_req_per_s_by_path': by_path}
     finally:
         for p in proxies:
             p.close()

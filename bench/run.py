@@ -2,12 +2,14 @@
 
 Starts a private etcd and loop-device LVM, measures the VG lock, its
 hand-off and coordinated lvcreate against baselines taken in the same run,
-and failover with real daemons at default settings;
+failover and the daemons with real daemons at default settings, and leases
+at scale (200 sessions, 5,000 leases) on an etcd of their own;
 prints a table with the targets, and stops and detaches everything it
 started, also on failure or Ctrl-C.
 """
 import argparse
 import contextlib
+import os
 import shutil
 import signal
 import sys
@@ -68,6 +70,7 @@ def measure(args, report, stack, workdir):
             report, endpoint, stack, quick)))
         sections.append(('4. failover', lambda: _failover(report, quick)))
         sections.append(('5. daemons', lambda: _daemons(report, quick)))
+    sections.append(('6. scale', lambda: _scale(report, quick)))
     only = {n.strip() for n in args.only.split(',') if n.strip()}
     if only:
         sections = [s for s in sections if s[0].split('.')[0] in only]
@@ -88,6 +91,11 @@ def _failover(report, quick):
     failover.run(report, quick)
 
 
+def _scale(report, quick):
+    from bench import scale  # an etcd of its own, 200 sessions
+    scale.run(report, quick)
+
+
 def _daemons(report, quick):
     from bench import daemonbench  # daemons on loop-device LVM (root)
     daemonbench.run(report, quick)
@@ -98,6 +106,11 @@ def _lvm(report, endpoint, stack, quick):
     lvmbench.run(report, [endpoint], stack, quick)
 
 
+def _loadavg():
+    with open('/proc/loadavg') as f:
+        return f.read().split()[:3]
+
+
 def main(argv=None):
     """Run the bench; 0, 2 if a section failed, 1 if a target was missed."""
     args = parse_args(argv)
@@ -106,6 +119,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _terminate)
     report = Report()
     started = time.monotonic()
+    load_start = _loadavg()
     stack = contextlib.ExitStack()
     try:
         workdir = tempfile.mkdtemp(prefix='lvmcoord-bench-')
@@ -121,6 +135,11 @@ def main(argv=None):
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
     report.data['wall_seconds'] = round(time.monotonic() - started, 1)
+    load_end = _loadavg()
+    report.data['loadavg'] = {'start': load_start, 'end': load_end}
+    report.note(f'machine load average (1, 5, 15 min; {os.cpu_count()} '
+                f'CPUs) at the start: {" ".join(load_start)}, at the end: '
+                f'{" ".join(load_end)}')
     print(f'\nlvmcoord bench ({report.data["wall_seconds"]} s)')
     print(report.table())
     if args.json:

@@ -242,7 +242,14 @@ class Fencer:
             return
         booked = set(self.book.all()) if self.book else set()
         if not booked and not self.fenced:
-            self.watchdog.disarm()
+            if self.watchdog.armed and self.book:
+                # Under the book's lock: an activation that records itself
+                # after this sees the watchdog disarmed and waits for it.
+                with self.book.locked():
+                    if not self.book.all():
+                        self.watchdog.disarm()
+            elif self.watchdog.armed:
+                self.watchdog.disarm()
             return
         # Pet only while nothing here can write without a valid grant: the
         # session is provably valid, or every device is fenced.

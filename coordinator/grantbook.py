@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 
 ACTIVATING, ACTIVE = 'activating', 'active'
 
@@ -21,15 +22,27 @@ class GrantBook:
     def __init__(self, state_dir, cluster='default'):
         self.path = os.path.join(state_dir, f'grants-{cluster}.json')
         self._lock_path = self.path + '.lock'
+        self._held = threading.local()
 
     @contextlib.contextmanager
-    def _locked(self):
+    def locked(self):
+        """The book's lock, across the daemon's processes (re-entrant in
+        one thread): what is decided under it sees no write in between."""
+        if getattr(self._held, 'depth', 0):
+            self._held.depth += 1
+            try:
+                yield
+            finally:
+                self._held.depth -= 1
+            return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._held.depth = 1
             yield
         finally:
+            self._held.depth = 0
             os.close(fd)
 
     def _read(self):
@@ -62,14 +75,14 @@ class GrantBook:
 
     def put(self, vg, lv, **record):
         """Record (or update) the grant of vg/lv."""
-        with self._locked():
+        with self.locked():
             data = self._read()
             data[f'{vg}/{lv}'] = dict(data.get(f'{vg}/{lv}', {}), **record)
             self._write(data)
 
     def drop(self, vg, lv):
         """Forget vg/lv (its device is gone)."""
-        with self._locked():
+        with self.locked():
             data = self._read()
             if data.pop(f'{vg}/{lv}', None) is not None:
                 self._write(data)

@@ -13,6 +13,7 @@ from coordinator import errors
 from coordinator import etcd as etcdlib
 from coordinator import grantbook
 from coordinator import readiness
+from coordinator import watchdog
 from coordinator.engine import Engine
 from coordinator.lvm import executor
 from coordinator.lvm import mda
@@ -47,6 +48,9 @@ class HostContext:
         self.book = grantbook.GrantBook(conf.session.state_dir, conf.cluster)
         self.fencer_beat = os.path.join(conf.session.state_dir,
                                         f'fencer-{conf.cluster}.beat')
+        self.watchdog_state = os.path.join(
+            conf.session.state_dir, f'watchdog-{conf.cluster}.armed') \
+            if conf.fence.watchdog_device else None
         self.router = Router(self.etcd, self.keys, self.engine.session)
         self.membership = Membership(self.etcd, self.keys, conf.host,
                                      conf.session.ttl)
@@ -61,7 +65,9 @@ class HostContext:
                               self.read_seqno, self.readiness,
                               self.membership.members, self.emit,
                               self.book, self.fencer_problem,
-                              self.vg_metadata)
+                              self.vg_metadata,
+                              (lambda: watchdog.armed_in(self.watchdog_state))
+                              if self.watchdog_state else None)
         if hasattr(self.backend, 'metadata'):
             self.backend.metadata = self.vg_metadata
 

@@ -17,6 +17,8 @@ from coordinator import snapshots
 LOG = logging.getLogger(__name__)
 
 MULTIATTACH_TAG = 'lvmcoord_multiattach'
+# The fencer arms the watchdog on its next tick once a grant is recorded.
+WATCHDOG_ARM_WAIT = 5.0
 
 
 class Operations:
@@ -24,7 +26,7 @@ class Operations:
 
     def __init__(self, engine, lvm, backend, router, vgs, read_seqno,
                  readiness=None, members=None, events=None, book=None,
-                 fencer_alive=None, metadata=None):
+                 fencer_alive=None, metadata=None, watchdog_armed=None):
         self.engine = engine
         self.host = engine.host
         self.leases = engine.leases
@@ -45,6 +47,9 @@ class Operations:
         # metadata(vg) -> mda.VGInfo from the committed metadata, or None
         # (then LVM commands answer).
         self.metadata = metadata or (lambda vg: None)
+        # watchdog_armed() -> bool, None without a watchdog: no device is
+        # made here while a dead daemon would leave it unwatched.
+        self.watchdog_armed = watchdog_armed
 
     def handle(self, op, args):
         """Dispatch one validated request."""
@@ -254,14 +259,25 @@ class Operations:
     def _record(self, vg, lv, grant, info, read_only):
         if self.book is None:
             return
-        record = self.book.get(vg, lv)
-        if record and record.get('uuid') == info['uuid'] and \
-                record.get('token') == grant.token:
-            return
-        self.book.put(vg, lv, state=grantbook.ACTIVATING, token=grant.token,
-                      uuid=info['uuid'], session=grant.session,
-                      mode=grant.mode, instance=grant.instance,
-                      read_only=read_only)
+        with self.book.locked():
+            record = self.book.get(vg, lv)
+            if not (record and record.get('uuid') == info['uuid'] and
+                    record.get('token') == grant.token):
+                self.book.put(vg, lv, state=grantbook.ACTIVATING,
+                              token=grant.token, uuid=info['uuid'],
+                              session=grant.session, mode=grant.mode,
+                              instance=grant.instance, read_only=read_only)
+            # Under the book's lock: the fencer cannot disarm between this
+            # look and the record it now sees.
+            armed = self.watchdog_armed is None or self.watchdog_armed()
+        deadline = time.monotonic() + WATCHDOG_ARM_WAIT
+        while not armed:
+            if time.monotonic() > deadline:
+                raise errors.HostUnavailable(
+                    f'{self.host}: its watchdog was not armed within '
+                    f'{WATCHDOG_ARM_WAIT:.0f}s; no device is made unwatched')
+            time.sleep(0.02)
+            armed = self.watchdog_armed()
 
     def _forget(self, vg, lv):
         if self.book is not None:

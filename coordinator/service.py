@@ -184,7 +184,8 @@ class FenceWorker(_Worker):
                                    self.conf.fence.interval),
             retry_window=0)
         f = self.conf.fence
-        dog = watchdog.Watchdog(f.watchdog_device, f.watchdog_timeout) \
+        dog = watchdog.Watchdog(f.watchdog_device, f.watchdog_timeout,
+                                ctx.watchdog_state) \
             if f.watchdog_device else None
         self.fencer = fencer = fence.Fencer(
             lambda: session.last_ok,

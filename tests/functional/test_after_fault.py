@@ -373,3 +373,32 @@ def test_extend_that_committed_is_reported_as_done(cut_cluster):
     assert list(out['refresh_failed']) == ['compute-1']
     assert 'segments' in out['refresh_failed']['compute-1']
     assert c2.call('show', vg=vg, lv='vol-g')['size'] == 8 * MiB
+
+
+def test_daemon_killed_right_after_activation_is_reset_before_takeover():
+    # SIMULATED watchdog (a file the sandbox supervises; softdog on real
+    # kernels, see tests/realhost). fraction*TTL + 2 + 1 <= TTL + grace.
+    with Cluster(hosts=('compute-1', 'compute-2'), ttl=6, grace=1.0,
+                 simulated_watchdog=2) as c:
+        vg = c.vg.vg
+        d1, c2 = c['compute-1'], c['compute-2'].client
+        c2.call('create', vg=vg, lv='vol-w', size=4 * MiB)
+        got = d1.client.call('activate', vg=vg, lv='vol-w', instance='vm-1')
+        # No device without an armed watchdog: it was petted already.
+        with open(d1.watchdog_file, 'rb') as f:
+            assert f.read()[-1:] == b'.'
+        writer = Writer(got['path'])
+        try:
+            assert writer.write() is None
+            d1.kill()                      # at once, no tick in between
+            taken = c2.call('activate', vg=vg, lv='vol-w',
+                            instance='vm-2', wait=60)
+            resets = c.watchdogs['compute-1'].resets
+            assert resets, 'compute-1 was never reset'
+            grant = c2.call('show', vg=vg, lv='vol-w')['holders'][0]
+            assert grant['token'] == taken['token']
+            # The host was reset (its I/O stopped) before the grant.
+            assert resets[0].at < grant['since'], (resets[0], grant)
+            assert writer.write() is not None
+        finally:
+            writer.close()

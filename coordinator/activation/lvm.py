@@ -16,8 +16,11 @@ Never writable by mistake:
   suspended is re-issued against the error table (EIO), never the disk.
 """
 import concurrent.futures
+import errno
+import fcntl
 import os
 import re
+import struct
 import subprocess
 import threading
 import time
@@ -30,6 +33,29 @@ SECTOR = 512
 _UUID_LEN = 4 + 32 + 32
 _INFO_FIELDS = 'name,uuid,blkdevname,open,suspended,attr'
 _SEP = '|'
+
+
+# <linux/dm-ioctl.h>: struct dm_ioctl, 312 bytes; _IOWR(0xfd, cmd, it).
+_DM_IOCTL = struct.Struct('=3I6I4xQ128s129s7s')
+DM_DEV_SUSPEND = 0xC0000000 | (_DM_IOCTL.size << 16) | (0xfd << 8) | 6
+DM_DEV_STATUS = 0xC0000000 | (_DM_IOCTL.size << 16) | (0xfd << 8) | 7
+DM_SUSPEND_FLAG = 1 << 1
+DM_ACTIVE_PRESENT_FLAG = 1 << 5
+_CONTROL = '/dev/mapper/control'
+
+
+def dm_ioctl(cmd, name, flags=0):
+    """One device-mapper ioctl on ``name``; the flags the kernel returns.
+    Raises OSError (ENXIO: no such device, or no live table)."""
+    buf = bytearray(_DM_IOCTL.pack(4, 0, 0, _DM_IOCTL.size, _DM_IOCTL.size,
+                                   0, 0, flags, 0, 0, name.encode(), b'',
+                                   b''))
+    fd = os.open(_CONTROL, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, cmd, buf)
+    finally:
+        os.close(fd)
+    return _DM_IOCTL.unpack(bytes(buf))[7]
 
 
 def dm_name(vg, lv):
@@ -304,22 +330,39 @@ class LVMBackend(base.Backend):
         return sum(t[1] for t in table) * SECTOR
 
     def suspend(self, vg, lv):
-        """dmsetup suspend: new I/O queues in the kernel."""
+        """Suspend the device: new I/O queues in the kernel.
+
+        One ioctl on /dev/mapper/control, no dmsetup process: fencing 50
+        LVs must not cost 50 fork+exec on a loaded host (measured: 18 s
+        on a 1-vCPU guest). Never interrupted: an interrupted suspend is
+        undone by the kernel.
+        """
+        name = dm_name(vg, lv)
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                # Never killed: interrupting the ioctl undoes the suspend.
-                self._dmsetup('suspend', dm_name(vg, lv),
-                              kill_on_timeout=False)
+                dm_ioctl(DM_DEV_SUSPEND, name, DM_SUSPEND_FLAG)
                 return
-            except errors.LVMError as exc:
-                # ENXIO: the device exists without a live table yet, i.e.
-                # an lvchange is activating it right now; it will load and
-                # resume the table in a moment: suspend it once it has.
-                if 'No such device or address' not in exc.stderr or \
-                        time.monotonic() > deadline:
-                    raise
-            time.sleep(0.05)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise errors.LVMError(f'suspend {name}: {exc}',
+                                          kind='failed') from exc
+            # ENXIO: no such device (nothing to fence), or a device whose
+            # table an lvchange has not loaded yet: suspend it once it has.
+            try:
+                flags = dm_ioctl(DM_DEV_STATUS, name)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    return
+                raise errors.LVMError(f'status {name}: {exc}') from exc
+            if flags & DM_ACTIVE_PRESENT_FLAG and not flags & \
+                    DM_SUSPEND_FLAG:
+                continue  # a table appeared: suspend again at once
+            if time.monotonic() > deadline:
+                raise errors.LVMError(f'suspend {name}: no live table '
+                                      f'after {self.timeout}s',
+                                      kind='timeout')
+            time.sleep(0.02)
 
     def suspend_many(self, lvs):
         """Suspend every (vg, lv) in parallel; {(vg, lv): error} of those

@@ -68,6 +68,9 @@ class SimulatedWatchdog:
         # the harness may "reboot" the host (start its daemon again).
         self.after_reset = []
         self._resetting = threading.Lock()
+        # Called as fn(host) -> [loop device path]: more devices the host
+        # uses (the harness's VMs hold them open); a reset stops them too.
+        self.also_devices = []
         self.armed = False
         self.last_pet = None
         self._offset = os.path.getsize(self.path)
@@ -236,6 +239,10 @@ class SimulatedWatchdog:
             if target not in out and _attached(target):
                 out[target] = dict(vg=vg, lv=lv, uuid=None, loop=target,
                                    token=tokens.get(f'{vg}/{lv}'))
+        for fn in self.also_devices:
+            for d in fn(self.host):
+                if d['loop'] not in out and _attached(d['loop']):
+                    out[d['loop']] = d
         return list(out.values())
 
     def _tokens(self):

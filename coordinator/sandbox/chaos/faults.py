@@ -51,6 +51,7 @@ class Faults:
         self.reboot_errors = []
         for dog in topo.watchdogs.values():
             dog.on_reset.append(self._on_reset)
+            dog.also_devices.append(workload.devices_of)
             dog.after_reset.append(self._after_reset)
 
     def faulty(self):

@@ -71,22 +71,29 @@ def links(dev_dirs):
     return out
 
 
+def loops_opened(pid):
+    """Loop devices process ``pid`` holds open."""
+    out = []
+    try:
+        fds = os.listdir(f'/proc/{pid}/fd')
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            target = os.readlink(f'/proc/{pid}/fd/{fd}')
+        except OSError:
+            continue
+        if target.startswith('/dev/loop'):
+            out.append(target)
+    return out
+
+
 def opened_by(writers):
     """{'/dev/loopN': {host}} for loop devices the writers hold open."""
     out = {}
     for w in writers:
-        pid = w.proc.pid
-        try:
-            fds = os.listdir(f'/proc/{pid}/fd')
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f'/proc/{pid}/fd/{fd}')
-            except OSError:
-                continue
-            if target.startswith('/dev/loop'):
-                out.setdefault(target, set()).add(w.host)
+        for target in loops_opened(w.proc.pid):
+            out.setdefault(target, set()).add(w.host)
     return out
 
 

@@ -7,6 +7,7 @@ import itertools
 import threading
 import time
 
+from coordinator.sandbox.chaos import mappings
 from coordinator.sandbox.chaos.writers import Writer
 
 MiB = 1 << 20
@@ -301,6 +302,18 @@ class Workload:
                 getattr(self, kind)(lv)
         finally:
             self.release(lv)
+
+    def devices_of(self, host):
+        """[{vg, lv, uuid, loop, token}]: loop devices ``host``'s running
+        writers (its VMs) hold open."""
+        out = []
+        for w in list(self.all_writers):
+            if w.host != host or not w.running:
+                continue
+            for loop in mappings.loops_opened(w.proc.pid):
+                out.append(dict(vg=w.vg, lv=w.lv, uuid=w.uuid, loop=loop,
+                                token=w.token))
+        return out
 
     def host_reset(self, host):
         """``host`` was reset (SIMULATED watchdog): its VMs died with it."""

@@ -156,6 +156,9 @@ def ensure_initramfs(kernel, cache=CACHE):
     with open(tmp, 'wb') as f:
         f.write(_cpio(entries))
     os.replace(tmp, path)
+    for old in os.listdir(cache):
+        if old.startswith('initramfs-') and old != os.path.basename(path):
+            os.unlink(os.path.join(cache, old))
     return path
 
 

@@ -187,6 +187,18 @@ class Checker:
                 m.hosts, m.lvs = set(old[0]), set(old[1])
         self.owners = owners
 
+    def devices_of(self, host):
+        """[{vg, lv, uuid, loop, token}]: devices last seen owned by
+        ``host`` (one shared kernel: a reset must stop those too, even
+        once their link and writer are gone)."""
+        with self.mutex:
+            owners = dict(self.owners)
+        return [dict(vg=self.vg, lv=next((lv for h, lv in sorted(lvs)
+                                          if h == host), None),
+                     uuid=None, loop=loop, token=None)
+                for (loop, _), (hosts, lvs) in owners.items()
+                if host in hosts]
+
     @staticmethod
     def _same_host(a, b):
         return len(a.hosts | b.hosts) == 1
@@ -267,6 +279,8 @@ class Checker:
                     continue  # fenced already: the fence covered it
                 uuid = d.get('uuid') or self.names.uuid_at(d['vg'], d['lv'],
                                                            r.at)
+                if uuid is None:
+                    continue  # an LV we cannot name: nothing to compare
                 token = d.get('token') or max(
                     (g.token for g in by_uuid.get(uuid, ())
                      if g.host == r.host and g.since <= r.at), default=0)

@@ -80,6 +80,8 @@ class Run:
             self.checker = invariants.Checker(
                 topo.pv, topo.vg, {h: topo.dev_dir(h) for h in topo.hosts},
                 self.history, self.names, self.wl.writers, topo.watchdogs)
+            for dog in topo.watchdogs.values():
+                dog.also_devices.append(self.checker.devices_of)
             return self._phases()
 
     def _phases(self):

@@ -62,47 +62,55 @@ class Fencer:
     def tick(self):
         """Probe when needed and act; returns the state. Never raises: a
         fencer that dies is a host that cannot fence."""
+        for step in (self._deadline, self._pet, self._probe, self._pet):
+            try:
+                if step == self._pet:
+                    step()
+                    continue
+                with self._mutex:
+                    step()
+            except Exception:
+                LOG.exception('fencer: %s failed; LVs fenced so far stay '
+                              'fenced', step.__name__)
         try:
-            with self._mutex:
-                self._tick()
             if self.state == OK and self.fenced:
                 self._settle_soon()
         except Exception:
-            LOG.exception('fencer: tick failed; LVs fenced so far stay '
-                          'fenced')
-        try:
-            self._pet()
-        except Exception:
-            LOG.exception('fencer: watchdog')
+            LOG.exception('fencer: proofs not started')
         return self.state
 
-    def _tick(self):
+    def _deadline(self):
         if self.state != OK and self.book:
             # A fence that failed (device busy in the kernel, a timeout)
             # is tried again on every tick until it holds.
             missing = [k for k in self.book.all() if k not in self.fenced]
             if missing:
                 self._fence('retrying fence', missing)
-        if self.state == LOST:
-            return
-        deadline = self.last_keepalive() + self.window
-        if self.clock() >= deadline and self.state == OK:
+        if self.state == OK and \
+                self.clock() >= self.last_keepalive() + self.window:
             self._fence('session deadline reached')
             self.state = FENCED
+
+    def _probe(self):
+        # Only a fenced host asks etcd (whether its lease is still there):
+        # a healthy one needs no answer to keep its deadline, and a lease
+        # lost while keepalives flow is seen by the keepalive itself (the
+        # session is replaced, see FenceWorker). So no tick of a healthy
+        # host waits on etcd.
+        if self.state != FENCED:
+            return
         left = None
-        # A fresh keepalive proves the lease is alive: etcd is asked only
-        # when it is not, to keep an idle host's requests down.
-        if self.state != OK or self.clock() >= deadline - self.window / 2:
-            try:
-                left = self.probe(self.lease)
-            except errors.EtcdUnavailable as exc:
-                LOG.warning('fencer: etcd unreachable (%s)', exc)
+        try:
+            left = self.probe(self.lease)
+        except errors.EtcdUnavailable as exc:
+            LOG.warning('fencer: etcd unreachable (%s)', exc)
         if left is not None and left < 0:
-            self._fence('session expired')
+            # Everything was fenced at the deadline (what failed is tried
+            # again every tick): the session is gone, the LVs stay fenced.
             self.state = LOST
             self.on_event('session-lost', lvs=list(self.fenced))
             return
-        if self.state == FENCED and left is not None and self._fresh():
+        if left is not None and self._fresh():
             self.state = OK
 
     def _fresh(self):

@@ -44,7 +44,8 @@ class HostContext:
                                 activation=backend == 'lvm')
         self.backend = activation.load(backend, self.lvm,
                                        conf.session.state_dir,
-                                       conf.lvm.loop_dev_dir)
+                                       conf.lvm.loop_dev_dir,
+                                       conf.lvm.volume_groups)
         self.book = grantbook.GrantBook(conf.session.state_dir, conf.cluster)
         self.fencer_beat = os.path.join(conf.session.state_dir,
                                         f'fencer-{conf.cluster}.beat')

@@ -192,7 +192,10 @@ class LeaseTable:
                 return mine
             if mine.alive:
                 return None
-            mine.session, mine.alive = self.session.id, True
+            # Stored without a token, like a fresh grant: once this session
+            # ends too, the entry's token is then the ledger revision this
+            # write makes, i.e. the new holder key's (what the book keeps).
+            mine.session, mine.alive, mine.token = self.session.id, True, None
             res = self._write(vg, lv, ledger_rev, holders, mine)
             if res is not None:
                 mine.token = res.revision

@@ -49,16 +49,28 @@ def _restore(leases, lvm, backend, book, vg, lv, record, emit):
                 None)
     if holder is None or info is None or info['name'] != lv:
         book.drop(vg, lv)
-        held = ', '.join(h.describe() for h in _holders(leases, vg, lv))
+        others = [h for h in _holders(leases, vg, lv)
+                  if h.host != leases.session.host]
+        held = ', '.join(h.describe() for h in others)
         why = f'held by {held}' if held else \
             ('LV renamed or deleted' if holder else 'grant no longer ours')
         LOG.error('%s/%s not restored: %s', vg, lv, why)
         emit('restore-refused', vg=vg, lv=lv, reason=why)
-        if holder is not None:
+        # Our own entry, if any is left, has no device behind it: drop it
+        # rather than block the LV.
+        if _mine(leases, vg, lv) is not None:
             leases.release(vg, lv)
         return
     book.put(vg, lv, token=holder.token, session=holder.session)
-    path = backend.activate(vg, lv, record.get('read_only', False), info)
+    try:
+        path = backend.activate(vg, lv, record.get('read_only', False),
+                                info)
+    except errors.CoordError as exc:
+        book.drop(vg, lv)
+        leases.release(vg, lv)
+        LOG.error('%s/%s not restored: %s; grant released', vg, lv, exc)
+        emit('restore-failed', vg=vg, lv=lv, error=str(exc))
+        return
     book.put(vg, lv, state=grantbook.ACTIVE, path=path)
     LOG.warning('%s/%s restored at %s (token %s)', vg, lv, path,
                 holder.token)

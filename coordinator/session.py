@@ -119,7 +119,8 @@ class Session:
         # the last good keepalive was sent: CLOCK_MONOTONIC is one clock
         # for every process of the host.
         if self.state_file:
-            tmp = self.state_file + '.beat.tmp'
+            # A name per thread: open() and the keepalive thread both beat.
+            tmp = f'{self.state_file}.beat.{threading.get_ident()}.tmp'
             with open(tmp, 'w') as f:
                 f.write(repr(sent))
             os.replace(tmp, self.state_file + '.beat')
@@ -132,29 +133,40 @@ class Session:
                 pass
 
     def _keepalive_loop(self):
+        # Nothing may end this thread but close(): a dead keepalive is a
+        # session that expires while everything else looks fine.
         while not self._stop.is_set():
-            sent = time.monotonic()
             try:
-                # One short attempt: a failing keepalive is retried soon
-                # rather than blocking past the fencing deadline.
-                ttl = self.keepalive_etcd.lease_keepalive(
-                    self.id, window=self.interval / 2)
-            except errors.EtcdUnavailable as exc:
-                LOG.warning('session %x keepalive failed (%.1fs silent): %s',
-                            self.id, time.monotonic() - self.last_ok, exc)
-                # Straight on to the next endpoint: the fence deadline runs.
+                self._keepalive_once()
+            except Exception:
+                LOG.exception('session %x: keepalive step failed', self.id)
                 self._stop.wait(0.1)
-                continue
-            if ttl <= 0:
-                self._mark_lost()
-                # Wait for reopen() instead of hammering a dead lease.
-                while self.lost and not self._stop.wait(0.2):
-                    pass
-                continue
-            self.last_ok = sent
-            self.keepalive_rtt = time.monotonic() - sent
-            self._beat(sent)
-            self._stop.wait(self.interval)
+
+    def _keepalive_once(self):
+        sent = time.monotonic()
+        try:
+            # One short attempt: a failing keepalive is retried soon
+            # rather than blocking past the fencing deadline.
+            ttl = self.keepalive_etcd.lease_keepalive(
+                self.id, window=self.interval / 2)
+        except errors.SessionLost:
+            ttl = -1
+        except errors.EtcdUnavailable as exc:
+            LOG.warning('session %x keepalive failed (%.1fs silent): %s',
+                        self.id, time.monotonic() - self.last_ok, exc)
+            # Straight on to the next endpoint: the fence deadline runs.
+            self._stop.wait(0.1)
+            return
+        if ttl <= 0:
+            self._mark_lost()
+            # Wait for reopen() instead of hammering a dead lease.
+            while self.lost and not self._stop.wait(0.2):
+                pass
+            return
+        self.last_ok = sent
+        self.keepalive_rtt = time.monotonic() - sent
+        self._beat(sent)
+        self._stop.wait(self.interval)
 
     def _mark_lost(self):
         if self.lost:

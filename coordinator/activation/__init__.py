@@ -22,13 +22,14 @@ def has_device_mapper():
     return True
 
 
-def load(name, lvm, state_dir, dev_dir=None):
-    """The backend called ``name`` ('auto' picks by kernel support)."""
+def load(name, lvm, state_dir, dev_dir=None, vgs=None):
+    """The backend called ``name`` ('auto' picks by kernel support); ``vgs``
+    are the shared VGs it manages."""
     if name == 'auto':
         name = 'lvm' if has_device_mapper() else 'loop'
     if name == 'lvm':
         from coordinator.activation import lvm as backend
-        return backend.LVMBackend(lvm)
+        return backend.LVMBackend(lvm, vgs=vgs)
     if name == 'loop':
         from coordinator.activation import loop as backend
         return backend.LoopBackend(lvm, state_dir, dev_dir)

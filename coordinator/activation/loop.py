@@ -9,6 +9,7 @@ including writes through descriptors that were already open. A device is
 never made writable on its way out: a detach of an open loop device is
 only deferred by the kernel, so it stays read-only until really gone.
 """
+import contextlib
 import fcntl
 import json
 import os
@@ -96,9 +97,25 @@ class LoopBackend(base.Backend):
         self.dev_dir = dev_dir or '/run/lvmcoord/dev'
         # metadata(vg) -> mda.VGInfo or None, set by the host context.
         self.metadata = None
-        self._mutex = threading.Lock()
+        self._thread_mutex = threading.Lock()
 
     # -- state: which loop device serves which LV, kept across restarts --
+
+    @contextlib.contextmanager
+    def _mutex(self):
+        """The state file's lock across threads and processes: the api
+        and requests workers both activate and deactivate, and a lost
+        update would lose track of a device (which then cannot be
+        fenced)."""
+        os.makedirs(os.path.dirname(self.state_file), exist_ok=True)
+        with self._thread_mutex:
+            fd = os.open(self.state_file + '.lock',
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
 
     def _raw(self):
         try:
@@ -171,7 +188,7 @@ class LoopBackend(base.Backend):
     # -- backend --
 
     def activate(self, vg, lv, read_only=False, info=None):
-        with self._mutex:
+        with self._mutex():
             state = self._load()
             key = f'{vg}/{lv}'
             info = info or self._lv(vg, lv)
@@ -206,7 +223,7 @@ class LoopBackend(base.Backend):
             return link
 
     def deactivate(self, vg, lv):
-        with self._mutex:
+        with self._mutex():
             state = self._load()
             entry = state.get(f'{vg}/{lv}')
             if entry is None:
@@ -221,7 +238,7 @@ class LoopBackend(base.Backend):
             self._detach(state, vg, lv)
 
     def retire(self, vg, lv):
-        with self._mutex:
+        with self._mutex():
             state = self._load()
             entry = state.get(f'{vg}/{lv}')
             if entry is None:
@@ -239,7 +256,7 @@ class LoopBackend(base.Backend):
         self._save(state)
 
     def refresh(self, vg, lv):
-        with self._mutex:
+        with self._mutex():
             entry = self._load().get(f'{vg}/{lv}')
             info = self.lvm.lv(vg, lv)
             geo = self._extent_range(vg, lv, info)

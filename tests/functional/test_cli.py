@@ -316,7 +316,12 @@ def test_lease_break_force_alive_holder(conf, three):
               '--token', token, '--yes-i-really-mean-it', '--force')
     assert res.returncode == 0, res.stderr
     assert 'volume-1' in res.stdout
-    assert three['engines']['volume-1'].leases.holders('vg0', 'lv-a') == []
+    # No daemon (no fencer) behind this holder: nobody acknowledges, and
+    # the entry stays, broken, so nobody is granted the LV before TTL +
+    # grace from the break.
+    assert 'did not acknowledge' in res.stdout
+    [held] = three['engines']['volume-1'].leases.holders('vg0', 'lv-a')
+    assert held.broken and not held.alive
 
 
 # -- vg show --

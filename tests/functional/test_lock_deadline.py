@@ -22,6 +22,21 @@ exec {real} "$@"
 '''
 
 
+def _stopped(name):
+    """True once a stalled lvcreate of ``name`` is stopped (state T)."""
+    for pid in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                argv = f.read().split(b'\0')
+            with open(f'/proc/{pid}/stat') as f:
+                state = f.read().rsplit(')', 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if name.encode() in argv and state == 'T':
+            return True
+    return False
+
+
 def _stalling_path(tmp_path):
     real = next(os.path.join(d, 'lvcreate') for d in
                 os.environ['PATH'].split(':')
@@ -62,13 +77,13 @@ def test_stalled_command_is_killed_before_the_lock_lapses(etcd_server,
             t.start()
             # The holder is now stalled inside the lock; its host goes
             # silent (no more keepalives), as a paused daemon would.
-            deadline = time.monotonic() + 30
-            while a.etcd.get(a.keys.vg_intent(shared.vg)) is None:
-                assert time.monotonic() < deadline, 'holder never started'
+            deadline = time.monotonic() + 60
+            while not _stopped('a1'):
+                assert time.monotonic() < deadline, 'holder never stalled'
                 time.sleep(0.02)
             a.session.close(revoke=False)
             silent_since = a.session.last_ok
-            monkeypatch.delenv('STALL_FLAG')
+            flag.unlink()                  # B's commands run through
             # Host B waits for the lock, gets it once A's session expires,
             # and changes the VG.
             b.guard(seqno).change(

@@ -224,6 +224,7 @@ GOOD_ARGS = {
                                            'host': TARGET}],
     'refresh': [{'vg': VG, 'lv': 'a'}],
     'snapshot': [{'vg': VG, 'lv': 'a', 'name': 's1', 'size': 4 * MiB}],
+    'snapshot_delete': [{'vg': VG, 'lv': 's1'}],
 }
 BAD_OPS = ['delete', 'create', 'rename', 'extend', 'tag', 'status', 'list',
            'drain', 'show', 'vg_stats', 'format', '', 'op_activate',

@@ -3,8 +3,8 @@ from urllib import parse
 
 import etcd3gw
 
-from coordinator import etcd as etcdlib
-from coordinator.engine import Engine
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine.core import Engine
 
 CLUSTER = 'bench'
 

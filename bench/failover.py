@@ -26,8 +26,8 @@ import threading
 import time
 
 from coordinator import conf as conflib
-from coordinator import etcd as etcdlib
-from coordinator import keys as keyslib
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import keys as keyslib
 from coordinator.sandbox.cluster import Cluster
 from coordinator.sandbox.proxy import Partition
 

@@ -25,9 +25,9 @@ from bench import stats
 from bench.peer import Peer
 from bench.report import fmt_ms
 from bench.report import fmt_summary
-from coordinator import etcd as etcdlib
-from coordinator import keys as keyslib
-from coordinator import lease
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import keys as keyslib
+from coordinator.engine import lease
 from coordinator.sandbox.etcd import EtcdCluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

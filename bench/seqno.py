@@ -1,7 +1,7 @@
 """read_seqno(vg, fresh) functions for MetadataGuard, as the bench uses."""
 import types
 
-from coordinator.host import HostContext
+from coordinator.daemon.host import HostContext
 from coordinator.lvm import mda
 
 

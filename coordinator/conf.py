@@ -3,7 +3,7 @@ import socket
 
 from oslo_config import cfg
 
-from coordinator import daemon_opts
+from coordinator.daemon import opts as daemon_opts
 
 default_opts = [
     cfg.StrOpt('host', default=socket.gethostname(),

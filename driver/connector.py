@@ -18,8 +18,8 @@ from os_brick.initiator import initiator_connector
 from oslo_log import log as logging
 
 from coordinator import errors
-from coordinator import modes
 from coordinator.api.client import Client
+from coordinator.engine import modes
 from driver import options
 
 LOG = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from oslo_utils import excutils
 from oslo_utils import units
 
 from coordinator import errors
-from coordinator import modes
 from coordinator.api.client import Client
+from coordinator.engine import modes
 from coordinator.lvm import names
 from driver import connector as lvmcoord_connector
 from driver import datacopy

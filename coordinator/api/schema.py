@@ -5,7 +5,7 @@ their validators; unknown ops and unknown or missing fields are refused
 with an error naming the field.
 """
 from coordinator import errors
-from coordinator import modes
+from coordinator.engine import modes
 from coordinator.lvm import names
 
 MAX_BODY = 64 * 1024

@@ -10,9 +10,9 @@ from cliff import commandmanager
 from oslo_config import cfg
 
 from coordinator import conf as conflib
-from coordinator import etcd as etcdlib
-from coordinator import keys as keyslib
-from coordinator import lease
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import keys as keyslib
+from coordinator.engine import lease
 
 DEFAULT_CONFIG = '/etc/lvmcoord/lvmcoord.conf'
 NAMESPACE = 'lvmcoord.cli'

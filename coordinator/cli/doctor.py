@@ -13,9 +13,9 @@ import time
 from cliff import lister
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator import readiness
-from coordinator.engine import Engine
+from coordinator.daemon import readiness
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine.core import Engine
 
 OK, WARN, FAIL = 'ok', 'warn', 'fail'
 COLUMNS = ('Check', 'Status', 'Detail')

@@ -15,7 +15,7 @@ import time
 from cliff import command
 from etcd3gw import exceptions as gw_exc
 
-from coordinator import etcd as etcdlib
+from coordinator.engine import etcd as etcdlib
 
 # A watch stream that died with its etcd member says nothing: re-subscribe
 # from the last revision seen after this long without events.

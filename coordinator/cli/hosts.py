@@ -65,7 +65,7 @@ def host_row(host, session, view, members_error=None):
 
 def read_members(ctx):
     """({host: readiness view}, error or None) through tooz."""
-    from coordinator.membership import Membership
+    from coordinator.engine.membership import Membership
     # A reader only: it never joins, so any unique member id will do.
     members = Membership(ctx.etcd, ctx.keys, f'lvmcoord-cli-{os.getpid()}',
                          ctx.conf.session.ttl)

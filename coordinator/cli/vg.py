@@ -4,7 +4,7 @@ from cliff import show
 
 from coordinator import cli
 from coordinator import errors
-from coordinator import vglock
+from coordinator.engine import vglock
 
 FIELDS = ('VG', 'UUID (recorded)', 'Lock holder', 'Queue', 'Seqno recorded',
           'Recorded by', 'Change in flight', 'Seqno on disk', 'Seen from',

@@ -20,8 +20,8 @@ import signal
 import subprocess
 import time
 
-from coordinator import deadline
 from coordinator import errors
+from coordinator.engine import deadline
 from coordinator.lvm import names
 
 KINDS = ('not-found', 'exists', 'in-use', 'no-space', 'metadata-changed',

@@ -66,7 +66,7 @@ class Daemon:
         """Start the daemon; with ``wait``, return once its API answers."""
         env = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS='1')
         self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'coordinator.cmd.daemon',
+            [sys.executable, '-m', 'coordinator.daemon.main',
              '--config-file', self.conf_file],
             stdout=subprocess.DEVNULL, stderr=open(self.log + '.err', 'ab'),
             start_new_session=True, env=env)

@@ -10,8 +10,8 @@ import sys
 import time
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator.engine import Engine
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine.core import Engine
 
 
 def log(path, **fields):

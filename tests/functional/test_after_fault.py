@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from coordinator import etcd as etcdlib
-from coordinator import grantbook
-from coordinator import keys as keyslib
-from coordinator.engine import Engine
+from coordinator.daemon import grantbook
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import keys as keyslib
+from coordinator.engine.core import Engine
 from coordinator.sandbox.cluster import Cluster
 from coordinator.sandbox.proxy import Partition
 

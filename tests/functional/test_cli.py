@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from coordinator import etcd as etcdlib
-from coordinator import keys as keyslib
-from coordinator.engine import Engine
-from coordinator.membership import Membership
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import keys as keyslib
+from coordinator.engine.core import Engine
+from coordinator.engine.membership import Membership
 from coordinator.sandbox.etcd import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))

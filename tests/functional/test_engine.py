@@ -5,8 +5,8 @@ import time
 import pytest
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator.engine import Engine
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine.core import Engine
 
 
 def engine(endpoints, host, ttl=3, grace=1.0, **kw):

@@ -12,11 +12,11 @@ import pytest
 import requests
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator import keys as keyslib
-from coordinator import routing
-from coordinator import session as sessionlib
-from coordinator.membership import Membership
+from coordinator.daemon import routing
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import keys as keyslib
+from coordinator.engine import session as sessionlib
+from coordinator.engine.membership import Membership
 from coordinator.sandbox import etcd as sandbox_etcd
 from coordinator.sandbox.etcd import EtcdCluster
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
+from coordinator.engine import etcd as etcdlib
 from coordinator.sandbox.etcd import free_port
 from tests.functional.test_engine import assert_no_overlap
 from tests.functional.test_engine import engine

@@ -7,8 +7,8 @@ import threading
 import time
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator.engine import Engine
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine.core import Engine
 from coordinator.lvm import mda
 from coordinator.sandbox.lvm import SharedVG
 

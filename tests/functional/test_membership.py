@@ -1,9 +1,9 @@
 """Membership through tooz's etcd3gw driver on a real etcd."""
 import time
 
-from coordinator import etcd as etcdlib
-from coordinator import keys as keyslib
-from coordinator.membership import Membership
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import keys as keyslib
+from coordinator.engine.membership import Membership
 from coordinator.sandbox.etcd import free_port
 
 

@@ -1,6 +1,6 @@
 """Routed requests under attack: hostile keys written straight into etcd.
 
-Design under test (coordinator/routing.py, doc/security.md):
+Design under test (coordinator/daemon/routing.py, doc/security.md):
 - a request whose key, lease or ``from`` does not prove a live session of
   the sender (no lease, another host's lease, forged ``from``, malformed
   key or value) is deleted and never answered: nobody known sent it;
@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 import pytest
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator import keys as keyslib
-from coordinator import routing
-from coordinator import session as sessionlib
-from coordinator import vglock
+from coordinator.daemon import routing
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import keys as keyslib
+from coordinator.engine import session as sessionlib
+from coordinator.engine import vglock
 from coordinator.sandbox.cluster import Cluster
 from coordinator.sandbox.etcd import EtcdCluster
 

@@ -79,7 +79,7 @@ def test_unreachable_etcd_is_logged_then_refused(tmp_path):
 
 def check_config(daemon):
     return subprocess.run(
-        [sys.executable, '-m', 'coordinator.cmd.daemon', '--config-file',
+        [sys.executable, '-m', 'coordinator.daemon.main', '--config-file',
          daemon.conf_file, '--check-config'], capture_output=True,
         text=True, timeout=DEADLINE)
 

@@ -6,8 +6,8 @@ import contextlib
 import pytest
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator.engine import Engine
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine.core import Engine
 from coordinator.lvm import mda
 from coordinator.sandbox import race
 from coordinator.sandbox.lvm import SharedVG

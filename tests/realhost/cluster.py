@@ -66,7 +66,7 @@ class Host:
         """Start lvmcoordd in the guest, as its init would at boot."""
         self.guest.sh('mkdir -p /run/lvmcoord')
         self.guest.spawn('lvmcoordd', argv=[
-            sys.executable, '-m', 'coordinator.cmd.daemon',
+            sys.executable, '-m', 'coordinator.daemon.main',
             '--config-file', '/rh/lvmcoord.conf'],
             log='/rh/lvmcoordd.err', cwd=ROOT,
             env={'LVM_SUPPRESS_FD_WARNINGS': '1'})

@@ -1,13 +1,13 @@
 """lvmcoordd's start-up checks: each bad option is refused with one line
-naming it (coordinator.checkconf)."""
+naming it (coordinator.daemon.checkconf)."""
 import grp
 import os
 
 from oslo_config import cfg
 import pytest
 
-from coordinator import checkconf
 from coordinator import conf as conflib
+from coordinator.daemon import checkconf
 
 
 def make_conf(tmp_path, **options):

@@ -10,8 +10,6 @@ from oslo_config import cfg
 import pytest
 
 from coordinator import cli
-from coordinator import etcd as etcdlib
-from coordinator import keys as keyslib
 from coordinator.cli import app
 from coordinator.cli import doctor
 from coordinator.cli import drain
@@ -19,7 +17,9 @@ from coordinator.cli import events
 from coordinator.cli import hosts
 from coordinator.cli import leases
 from coordinator.cli import vg
-from coordinator.modes import Holder
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import keys as keyslib
+from coordinator.engine.modes import Holder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from coordinator import errors
-from coordinator import etcd
+from coordinator.engine import etcd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 

@@ -33,8 +33,8 @@ from oslo_config import cfg
 import pytest
 
 from coordinator import errors
-from coordinator import modes
 from coordinator.api import schema
+from coordinator.engine import modes
 from driver import connector as connector_mod
 from driver import datacopy
 from driver import options

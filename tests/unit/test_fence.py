@@ -1,7 +1,7 @@
 """Fencer state machine with a fake clock, keepalive record, probe and
 backend."""
 from coordinator import errors
-from coordinator import fence
+from coordinator.daemon import fence
 
 
 class FakeBackend:

@@ -2,8 +2,8 @@
 import pytest
 
 from coordinator import errors
-from coordinator import modes
-from coordinator.modes import Holder
+from coordinator.engine import modes
+from coordinator.engine.modes import Holder
 
 
 def want(host, mode='exclusive', instance=None, session=1):

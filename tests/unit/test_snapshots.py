@@ -3,8 +3,8 @@ the real-kernel tier runs them on device-mapper)."""
 import pytest
 
 from coordinator import errors
-from coordinator import modes
-from coordinator import snapshots
+from coordinator.daemon import snapshots
+from coordinator.engine import modes
 
 
 class FakeOps:

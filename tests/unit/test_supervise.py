@@ -1,17 +1,17 @@
 """Worker supervision: a dying fencer, or a worker that keeps dying, stops
-the whole daemon with exit status 1 (coordinator.supervise)."""
+the whole daemon with exit status 1 (coordinator.daemon.supervise)."""
 import subprocess
 import sys
 import textwrap
 
-from coordinator import supervise
+from coordinator.daemon import supervise
 
 # A real cotyledon master (one per process, so in a child process) with one
 # worker that dies as soon as it runs.
 SCRIPT = textwrap.dedent('''
     import os, sys
     import cotyledon
-    from coordinator import supervise
+    from coordinator.daemon import supervise
 
     class Worker(cotyledon.Service):
         name = sys.argv[1]

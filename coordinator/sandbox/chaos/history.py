@@ -6,8 +6,8 @@ import json
 import time
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator.keys import Keys
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine.keys import Keys
 
 
 @dataclasses.dataclass

@@ -10,16 +10,16 @@ import uuid
 
 from coordinator import activation
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator import grantbook
-from coordinator import readiness
-from coordinator import watchdog
-from coordinator.engine import Engine
+from coordinator.daemon import grantbook
+from coordinator.daemon import readiness
+from coordinator.daemon import watchdog
+from coordinator.daemon.ops import Operations
+from coordinator.daemon.routing import Router
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine.core import Engine
+from coordinator.engine.membership import Membership
 from coordinator.lvm import executor
 from coordinator.lvm import mda
-from coordinator.membership import Membership
-from coordinator.ops import Operations
-from coordinator.routing import Router
 
 LOG = logging.getLogger(__name__)
 

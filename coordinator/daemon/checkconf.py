@@ -15,8 +15,8 @@ import time
 from oslo_config import cfg
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
 from coordinator.api import server
+from coordinator.engine import etcd as etcdlib
 from coordinator.lvm import names
 
 LOG = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from etcd3gw import utils as gw_utils
 import requests
 
 from coordinator import errors
-from coordinator import etcdhttp
+from coordinator.engine import etcdhttp
 
 LOG = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ def _stream_socket(url, tls, timeout):
 
 def http_session(tls, stream=False, auth=None):
     """An HTTP session for etcd: TLS and auth as configured, no proxies;
-    the lean one (coordinator.etcdhttp) except for watch streams (whose
+    the lean one (coordinator.engine.etcdhttp) except for watch streams (whose
     caller sets the token header)."""
     if not stream:
         return etcdhttp.Session(tls, auth=auth)

@@ -1,12 +1,12 @@
 """Engine: the lease core for one host, wired from configuration."""
 import os
 
-from coordinator import etcd as etcdlib
-from coordinator import keys as keyslib
-from coordinator import lease
-from coordinator import metadata
-from coordinator import session as sessionlib
-from coordinator import vglock
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import keys as keyslib
+from coordinator.engine import lease
+from coordinator.engine import metadata
+from coordinator.engine import session as sessionlib
+from coordinator.engine import vglock
 
 
 class Engine:

@@ -12,8 +12,8 @@ sys.modules.setdefault('eventlet', None)
 from oslo_config import cfg  # noqa: E402
 from oslo_log import log  # noqa: E402
 
-from coordinator import checkconf  # noqa: E402
 from coordinator import conf as conflib  # noqa: E402
+from coordinator.daemon import checkconf  # noqa: E402
 
 LOG = log.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def main(argv=None):
         # Workers are processes: metrics are aggregated through files.
         os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(
             prefix='lvmcoord-metrics-')
-    from coordinator import service
+    from coordinator.daemon import service
     _preload()
     # Workers are forked from here: what the master imported is shared
     # copy-on-write, and frozen objects are never written by the GC.

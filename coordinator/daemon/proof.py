@@ -10,7 +10,7 @@ over to the current session if that is a new one.
 import logging
 
 from coordinator import errors
-from coordinator import fence
+from coordinator.daemon import fence
 
 LOG = logging.getLogger(__name__)
 

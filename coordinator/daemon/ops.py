@@ -9,10 +9,10 @@ import logging
 import time
 
 from coordinator import errors
-from coordinator import grantbook
-from coordinator import metrics
-from coordinator import modes
-from coordinator import snapshots
+from coordinator.daemon import grantbook
+from coordinator.daemon import metrics
+from coordinator.daemon import snapshots
+from coordinator.engine import modes
 
 LOG = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ device it has.
 import logging
 
 from coordinator import errors
-from coordinator import grantbook
+from coordinator.daemon import grantbook
 
 LOG = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import contextlib
 import uuid
 
 from coordinator import errors
-from coordinator import modes
+from coordinator.engine import modes
 
 
 def _live(ops, vg, lv):

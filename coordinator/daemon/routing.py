@@ -21,8 +21,8 @@ import time
 import uuid
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
 from coordinator.api import schema
+from coordinator.engine import etcd as etcdlib
 
 LOG = logging.getLogger(__name__)
 

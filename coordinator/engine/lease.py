@@ -13,8 +13,8 @@ import logging
 import time
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator import modes
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import modes
 
 LOG = logging.getLogger(__name__)
 

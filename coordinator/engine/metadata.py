@@ -11,10 +11,10 @@ holder can tell a holder that died mid-command from an out-of-band change.
 import logging
 import time
 
-from coordinator import deadline
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator import vglock
+from coordinator.engine import deadline
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import vglock
 
 LOG = logging.getLogger(__name__)
 

@@ -15,16 +15,16 @@ import time
 import cotyledon
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
-from coordinator import fence
-from coordinator import grantwatch
-from coordinator import metrics
-from coordinator import proof
-from coordinator import reconcile
-from coordinator import supervise
-from coordinator import watchdog
 from coordinator.api.server import APIServer
-from coordinator.host import HostContext
+from coordinator.daemon import fence
+from coordinator.daemon import grantwatch
+from coordinator.daemon import metrics
+from coordinator.daemon import proof
+from coordinator.daemon import reconcile
+from coordinator.daemon import supervise
+from coordinator.daemon import watchdog
+from coordinator.daemon.host import HostContext
+from coordinator.engine import etcd as etcdlib
 
 LOG = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import time
 import uuid
 
 from coordinator import errors
-from coordinator import etcd as etcdlib
+from coordinator.engine import etcd as etcdlib
 
 LOG = logging.getLogger(__name__)
 

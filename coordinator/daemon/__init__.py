@@ -1,0 +1,1 @@
+"""The per-host service lvmcoordd: workers, operations, routing, fencing."""

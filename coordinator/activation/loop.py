@@ -20,6 +20,7 @@ import uuid as uuidlib
 
 from coordinator import errors
 from coordinator.activation import base
+from coordinator.lvm import mda
 
 _LOOP_SET_STATUS64 = 0x4C04
 _LOOP_GET_STATUS64 = 0x4C05
@@ -174,13 +175,8 @@ class LoopBackend(base.Backend):
     def _lv(self, vg, lv):
         """The LV from the committed metadata when it can be read (no LVM
         command), else from lvs."""
-        meta = self.metadata(vg) if self.metadata else None
-        if meta is not None:
-            try:
-                return meta.lv(lv)
-            except errors.LVMError:
-                pass  # not there: lvs has the last word
-        return self.lvm.lv(vg, lv)
+        return mda.lv_info(self.metadata(vg) if self.metadata else None,
+                           self.lvm, vg, lv)
 
     def _link(self, vg, lv):
         return os.path.join(self.dev_dir, vg, lv)

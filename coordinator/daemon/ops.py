@@ -13,6 +13,7 @@ from coordinator.daemon import grantbook
 from coordinator.daemon import metrics
 from coordinator.daemon import snapshots
 from coordinator.engine import modes
+from coordinator.lvm import mda
 
 LOG = logging.getLogger(__name__)
 
@@ -96,13 +97,7 @@ class Operations:
     def _lv_info(self, vg, lv):
         """LVM.lv() from the committed metadata (one O_DIRECT read), or
         from lvs when that cannot be read."""
-        meta = self.metadata(vg)
-        if meta is not None:
-            try:
-                return meta.lv(lv)
-            except errors.LVMError:
-                pass  # not there: lvs has the last word
-        return self.lvm.lv(vg, lv)
+        return mda.lv_info(self.metadata(vg), self.lvm, vg, lv)
 
     @staticmethod
     def _committed(result, recorded):
@@ -117,12 +112,9 @@ class Operations:
         if origin:
             return snapshots.delete(self, vg, lv, origin)
         # Nobody may be granted the LV from the check until it is gone.
-        self.leases.reserve(vg, lv, 'delete')
-        try:
+        with self.leases.reserved(vg, lv, 'delete'):
             self._change(vg, f'lvremove {vg}/{lv}',
                          lambda: self.lvm.remove_lv(vg, lv))
-        finally:
-            self.leases.unreserve(vg, lv)
         return {'vg': vg, 'lv': lv, 'deleted': True}
 
     def op_rename(self, vg, lv, new_name):

@@ -60,16 +60,11 @@ def delete(ops, vg, snap, origin):
     if hosts and ops.host not in hosts:
         return ops.router.call(hosts[0], 'snapshot_delete',
                                {'vg': vg, 'lv': snap})
-    if hosts:
+    # Active here: under our lease; active nowhere: reserved meanwhile.
+    with contextlib.nullcontext() if hosts else \
+            ops.leases.reserved(vg, origin, 'snapshot delete'):
         ops._change(vg, f'lvremove {vg}/{snap}',
                     lambda: ops.lvm.remove_lv(vg, snap))
-    else:
-        ops.leases.reserve(vg, origin, 'snapshot delete')
-        try:
-            ops._change(vg, f'lvremove {vg}/{snap}',
-                        lambda: ops.lvm.remove_lv(vg, snap))
-        finally:
-            ops.leases.unreserve(vg, origin)
     return {'vg': vg, 'lv': snap, 'deleted': True, 'on': ops.host}
 
 
@@ -86,12 +81,9 @@ def revert(ops, vg, origin, snap):
         raise errors.LeaseConflict(
             f'{vg}/{origin} is attached on {", ".join(hosts)}: detach it '
             f'before reverting to {snap}')
-    ops.leases.reserve(vg, origin, 'revert')
-    try:
+    with ops.leases.reserved(vg, origin, 'revert'):
         ops._change(vg, f'lvconvert --merge {vg}/{snap}',
                     lambda: ops.lvm.merge_snapshot(vg, snap))
-    finally:
-        ops.leases.unreserve(vg, origin)
     return {'vg': vg, 'lv': origin, 'reverted_to': snap,
             'merge': 'on next activation'}
 

@@ -9,6 +9,7 @@ has passed since the expiry was seen. Every change is a txn guarded by the
 ledger's mod revision, so concurrent grants serialize per LV. A grant's
 fencing token is the revision that wrote its holder key.
 """
+import contextlib
 import logging
 import time
 
@@ -285,6 +286,15 @@ class LeaseTable:
                 f'{reserved.get("host")} ({reserved.get("op")})'
             raise errors.LeaseConflict(f'{vg}/{lv} is in use: held by {who}',
                                        holders)
+
+    @contextlib.contextmanager
+    def reserved(self, vg, lv, op):
+        """reserve() for the block, unreserve() after it."""
+        self.reserve(vg, lv, op)
+        try:
+            yield
+        finally:
+            self.unreserve(vg, lv)
 
     def unreserve(self, vg, lv):
         """Drop our reservation of vg/lv."""

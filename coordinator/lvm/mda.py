@@ -360,6 +360,17 @@ class VGInfo:
         return dict(info, pe_ranges=list(info['pe_ranges']))
 
 
+def lv_info(meta, lvm, vg, lv):
+    """LVM.lv() from the committed metadata ``meta`` (a VGInfo, or None
+    when it could not be read), else from lvs, which has the last word."""
+    if meta is not None:
+        try:
+            return meta.lv(lv)
+        except errors.LVMError:
+            pass
+    return lvm.lv(vg, lv)
+
+
 def pv_uuid(block, offset):
     """The PV UUID of a label, dashed as LVM prints it."""
     raw = block[offset:offset + 32].decode('ascii', 'replace')

@@ -1,5 +1,7 @@
 """Snapshots go where their origin is active, under its lease (rules only;
 the real-kernel tier runs them on device-mapper)."""
+import contextlib
+
 import pytest
 
 from coordinator import errors
@@ -23,6 +25,14 @@ class FakeOps:
 
             def unreserve(self, vg, lv):
                 ops.calls.append(('unreserve', lv))
+
+            @contextlib.contextmanager
+            def reserved(self, vg, lv, op):
+                self.reserve(vg, lv, op)
+                try:
+                    yield
+                finally:
+                    self.unreserve(vg, lv)
 
         class Router:
             def call(self, host, op, args):

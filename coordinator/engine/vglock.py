@@ -121,7 +121,14 @@ class VGLock:
         try:
             self._wait_predecessors(key, revision, deadline)
         except BaseException:
-            self.etcd.delete(key)
+            # Our queue entry lives as long as our session: left behind, it
+            # would block the VG for everyone (etcd may not answer now).
+            try:
+                self.etcd.delete(key)
+            except errors.EtcdUnavailable:
+                threading.Thread(target=_delete_until_gone,
+                                 args=(self.etcd, key),
+                                 name='vglock-release', daemon=True).start()
             raise
         return Hold(self, key, revision, False, [])
 

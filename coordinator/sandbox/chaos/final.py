@@ -153,7 +153,7 @@ def vg_lock(topo, history, checker):
         return
     for kv in kvs:
         checker.violation('vg-lock-held-after-settle', kv.key,
-                          key=kv.key, value=kv.value[:300])
+                          lock_key=kv.key, value=kv.value[:300])
 
 
 def fences(topo, history):

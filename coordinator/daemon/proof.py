@@ -11,6 +11,7 @@ import logging
 
 from coordinator import errors
 from coordinator.daemon import fence
+from coordinator.lvm import mda
 
 LOG = logging.getLogger(__name__)
 
@@ -32,11 +33,13 @@ def covers(lv_extents, device_extents):
 class Prover:
     """prove(vg, lv) for the Fencer, from the grant book, LVM and etcd."""
 
-    def __init__(self, leases, lvm, backend, book):
+    def __init__(self, leases, lvm, backend, book, metadata=None):
         self.leases = leases
         self.lvm = lvm
         self.backend = backend
         self.book = book
+        # metadata(vg) -> mda.VGInfo or None (then lvs answers).
+        self.metadata = metadata or (lambda vg: None)
         self.reasons = {}
 
     def __call__(self, vg, lv):
@@ -62,7 +65,9 @@ class Prover:
         uuid = record['uuid']
         if ident.get('uuid') and ident['uuid'] != uuid:
             return fence.RETIRE, 'the device maps another LV'
-        now = next((x for x in self.lvm.lvs(vg) if x['uuid'] == uuid), None)
+        # One O_DIRECT read of the committed metadata, not an lvs per LV:
+        # a fence of many LVs is proven LV by LV.
+        now = mda.lv_by_uuid(self.metadata(vg), self.lvm, vg, uuid)
         if now is None:
             return fence.RETIRE, 'the LV was deleted'
         if now['name'] != lv:

@@ -193,7 +193,7 @@ class FenceWorker(_Worker):
             ctx.backend, self.conf.session.ttl, f.fraction, f.action,
             self._on_event, lease=session.id,
             prove=proof.Prover(ctx.engine.leases, ctx.lvm, ctx.backend,
-                               ctx.book),
+                               ctx.book, ctx.vg_metadata),
             book=ctx.book, on_retired=self._retired, watchdog=dog)
         try:
             reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend,

@@ -371,6 +371,15 @@ def lv_info(meta, lvm, vg, lv):
     return lvm.lv(vg, lv)
 
 
+def lv_by_uuid(meta, lvm, vg, uuid):
+    """The visible LV with ``uuid`` as lv_info() gives it, or None; from
+    the committed metadata when it could be read, else from lvs."""
+    if meta is not None:
+        return next((dict(x) for x in meta.lvs.values()
+                     if x['uuid'] == uuid and x['visible']), None)
+    return next((x for x in lvm.lvs(vg) if x['uuid'] == uuid), None)
+
+
 def pv_uuid(block, offset):
     """The PV UUID of a label, dashed as LVM prints it."""
     raw = block[offset:offset + 32].decode('ascii', 'replace')

@@ -16,6 +16,7 @@ import threading
 import time
 
 from coordinator import errors
+from coordinator.daemon import grantbook
 
 LOG = logging.getLogger(__name__)
 
@@ -164,10 +165,12 @@ class Fencer:
                 if not batch:
                     continue
                 told = True
+                before = self._records()
                 started = self.clock()
                 results = pool.map(self._stop_io, batch)
                 done = [k for k, ok in zip(batch, results, strict=True)
                         if ok]
+                self._catch_up(done, before)
                 self.fenced += done
                 for k in done:
                     self._gen[k] = self._gen.get(k, 0) + 1
@@ -182,6 +185,35 @@ class Fencer:
         if not told:
             LOG.error('fencer: %s; nothing to fence', why)
             self.on_event('fenced', reason=why, lvs=[], took=0.0)
+
+    def _records(self):
+        try:
+            return self.book.all() if self.book else {}
+        except Exception:
+            LOG.exception('fencer: grant book unreadable')
+            return {}
+
+    def _catch_up(self, keys, before):
+        # An activation may make its device just after we stopped I/O on
+        # nothing. Marked (under the book's lock), a record tells the
+        # activation, which checks it under that lock, to stop its device
+        # itself; a device made before the mark is stopped here again.
+        if not (self.book and keys):
+            return
+        try:
+            with self.book.locked():
+                now = self.book.all()
+                self.book.mark_fenced(keys)
+        except Exception:
+            LOG.exception('fencer: could not mark %d fenced grants',
+                          len(keys))
+            now = {}
+        for key in keys:
+            record = now.get(key) or {}
+            if record.get('state') == grantbook.ACTIVATING:
+                continue  # its activation sees the mark
+            if record and _grant(record) != _grant(before.get(key) or {}):
+                self._stop_io(key)
 
     def _stop_io(self, key):
         vg, lv = key
@@ -229,6 +261,10 @@ class Fencer:
     def _apply(self, vg, lv, verdict):
         try:
             if verdict == RESUME:
+                if self.book:
+                    # Unmarked first: an activation that stopped its own
+                    # device did so before this, under the book's lock.
+                    self.book.unmark_fenced(vg, lv)
                 self.backend.resume(vg, lv)
                 LOG.warning('fencer: %s/%s proven ours; resumed', vg, lv)
                 self.on_event('resumed', lvs=[(vg, lv)])
@@ -265,3 +301,8 @@ class Fencer:
             self.clock() < self.last_keepalive() + self.window
         if valid or booked <= set(self.fenced):
             self.watchdog.pet()
+
+
+def _grant(record):
+    # Which grant, in which state: a change means a device made since.
+    return record.get('state'), record.get('token')

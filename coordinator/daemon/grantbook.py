@@ -80,6 +80,25 @@ class GrantBook:
             data[f'{vg}/{lv}'] = dict(data.get(f'{vg}/{lv}', {}), **record)
             self._write(data)
 
+    def mark_fenced(self, keys):
+        """Mark the records of ``keys`` fenced: an activation still making
+        its device sees the mark and stops that device's I/O itself."""
+        with self.locked():
+            data = self._read()
+            hit = [f'{vg}/{lv}' for vg, lv in keys if f'{vg}/{lv}' in data]
+            for key in hit:
+                data[key]['fenced'] = True
+            if hit:
+                self._write(data)
+
+    def unmark_fenced(self, vg, lv):
+        """The fence of vg/lv was undone by proof."""
+        with self.locked():
+            data = self._read()
+            record = data.get(f'{vg}/{lv}')
+            if record and record.pop('fenced', None):
+                self._write(data)
+
     def drop(self, vg, lv):
         """Forget vg/lv (its device is gone)."""
         with self.locked():

@@ -6,6 +6,7 @@ VG lock; anything that must happen on another host is routed to that
 host's daemon, which takes the lease itself.
 """
 import logging
+import os
 import time
 
 from coordinator import errors
@@ -204,13 +205,12 @@ class Operations:
                                           f'multiattach volume')
             self._record(vg, lv, grant, info, read_only)
             path = self.backend.activate(vg, lv, read_only, info)
+            self._made(vg, lv, path)
         except errors.CoordError:
             if new:
                 self._forget(vg, lv)
                 self.leases.release(vg, lv)
             raise
-        if self.book is not None:
-            self.book.put(vg, lv, state=grantbook.ACTIVE, path=path)
         metrics.GRANTS.labels(mode=grant.mode).inc()
         self.events('grant', vg=vg, lv=lv, mode=grant.mode,
                     token=grant.token)
@@ -258,7 +258,8 @@ class Operations:
                 self.book.put(vg, lv, state=grantbook.ACTIVATING,
                               token=grant.token, uuid=info['uuid'],
                               session=grant.session, mode=grant.mode,
-                              instance=grant.instance, read_only=read_only)
+                              instance=grant.instance, read_only=read_only,
+                              pid=os.getpid())
             # Under the book's lock: the fencer cannot disarm between this
             # look and the record it now sees.
             armed = self.watchdog_armed is None or self.watchdog_armed()
@@ -270,6 +271,25 @@ class Operations:
                     f'{WATCHDOG_ARM_WAIT:.0f}s; no device is made unwatched')
             time.sleep(0.02)
             armed = self.watchdog_armed()
+
+    def _made(self, vg, lv, path):
+        """The device is made: recorded active, unless the fencer fenced
+        the grant meanwhile (it had no device to stop then)."""
+        if self.book is None:
+            return
+        with self.book.locked():
+            record = self.book.get(vg, lv)
+            if record is None:
+                # Retired while being made: its grant went with it.
+                self.backend.retire(vg, lv)
+                raise errors.HostUnavailable(
+                    f'{self.host} fenced {vg}/{lv} while its device was '
+                    f'being made; the device was retired')
+            if record.get('fenced'):
+                # Stopped here, under the lock the fencer marks under; its
+                # proof resumes it or retires it.
+                self.backend.suspend(vg, lv)
+            self.book.put(vg, lv, state=grantbook.ACTIVE, path=path)
 
     def _forget(self, vg, lv):
         if self.book is not None:

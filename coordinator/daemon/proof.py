@@ -8,9 +8,11 @@ nobody was granted the LV since (a takeover drops it); it is then carried
 over to the current session if that is a new one.
 """
 import logging
+import os
 
 from coordinator import errors
 from coordinator.daemon import fence
+from coordinator.daemon import grantbook
 from coordinator.lvm import mda
 
 LOG = logging.getLogger(__name__)
@@ -59,6 +61,11 @@ class Prover:
         record = self.book.get(vg, lv)
         ident = self.backend.identity(vg, lv)
         if ident is None:
+            if record and record.get('state') == grantbook.ACTIVATING and \
+                    _alive(record.get('pid')):
+                # Still being made: the activation stops it (the record is
+                # marked) and the next proof judges the device.
+                return fence.KEEP, 'device being made'
             return fence.GONE, 'no device'
         if record is None or not record.get('uuid'):
             return fence.RETIRE, 'no record of a grant for this device'
@@ -82,3 +89,15 @@ class Prover:
             self.book.put(vg, lv, token=holder.token,
                           session=holder.session)
         return fence.RESUME, 'same grant, same LV'
+
+
+def _alive(pid):
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True

@@ -281,6 +281,18 @@ class Fencer:
             return False
         return True
 
+    def arm(self):
+        """Arm the watchdog for a device about to be made (its grant is in
+        the book); False if the session is not provably valid now."""
+        if self.watchdog is None:
+            return True
+        try:
+            with self._mutex:
+                self._pet()
+        except Exception:
+            LOG.exception('fencer: watchdog not armed')
+        return self.watchdog.armed
+
     def _pet(self):
         if self.watchdog is None:
             return

@@ -27,7 +27,8 @@ def at_start(leases, lvm, backend, book, fencer, emit):
             if record.get('state') == grantbook.ACTIVATING:
                 _release(leases, book, vg, lv, record, emit)
             else:
-                _restore(leases, lvm, backend, book, vg, lv, record, emit)
+                _restore(leases, lvm, backend, book, vg, lv, record, emit,
+                         fencer)
         except errors.CoordError as exc:
             LOG.error('reconcile %s/%s: %s', vg, lv, exc)
             emit('reconcile-failed', vg=vg, lv=lv, error=str(exc))
@@ -43,7 +44,7 @@ def _release(leases, book, vg, lv, record, emit):
          reason='granted, device never made')
 
 
-def _restore(leases, lvm, backend, book, vg, lv, record, emit):
+def _restore(leases, lvm, backend, book, vg, lv, record, emit, fencer):
     holder = leases.rebind(vg, lv, record.get('token'), record.get('uuid'))
     info = next((x for x in lvm.lvs(vg) if x['uuid'] == record.get('uuid')),
                 None)
@@ -63,6 +64,9 @@ def _restore(leases, lvm, backend, book, vg, lv, record, emit):
         return
     book.put(vg, lv, token=holder.token, session=holder.session)
     try:
+        # Recorded first, then watched: no device is made unwatched.
+        if not fencer.arm():
+            raise errors.HostUnavailable('the watchdog could not be armed')
         path = backend.activate(vg, lv, record.get('read_only', False),
                                 info)
     except errors.CoordError as exc:

@@ -134,6 +134,10 @@ class Faults:
                     self.topo.cluster.restart(host)
                     break
                 except RuntimeError:
+                    if dog:
+                        # A reset that killed this start holds its lock
+                        # until it is counted.
+                        dog.settled()
                     if dog is None or len(dog.resets) == seen or \
                             attempt == attempts - 1:
                         raise

@@ -1,0 +1,75 @@
+"""Reconcile at start: a grant restored after a reboot is made into a
+device only once the watchdog is armed for it. Real grant book, fakes for
+etcd, LVM and the backend."""
+import types
+
+from coordinator.daemon import grantbook
+from coordinator.daemon import reconcile
+
+KEY = ('vg', 'a')
+
+
+class Fencer:
+    def __init__(self, can_arm):
+        self.can_arm = can_arm
+        self.fenced = []
+
+    def fence_existing(self, keys, why):
+        self.fenced += keys
+
+    def arm(self):
+        return self.can_arm
+
+
+class Backend:
+    def __init__(self):
+        self.made = []
+
+    def active(self):
+        return {}
+
+    def activate(self, vg, lv, read_only, info):
+        self.made.append(lv)
+        return f'/dev/{vg}/{lv}'
+
+
+class Leases:
+    session = types.SimpleNamespace(host='h1')
+
+    def __init__(self):
+        self.released = []
+
+    def rebind(self, vg, lv, token, uuid):
+        return types.SimpleNamespace(token=token, session='s2',
+                                     instance='vm-1', host='h1')
+
+    def holders(self, vg, lv):
+        return [self.rebind(vg, lv, 5, 'U')] if not self.released else []
+
+    def release(self, vg, lv):
+        self.released.append(lv)
+
+
+def run(tmp_path, can_arm):
+    book = grantbook.GrantBook(str(tmp_path))
+    book.put(*KEY, state=grantbook.ACTIVE, token=5, uuid='U')
+    lvm = types.SimpleNamespace(lvs=lambda vg: [{'uuid': 'U', 'name': 'a'}])
+    backend, leases, events = Backend(), Leases(), []
+    reconcile.at_start(leases, lvm, backend, book, Fencer(can_arm),
+                       lambda kind, **kw: events.append(kind))
+    return book, backend, leases, events
+
+
+def test_restored_once_the_watchdog_is_armed(tmp_path):
+    book, backend, leases, events = run(tmp_path, can_arm=True)
+    assert backend.made == ['a']
+    assert events == ['restored']
+    assert book.get(*KEY)['state'] == grantbook.ACTIVE
+
+
+def test_not_restored_unwatched(tmp_path):
+    book, backend, leases, events = run(tmp_path, can_arm=False)
+    assert backend.made == []
+    assert events == ['restore-failed']
+    assert book.get(*KEY) is None
+    assert leases.released == ['a']

@@ -22,6 +22,7 @@ import uuid
 
 from coordinator import errors
 from coordinator.api import schema
+from coordinator.daemon import replies
 from coordinator.engine import etcd as etcdlib
 
 LOG = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Router:
         self._stop = threading.Event()
         self._reply_lease = (0, 0.0)
         self._lease_mutex = threading.Lock()
+        self._replies = None
 
     def alive(self, host):
         """The host's session record, or None if it has no live session."""
@@ -99,11 +101,13 @@ class Router:
                                      f'cannot send {op} to {host}')
         rid = uuid.uuid4().hex
         req_key, reply_key = self.keys.request(host, rid), \
-            self.keys.reply(rid)
-        # The reply watch exists before the request does: a watch started
-        # in the past would be "unsynced" in etcd, its events held for
-        # etcd's 100 ms catch-up loop.
-        with self.etcd.watch(reply_key, 0) as watch:
+            self.keys.reply(self.session.host, rid)
+        # The reply is expected on this process's reply stream before the
+        # request exists (coordinator/daemon/replies.py): no watch to open
+        # per call, and no watch started in the past ("unsynced" in etcd,
+        # its events held for etcd's 100 ms catch-up loop).
+        answered = False
+        with self._expect(reply_key) as watch:
             # The target's session check and the put in one txn
             # (SessionLost if our own lease is gone: etcd: lease not found).
             res = self.etcd.txn(
@@ -117,11 +121,24 @@ class Router:
                 raise errors.HostUnavailable(
                     f'host {host} has no live lvmcoord session')
             try:
-                return self._await(host, op, lease, reply_key, watch,
-                                   timeout)
+                result = self._await(host, op, lease, reply_key, watch,
+                                     timeout)
+                answered = True
+                return result
             finally:
-                self.etcd.txn([], [etcdlib.op_delete(req_key),
-                                   etcdlib.op_delete(reply_key)])
+                if answered:
+                    # Claimed by the target (the request is gone) and
+                    # read: deleted off the caller's path.
+                    self._replies.discard([req_key, reply_key])
+                else:
+                    self.etcd.txn([], [etcdlib.op_delete(req_key),
+                                       etcdlib.op_delete(reply_key)])
+
+    def _expect(self, reply_key):
+        if self._replies is None:
+            self._replies = replies.Replies(
+                self.etcd, self.keys.replies(self.session.host))
+        return self._replies.expect(reply_key)
 
     def _await(self, host, op, lease, reply_key, watch, timeout):
         deadline = time.monotonic() + timeout
@@ -327,7 +344,7 @@ class Router:
         try:
             res = self.etcd.txn(
                 [etcdlib.cmp_lease(self.keys.session(job.caller), job.lease)],
-                [etcdlib.op_put(self.keys.reply(job.rid), reply,
+                [etcdlib.op_put(self.keys.reply(job.caller, job.rid), reply,
                                 lease=self._lease_for_replies())])
         except errors.CoordError as exc:
             LOG.warning('reply to %s for %s not sent: %s', job.caller,

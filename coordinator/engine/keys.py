@@ -51,9 +51,13 @@ class Keys:
     def requests(self, host):
         return f'{self.root}requests/{host}/'
 
-    def reply(self, request_id):
-        """The reply to a request, watched by the caller."""
-        return f'{self.root}replies/{request_id}'
+    def reply(self, host, request_id):
+        """The reply to a request ``host`` sent (its daemon's processes
+        each watch their host's replies)."""
+        return f'{self.replies(host)}{request_id}'
+
+    def replies(self, host):
+        return f'{self.root}replies/{host}/'
 
     def events(self):
         """Prefix of the event log (fences, breaks, alerts)."""

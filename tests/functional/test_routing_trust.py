@@ -122,7 +122,7 @@ def test_hostile_request_keys_run_nothing_on_daemons(cluster):
         wait_for(lambda k=key: etcd.get(k) is None,
                  what=f'{name}: deleted')
         if answered:
-            reply_key = keys.reply(rid)
+            reply_key = keys.reply('volume-1', rid)
             reply = wait_for(lambda k=reply_key: etcd.get(k),
                              what=f'{name}: reply').json()
             assert reply['ok'] is False, name
@@ -132,7 +132,8 @@ def test_hostile_request_keys_run_nothing_on_daemons(cluster):
             unanswered.append(rid)
     # Unbound requests were never answered (processing is sequential: the
     # later answered ones prove the earlier ones were handled).
-    assert all(etcd.get(keys.reply(rid)) is None for rid in unanswered)
+    assert all(etcd.get(keys.reply('volume-1', rid)) is None
+               for rid in unanswered)
     after_lvs = sorted((x['lv'], tuple(x['holders']))
                        for x in c1.call('list', vg=vg))
     assert after_lvs == before_lvs
@@ -351,7 +352,8 @@ def test_fuzz_hostile_routed_requests(etcd_module):
             if not bound:
                 COUNTS['unbound'] += 1
                 return
-            reply = wait_for(lambda: r.etcd.get(r.keys.reply(rid)),
+            reply_key = r.keys.reply(req['from'], rid)
+            reply = wait_for(lambda: r.etcd.get(reply_key),
                              what='reply').json()
             if reply.get('error', {}).get('code') == 'error':
                 COUNTS['crashes'] += 1
@@ -431,7 +433,7 @@ def test_queue_full_for_one_caller_is_refused_clearly(routed):
                       'from': CALLER, 'timeout': 60},
                      lease=routed.lease(CALLER))
         # The last one finds the caller's share of the queue full.
-        reply = wait_for(lambda: etcd.get(keys.reply(rids[-1])),
+        reply = wait_for(lambda: etcd.get(keys.reply(CALLER, rids[-1])),
                          what='refusal').json()
         assert reply['error']['code'] == 'busy'
         assert 'per caller' in reply['error']['message']

@@ -10,7 +10,9 @@ ledger's mod revision, so concurrent grants serialize per LV. A grant's
 fencing token is the revision that wrote its holder key.
 """
 import contextlib
+import dataclasses
 import logging
+import threading
 import time
 
 from coordinator import errors
@@ -20,6 +22,8 @@ from coordinator.engine import modes
 LOG = logging.getLogger(__name__)
 
 RECHECK = 2.0
+# Grants remembered as written, per process (see LeaseTable._written).
+WRITTEN_MAX = 4096
 
 
 class LeaseTable:
@@ -34,12 +38,22 @@ class LeaseTable:
         # is counted on our own monotonic clock, never against another
         # host's wall clock.
         self._orphans = {}
+        # {(vg, lv): (ledger mod revision, holders)} as our own last grant
+        # wrote them: a release compares that revision instead of reading
+        # first (a lost compare answers with the current keys).
+        self._written = {}
+        self._written_mutex = threading.Lock()
 
     # -- reading --
 
     def read(self, vg, lv):
         """(holders, ledger mod revision, header revision) of one LV."""
         kvs, header = self.etcd.range(self.keys.lease(vg, lv), prefix=True)
+        return self._state(vg, lv, kvs, header)
+
+    def _state(self, vg, lv, kvs, header):
+        """read()'s answer from the LV's keys as read at ``header`` (also
+        the failure branch of a txn that lost its compare)."""
         holders, ledger_rev, reserved = self._parse(kvs)
         if reserved:
             raise errors.LeaseConflict(
@@ -123,9 +137,16 @@ class LeaseTable:
         release."""
         modes.validate(mode, instance)
         deadline = time.monotonic() + wait
+        # No ledger is the common case (a free LV has none): first try the
+        # grant as if a read had found none, guarded by that very compare
+        # (ledger absent); a lost compare answers with the LV's keys, so it
+        # costs no more than the read it replaces. Not when this process
+        # knows of a ledger (its own grant: a re-grant).
+        state = None if (vg, lv) in self._written else ([], 0, 0)
         while True:
             self.session.check()
-            holders, ledger_rev, header = self.read(vg, lv)
+            holders, ledger_rev, header = state or self.read(vg, lv)
+            state = None
             want = modes.Holder(host=self.session.host, mode=mode,
                                 instance=instance, since=time.time(),
                                 session=self.session.id, uuid=uuid)
@@ -147,13 +168,16 @@ class LeaseTable:
             if not changed:
                 return mine, False
             res = self._write(vg, lv, ledger_rev, new, mine)
-            if res is not None:
+            if res.succeeded:
                 mine.token = res.revision
                 # The new ledger lists no vanished holder any more.
                 self._forget_orphans(vg, lv)
                 LOG.info('granted %s/%s to %s: %s', vg, lv, mine.host,
                          mine.describe())
                 return mine, True
+            # A lost race (another grant or release in between): decide
+            # again on the keys the failed txn read.
+            state = self._state(vg, lv, res.ranges[0], res.revision)
 
     def _write(self, vg, lv, ledger_rev, new, mine):
         entries = {h.host: h.ledger_entry() for h in new}
@@ -165,9 +189,25 @@ class LeaseTable:
             [etcdlib.cmp_mod(self.keys.lease_ledger(vg, lv), ledger_rev)],
             [etcdlib.op_put(self.keys.lease_ledger(vg, lv),
                             {'holders': entries}),
-             etcdlib.op_put(holder_key, value, lease=self.session.id)])
-        # A lost race (another grant or release in between) re-reads.
-        return res if res.succeeded else None
+             etcdlib.op_put(holder_key, value, lease=self.session.id)],
+            [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)])
+        if res.succeeded:
+            # The ledger as written, tokens included (ours is this txn's
+            # revision, which wrote our holder key).
+            written = [dataclasses.replace(h, token=res.revision)
+                       if h.host == mine.host else h for h in new]
+            self._remember(vg, lv, res.revision, written)
+        else:
+            self._written.pop((vg, lv), None)
+        return res
+
+    def _remember(self, vg, lv, revision, holders):
+        with self._written_mutex:
+            if len(self._written) >= WRITTEN_MAX:
+                # Grants released by another process of this host: the
+                # oldest go first (a stale one only costs a lost compare).
+                self._written.pop(next(iter(self._written)), None)
+            self._written[(vg, lv)] = (revision, holders)
 
     def rebind(self, vg, lv, token, uuid):
         """Carry our grant of vg/lv with ``token`` over to the current
@@ -198,7 +238,7 @@ class LeaseTable:
             # write makes, i.e. the new holder key's (what the book keeps).
             mine.session, mine.alive, mine.token = self.session.id, True, None
             res = self._write(vg, lv, ledger_rev, holders, mine)
-            if res is not None:
+            if res.succeeded:
                 mine.token = res.revision
                 LOG.warning('grant of %s/%s (token %s) carried over to '
                             'session %x', vg, lv, token, self.session.id)
@@ -207,14 +247,21 @@ class LeaseTable:
     def release(self, vg, lv, host=None):
         """Drop ``host``'s (default: our) grant on vg/lv; True if held."""
         host = host or self.session.host
+        # Our own grant as we wrote it: the compare on its revision stands
+        # for the read (what else wrote the ledger since fails it).
+        known = self._written.get((vg, lv)) \
+            if host == self.session.host else None
+        state = (known[1], known[0], 0) if known else None
         while True:
-            holders, ledger_rev, _ = self.read(vg, lv)
+            holders, ledger_rev, _ = state or self.read(vg, lv)
             if not any(h.host == host for h in holders):
                 self.etcd.delete(self.keys.lease_holder(vg, lv, host))
                 return False
-            if self._commit_without(vg, lv, ledger_rev, holders, host):
+            res = self._commit_without(vg, lv, ledger_rev, holders, host)
+            if res.succeeded:
                 LOG.info('released %s/%s from %s', vg, lv, host)
                 return True
+            state = self._state(vg, lv, res.ranges[0], res.revision)
 
     def break_(self, vg, lv, host, token, force=False):
         """Admin override: drop ``host``'s grant, proven by its token."""
@@ -245,7 +292,8 @@ class LeaseTable:
                  etcdlib.op_delete(self.keys.lease_holder(vg, lv, host))]
             ).succeeded
         else:
-            done = self._commit_without(vg, lv, ledger_rev, holders, host)
+            done = self._commit_without(vg, lv, ledger_rev, holders,
+                                        host).succeeded
         if not done:
             raise errors.LeaseConflict(f'{vg}/{lv} changed while breaking; '
                                        f'read it again', holders)
@@ -312,11 +360,14 @@ class LeaseTable:
                                      for h in rest}}))
         else:
             ops.append(etcdlib.op_delete(ledger))
-        done = self.etcd.txn([etcdlib.cmp_mod(ledger, ledger_rev)],
-                             ops).succeeded
-        if done and not rest:
-            self._forget_orphans(vg, lv)
-        return done
+        res = self.etcd.txn([etcdlib.cmp_mod(ledger, ledger_rev)], ops,
+                            [etcdlib.op_range(self.keys.lease(vg, lv),
+                                              prefix=True)])
+        if res.succeeded:
+            self._written.pop((vg, lv), None)
+            if not rest:
+                self._forget_orphans(vg, lv)
+        return res
 
     def _forget_orphans(self, vg, lv):
         # Grace clocks of holders no ledger lists any more: a long-lived

@@ -21,6 +21,8 @@ LOG = logging.getLogger(__name__)
 MULTIATTACH_TAG = 'lvmcoord_multiattach'
 # The fencer arms the watchdog on its next tick once a grant is recorded.
 WATCHDOG_ARM_WAIT = 5.0
+# Seconds a routing call may reuse the membership view (no read per call).
+ROUTE_VIEW_AGE = 5.0
 
 
 class Operations:
@@ -238,8 +240,9 @@ class Operations:
         return {'host': self.host, 'size': self.backend.refresh(vg, lv)}
 
     def _route(self, host, op, **args):
-        # Fail fast on what the target published about itself.
-        view = self.members().get(host) or {}
+        # Fail fast on what the target published about itself (it
+        # publishes every 15 s; its own checks are what count).
+        view = self.members(max_age=ROUTE_VIEW_AGE).get(host) or {}
         problem = view.get('problems', {}).get(args['vg'])
         if problem:
             raise errors.HostUnavailable(

@@ -5,6 +5,7 @@ discovery: who is up and what each host reports about itself. Join and
 leave are events delivered by ``poll()``.
 """
 import logging
+import time
 
 from oslo_serialization import msgpackutils
 
@@ -25,6 +26,7 @@ class Membership:
         self.capabilities = {}
         self._coord = None
         self._callbacks = []
+        self._seen = (0.0, None)
 
     def _connect(self):
         # tooz takes one endpoint: ask through the engine's fail-over
@@ -75,18 +77,25 @@ class Membership:
             self._close()
             self.join(self.capabilities)
 
-    def members(self):
-        """{host: capabilities} of every member, this one included."""
+    def members(self, max_age=0.0):
+        """{host: capabilities} of every member, this one included; with
+        ``max_age``, a view read at most that many seconds ago will do."""
+        at, seen = self._seen
+        if max_age and seen is not None and \
+                time.monotonic() - at <= max_age:
+            return dict(seen)
         # One range read of tooz's keys (its etcd3gw driver's layout:
         # tooz/groups/<group>/<member>, msgpack values), not a tooz
         # coordinator: that costs a lease, a group create and a thread.
         prefix = f'{TOOZ_GROUPS}{self.group.decode()}/'
+        read_at = time.monotonic()
         out = {}
         for key, value in self.etcd.range_bytes(prefix, prefix=True):
             member = key[len(prefix):]
             if member:
                 out[member] = msgpackutils.loads(value) if value else None
-        return out
+        self._seen = (read_at, out)
+        return dict(out)
 
     def on_change(self, callback):
         """Call ``callback(kind, host)`` on 'join' / 'leave' events."""

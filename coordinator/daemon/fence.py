@@ -21,6 +21,8 @@ from coordinator.daemon import grantbook
 LOG = logging.getLogger(__name__)
 
 OK, FENCED, LOST = 'ok', 'fenced', 'lost'
+# Proofs run at once after a fence (see _settle).
+PROOF_WORKERS = 4
 RESUME, RETIRE, KEEP, GONE = 'resume', 'retire', 'keep', 'gone'
 
 
@@ -114,6 +116,18 @@ class Fencer:
         if left is not None and self._fresh():
             self.state = OK
 
+    def next_tick(self, interval):
+        """Seconds until the next tick: ``interval``, or less when the
+        deadline comes sooner (a fence is never a whole interval late)."""
+        if self.state != OK:
+            return interval
+        try:
+            left = self.last_keepalive() + self.window - self.clock()
+        except Exception:
+            LOG.exception('fencer: last keepalive unreadable')
+            return interval
+        return max(0.005, min(interval, left))
+
     def _fresh(self):
         return self.clock() < self.last_keepalive() + self.window
 
@@ -132,6 +146,10 @@ class Fencer:
         with self._mutex:
             if (vg, lv) not in self.fenced:
                 self._fence(why, [(vg, lv)])
+            else:
+                # A proof in flight was made before this doubt: it proves
+                # nothing now (see _settle); the next one decides.
+                self._gen[(vg, lv)] = self._gen.get((vg, lv), 0) + 1
 
     def fence_existing(self, keys, why):
         """Fence devices found at start: each is resumed only by proof."""
@@ -240,23 +258,35 @@ class Fencer:
             self._settler.start()
 
     def _settle(self):
-        for key in list(self.fenced):
-            gen = self._gen.get(key)
-            try:
-                verdict = self.prove(*key)
-            except Exception:
-                LOG.exception('fencer: %s/%s stays fenced', *key)
-                continue
-            with self._mutex:
-                # Fenced again meanwhile, or the session is in doubt: a
-                # proof made before that proves nothing now.
-                if key not in self.fenced or self._gen.get(key) != gen or (
-                        verdict == RESUME and not (self.state == OK
-                                                   and self._fresh())):
-                    continue
-                if verdict != KEEP and self._apply(*key, verdict):
-                    self.fenced.remove(key)
-                    self._gen.pop(key, None)
+        keys = list(self.fenced)
+        if len(keys) < 2:
+            for key in keys:
+                self._settle_one(key)
+            return
+        # Several at once: each proof mostly waits (etcd, dmsetup, the
+        # metadata read), and a host back from a partition with many LVs
+        # should not resume them one round trip after another.
+        with concurrent.futures.ThreadPoolExecutor(
+                min(PROOF_WORKERS, len(keys))) as pool:
+            list(pool.map(self._settle_one, keys))
+
+    def _settle_one(self, key):
+        gen = self._gen.get(key)
+        try:
+            verdict = self.prove(*key)
+        except Exception:
+            LOG.exception('fencer: %s/%s stays fenced', *key)
+            return
+        with self._mutex:
+            # Fenced again meanwhile, or the session is in doubt: a
+            # proof made before that proves nothing now.
+            if key not in self.fenced or self._gen.get(key) != gen or (
+                    verdict == RESUME and not (self.state == OK
+                                               and self._fresh())):
+                return
+            if verdict != KEEP and self._apply(*key, verdict):
+                self.fenced.remove(key)
+                self._gen.pop(key, None)
 
     def _apply(self, vg, lv, verdict):
         try:

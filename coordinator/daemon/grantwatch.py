@@ -46,13 +46,24 @@ class GrantWatch:
         if mine.broken:
             return 'the lease was broken by an admin'
         if mine.token != record['token']:
+            if mine.alive and mine.session == self.leases.session.id and \
+                    mine.uuid in (None, record.get('uuid')):
+                # Our own proof carried the grant over to this session
+                # (a new token); the book catches up just after.
+                return None
             return f'the token changed ({record["token"]} -> {mine.token})'
         if not mine.alive:
             return 'our holder key is gone'
         return None
 
-    def check(self, vg, lv):
+    def check(self, vg, lv, rescan=False):
         """Fence vg/lv if its grant was revoked."""
+        if rescan and (vg, lv) in self.fencer.fenced:
+            # Fenced already: its proof decides, and an event on it still
+            # voids a proof in flight (fence_one). Asking etcd about every
+            # fenced LV at each rescan starves the proofs of a host that
+            # comes back with many.
+            return
         why = self.revoked(vg, lv)
         if why is None:
             return
@@ -67,7 +78,7 @@ class GrantWatch:
             try:
                 _, rev = self.etcd.range(root, prefix=True, limit=1)
                 for vg, lv in self.book.all():
-                    self.check(vg, lv)
+                    self.check(vg, lv, rescan=True)
                 with self.etcd.watch(root, rev + 1, prefix=True) as watch:
                     for event in watch.until(time.monotonic() + RESCAN, 0.5):
                         if stopping.is_set():

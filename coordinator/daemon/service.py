@@ -219,7 +219,7 @@ class FenceWorker(_Worker):
                 ctx.beat_fencer(state)
             except OSError:
                 LOG.exception('fencer: cannot record its heartbeat')
-            if self.stopping.wait(f.interval):
+            if self.stopping.wait(fencer.next_tick(f.interval)):
                 return
 
     def _on_event(self, kind, **fields):

@@ -293,3 +293,15 @@ def test_a_slow_proof_never_delays_a_deadline_fence():
     # The proof predates the session doubt: it resumes nothing.
     assert ('resume', 'vg', 'a') not in backend.calls
     assert sorted(f.fenced) == [('vg', 'a'), ('vg', 'b')]
+
+
+def test_next_tick_wakes_at_the_deadline_not_an_interval_late():
+    f, _, w, _ = make()             # deadline: beat 100 + 0.5 * TTL
+    w.now = 101.0
+    assert f.next_tick(0.5) == 0.5
+    w.now = 104.8
+    assert abs(f.next_tick(0.5) - 0.2) < 1e-9
+    w.now = 105.3                   # overdue: tick at once
+    assert f.next_tick(0.5) == 0.005
+    assert f.tick() == fence.FENCED
+    assert f.next_tick(0.5) == 0.5  # fenced: the probe's pace

@@ -25,6 +25,7 @@ from oslo_utils import units
 
 from coordinator import errors
 from coordinator.api.client import Client
+from coordinator.daemon import copy as daemon_copy
 from coordinator.engine import modes
 from coordinator.lvm import names
 from driver import connector as lvmcoord_connector
@@ -405,6 +406,13 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
     def create_snapshot(self, snapshot):
         """The daemon takes it on the host where the origin is active."""
         action = f'creating snapshot {snapshot.name}'
+        merging = (self._show(snapshot.volume_name) or {}).get('merging')
+        if merging:
+            # LVM refuses a snapshot of an origin with a merging one.
+            raise exception.VolumeBackendAPIException(
+                data=f'{action}: volume {snapshot.volume_name} has a '
+                     f'pending revert (merge of {merging}), completed on '
+                     f'its next activation; attach it once, then snapshot')
         self._call(action, 'snapshot', vg=self.vg, lv=snapshot.volume_name,
                    name=snapshot_lv(snapshot),
                    size=self._bytes(snapshot.volume_size, action))
@@ -413,7 +421,11 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
         """Remove the snapshot LV; a success if it is already gone."""
         lv = snapshot_lv(snapshot)
         try:
-            self._rpc('delete', vg=self.vg, lv=lv)
+            out = self._rpc('delete', vg=self.vg, lv=lv)
+            if out and out.get('merging_into'):
+                # Consumed by a revert: LVM drops it when the merge
+                # completes; removing it now would cancel the revert.
+                LOG.info('snapshot %s: %s', lv, out.get('message'))
         except errors.LeaseConflict as exc:
             raise exception.SnapshotIsBusy(
                 message=f'snapshot {lv} is in use: {exc}',
@@ -428,25 +440,75 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
                 data=f'deleting snapshot {lv}: {exc}') from exc
 
     def create_volume_from_snapshot(self, volume, snapshot):
-        """New LV with the snapshot's data, copied on this volume host."""
+        """New LV with the snapshot's data, copied by the daemon where
+        the origin is active (its holder, or here under a short lease): a
+        snapshot's exceptions live in that host's device-mapper, and a
+        snapshot activates only with its origin."""
         origin, src = snapshot.volume_name, snapshot_lv(snapshot)
-        info = self._show(origin)
-        here = self._here()
-        away = [h for h in (info or {}).get('holders', [])
-                if h['host'] != here]
-        if away:
-            # A snapshot's exceptions live in the device-mapper of the host
-            # where its origin is active: it reads right only there.
+        purpose = f'creating {volume.name} from snapshot {src}'
+        info = self._show(origin) or {}
+        if info.get('merging') == src:
             raise exception.VolumeBackendAPIException(
-                data=f'snapshot {src} cannot be read on {here}: its origin '
-                     f'{origin} is active on {describe_holders(away)}')
-        self._copy_into(volume, src, snapshot.volume_size,
-                        f'creating {volume.name} from snapshot {src}')
+                data=f'{purpose}: {src} was merged into {origin} by a '
+                     f'revert (completed on {origin}\'s next activation): '
+                     f'the snapshot no longer exists; clone {origin} '
+                     f'instead')
+        self._copy_by_daemon(volume, src, snapshot.volume_size, purpose,
+                             self._held_elsewhere(info))
 
     def create_cloned_volume(self, volume, src_vref):
-        """New LV with the source's data, copied on this volume host."""
-        self._copy_into(volume, src_vref.name, src_vref.size,
-                        f'cloning {src_vref.name} into {volume.name}')
+        """New LV with the source's data: copied on this volume host, or,
+        when the source is attached on another host, by the daemon there
+        from a temporary snapshot taken there."""
+        src = src_vref.name
+        purpose = f'cloning {src} into {volume.name}'
+        away = self._held_elsewhere(self._show(src) or {})
+        if away:
+            self._copy_by_daemon(volume, src, src_vref.size, purpose, away,
+                                 snapshot=f'{volume.name}-src')
+            return
+        self._copy_into(volume, src, src_vref.size, purpose)
+
+    def _held_elsewhere(self, info):
+        """The live holders of a ``show`` reply on other hosts."""
+        here = self._here()
+        return [h for h in info.get('holders', [])
+                if h['host'] != here and h.get('alive', True)]
+
+    def _copy_by_daemon(self, volume, src, src_gib, purpose, away,
+                        snapshot=None):
+        """Create the volume, then have the daemons fill it where the
+        source is active; removed again if the copy fails."""
+        where = describe_holders(away) if away else self._here()
+        self.create_volume(volume)
+        size = min(src_gib, volume.size) * GiB
+        try:
+            try:
+                out = self._long_client(size).call(
+                    'copy', vg=self.vg, src=src, dst=volume.name, size=size,
+                    **({'snapshot': snapshot} if snapshot else {}))
+            except errors.CoordError as exc:
+                raise exception.VolumeBackendAPIException(
+                    data=f'{purpose} on {where}: {exc}') from exc
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                self._remove_quietly(volume.name)
+        if out.get('consistency') == 'live':
+            LOG.warning('%s: copied on %s while attached there, without a '
+                        'snapshot (no device-mapper there): not '
+                        'crash-consistent if the guest wrote meanwhile',
+                        purpose, out.get('on'))
+        LOG.info('%s: copied on %s (%s)', purpose, out.get('on'),
+                 out.get('consistency'))
+
+    def _long_client(self, size):
+        """The daemon client, waiting as long as a copy of ``size`` bytes
+        may take."""
+        timeout = daemon_copy.timeout_for(size) + 120.0
+        client = self.client
+        if isinstance(client, Client) and client.timeout < timeout:
+            return Client(client.path, timeout=timeout)
+        return client
 
     def _copy_into(self, volume, src, src_gib, purpose):
         # The source is held (read-only) first: a busy source fails before
@@ -477,13 +539,46 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
             LOG.error('could not remove %s/%s after a failed copy: %s',
                       self.vg, lv, exc)
 
+    def snapshot_revert_use_temp_snapshot(self):
+        """No backup snapshot around a revert: the merge is deferred to
+        the origin's next activation, so Cinder's backup snapshot would be
+        taken and deleted before any data changed (and cost a COW LV the
+        size of the volume)."""
+        return False
+
     def revert_to_snapshot(self, context, volume, snapshot):
-        """Not here: Cinder then reverts generically (new volume from the
-        snapshot, copied back)."""
-        raise NotImplementedError(
-            'lvmcoord cannot revert in place: LVM merges a snapshot with '
-            'lvconvert --merge, which needs the origin activated and '
-            'lvmcoordd has no merge operation yet')
+        """lvconvert --merge of the snapshot into its detached origin
+        (the daemon's revert); LVM completes the merge on the origin's
+        next activation, before any I/O. The snapshot is consumed."""
+        lv, snap = volume.name, snapshot_lv(snapshot)
+        action = f'reverting {lv} to snapshot {snap}'
+        info = self._show(lv)
+        if info is None:
+            raise exception.VolumeBackendAPIException(
+                data=f'{action}: {self.vg}/{lv} does not exist')
+        if info.get('merging') == snap:
+            LOG.info('%s: already pending (merged on its next activation)',
+                     action)
+            return
+        if info.get('merging'):
+            raise exception.VolumeBackendAPIException(
+                data=f'{action}: a revert to {info["merging"]} is pending '
+                     f'(merged on {lv}\'s next activation)')
+        held = [h for h in info['holders'] if h.get('alive', True)]
+        if held:
+            raise exception.VolumeBackendAPIException(
+                data=f'{action}: {lv} is attached on '
+                     f'{describe_holders(held)}; detach it first')
+        found = self._show(snap)
+        if found is None:
+            raise exception.VolumeBackendAPIException(
+                data=f'{action}: {self.vg}/{snap} does not exist')
+        if found.get('origin') != lv:
+            raise exception.InvalidSnapshot(
+                reason=f'{action}: {self.vg}/{snap} is not a snapshot of '
+                       f'{lv} (its origin: {found.get("origin") or "none"})')
+        out = self._call(action, 'revert', vg=self.vg, lv=lv, snapshot=snap)
+        LOG.info('%s: merge %s', action, out.get('merge'))
 
     # -- local activations for copies (through the lvmcoord connector) --
 

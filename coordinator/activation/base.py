@@ -7,6 +7,8 @@ class Backend(abc.ABC):
     """Activate, deactivate, refresh and fence LVs on this host."""
 
     name = 'base'
+    # Whether a consistent COW snapshot can be taken (device-mapper).
+    snapshots = True
 
     @abc.abstractmethod
     def activate(self, vg, lv, read_only=False, info=None):

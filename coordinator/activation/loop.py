@@ -87,10 +87,36 @@ def _set_ro(loop, read_only):
                               kind='failed') from exc
 
 
+def _check_mappable(vg, lv, info, read_only):
+    """Refuse what a loop device over extents would show wrong: COW
+    snapshots are device-mapper's (no exception is ever written here)."""
+    if info.get('origin'):
+        raise errors.LVMError(
+            f'{vg}/{lv} is a snapshot of {info["origin"]}: its extents are '
+            f'the COW exception store, not the snapshot\'s data; the loop '
+            f'backend cannot read it (needs device-mapper: the lvm backend)',
+            kind='failed')
+    if info.get('merging'):
+        raise errors.LVMError(
+            f'{vg}/{lv} has a pending merge of snapshot {info["merging"]} '
+            f'(a revert): only device-mapper performs it, on activation; '
+            f'the loop backend would show the data from before the revert; '
+            f'activate it first on a host with the lvm backend',
+            kind='failed')
+    if info.get('has_snapshots') and not read_only:
+        raise errors.LVMError(
+            f'{vg}/{lv} has snapshots: writes through a loop device would '
+            f'bypass their copy-on-write and change them; read-only only '
+            f'with the loop backend (or delete the snapshots)',
+            kind='failed')
+
+
 class LoopBackend(base.Backend):
     """Loop devices over the LV's extents on the shared PV."""
 
     name = 'loop'
+    # No device-mapper: LVM refuses to create COW snapshots here.
+    snapshots = False
 
     def __init__(self, lvm, state_dir, dev_dir=None):
         self.lvm = lvm
@@ -195,6 +221,7 @@ class LoopBackend(base.Backend):
                 # extents that are no longer this name's.
                 _set_ro(state[key]['loop'], True)
                 self._detach(state, vg, lv)
+            _check_mappable(vg, lv, info, read_only)
             geo = self._extent_range(vg, lv, info)
             device, offset, size = geo['pv'], geo['offset'], geo['size']
             args = ['losetup', '-f', '--show', '--offset', str(offset),

@@ -56,7 +56,7 @@ def _seconds(value, field):
 VG = ('vg', names.vg_name)
 LV = ('lv', names.lv_name)
 # Fields naming an LV of the request's VG.
-LV_FIELDS = ('lv', 'new_name', 'name')
+LV_FIELDS = ('lv', 'new_name', 'name', 'snapshot', 'src', 'dst')
 
 # op -> (required fields, optional fields)
 OPS = {
@@ -70,6 +70,11 @@ OPS = {
                  []),
     'snapshot_delete': ([VG, LV], []),
     'revert': ([VG, LV, ('snapshot', names.lv_name)], []),
+    # A new LV filled from a volume or a snapshot, on the host where the
+    # source (its origin) is active; ``snapshot``: the temporary snapshot
+    # of an in-use volume source, taken there.
+    'copy': ([VG, ('src', names.lv_name), ('dst', names.lv_name),
+              ('size', names.size)], [('snapshot', names.lv_name)]),
     'activate': ([VG, LV], [('host', _host), ('mode', _mode),
                             ('instance', _text(255)), ('wait', _seconds),
                             ('read_only', _bool)]),

@@ -10,6 +10,7 @@ import os
 import time
 
 from coordinator import errors
+from coordinator.daemon import copy
 from coordinator.daemon import grantbook
 from coordinator.daemon import metrics
 from coordinator.daemon import snapshots
@@ -111,7 +112,7 @@ class Operations:
         return result
 
     def op_delete(self, vg, lv):
-        origin = self.lvm.lv(vg, lv).get('origin')
+        origin = snapshots.origin_of(self, vg, lv)
         if origin:
             return snapshots.delete(self, vg, lv, origin)
         # Nobody may be granted the LV from the check until it is gone.
@@ -177,13 +178,16 @@ class Operations:
         return snapshots.create(self, vg, lv, name, size)
 
     def op_snapshot_delete(self, vg, lv):
-        origin = self.lvm.lv(vg, lv).get('origin')
+        origin = snapshots.origin_of(self, vg, lv)
         if not origin:
             raise errors.InvalidInput('lv', f'{vg}/{lv} is not a snapshot')
         return snapshots.delete(self, vg, lv, origin)
 
     def op_revert(self, vg, lv, snapshot):
         return snapshots.revert(self, vg, lv, snapshot)
+
+    def op_copy(self, vg, src, dst, size, snapshot=None):
+        return copy.run(self, vg, src, dst, size, snapshot)
 
     # -- activation --
 
@@ -334,6 +338,7 @@ class Operations:
         return {'vg': vg, 'lv': lv, 'size': info['size'],
                 'tags': info['tags'], 'uuid': info.get('uuid'),
                 'origin': info.get('origin') or None,
+                'merging': info.get('merging') or None,
                 'multiattach': MULTIATTACH_TAG in info['tags'],
                 'holders': [dict(h.ledger_entry(), host=h.host,
                                  alive=h.alive) for h in holders]}

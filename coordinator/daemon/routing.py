@@ -34,14 +34,17 @@ RESCAN = 30.0
 RECHECK = 1.0
 
 # What another host may ask of this one: the operations ops.py routes
-# (activate/deactivate/refresh through _route, snapshot to the origin's
-# holder). Metadata changes and reads are never run on request.
+# (activate/deactivate/refresh through _route, snapshot, snapshot_delete
+# and copy to the origin's holder). Metadata changes and reads are never
+# run on request.
 ROUTABLE = ('activate', 'deactivate', 'refresh', 'snapshot',
-            'snapshot_delete')
+            'snapshot_delete', 'copy')
 # A routed activate may wait this long for a lease; the caller waits
 # MAX_WAIT plus its own margin, so a request can never hold a worker longer.
 MAX_WAIT = 300.0
 MAX_TIMEOUT = MAX_WAIT + 120.0
+# A copy takes as long as its data does (copy.timeout_for).
+OP_MAX_TIMEOUT = {'copy': 6 * 3600.0}
 DEFAULT_TIMEOUT = 60.0
 # Seconds a reply lives when nobody reads it (the caller reads it within a
 # RESCAN at worst).
@@ -94,7 +97,7 @@ class Router:
         if float(args.get('wait') or 0) > MAX_WAIT:
             raise errors.InvalidInput('wait', f'at most {MAX_WAIT:.0f} '
                                       f'seconds for another host')
-        timeout = min(float(timeout), MAX_TIMEOUT)
+        timeout = min(float(timeout), OP_MAX_TIMEOUT.get(op, MAX_TIMEOUT))
         lease = self.session.id
         if not lease:
             raise errors.SessionLost(f'{self.session.host} has no session: '
@@ -305,11 +308,12 @@ class Router:
                 'host', f'this request was sent to {self.session.host}, '
                 f'not to {args["host"]}')
         timeout = req.get('timeout', DEFAULT_TIMEOUT)
+        limit = OP_MAX_TIMEOUT.get(op, MAX_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout,
                                                        (int, float)) \
-                or not 0 < timeout <= MAX_TIMEOUT:
+                or not 0 < timeout <= limit:
             raise errors.InvalidInput(
-                'timeout', f'must be a number of seconds, 0..{MAX_TIMEOUT:g}')
+                'timeout', f'must be a number of seconds, 0..{limit:g}')
         return op, args, float(timeout)
 
     def _drop(self, kv, reason):

@@ -53,25 +53,78 @@ def create(ops, vg, lv, name, size):
     return dict(ops.op_show(vg, name), taken_on=ops.host)
 
 
+class _Merging(Exception):
+    """The snapshot is merging into its origin (seen under the VG lock)."""
+
+
+def origin_of(ops, vg, lv):
+    """The origin of snapshot ``lv`` ('' for a plain LV); a snapshot
+    merging into its origin (hidden by LVM) counts as one; LVMError
+    'not-found' when there is no such LV."""
+    try:
+        return ops.lvm.lv(vg, lv).get('origin') or ''
+    except errors.LVMError as exc:
+        if exc.kind != 'not-found':
+            raise
+        origin = merging_into(ops, vg, lv)
+        if not origin:
+            raise
+        return origin
+
+
+def merging_into(ops, vg, snap):
+    """The origin ``snap`` is merging into (a revert whose merge is
+    pending), or ''."""
+    return next((x['name'] for x in ops.lvm.lvs(vg)
+                 if x.get('merging') == snap), '')
+
+
+def _merging_reply(vg, snap, origin):
+    return {'vg': vg, 'lv': snap, 'deleted': False, 'merging_into': origin,
+            'message': f'{vg}/{snap} is merging into {origin} (a revert): '
+                       f'LVM removes it when the merge completes, on '
+                       f'{origin}\'s next activation; not removed, which '
+                       f'would cancel the revert'}
+
+
 def delete(ops, vg, snap, origin):
     """lvremove of a snapshot where its origin is active; with the origin
-    active nowhere, reserved so that nobody activates it meanwhile."""
+    active nowhere, reserved so that nobody activates it meanwhile. A
+    snapshot merging into its origin is left to the merge."""
+    if merging_into(ops, vg, snap) == origin:
+        return _merging_reply(vg, snap, origin)
     hosts = _live(ops, vg, origin)
     if hosts and ops.host not in hosts:
         return ops.router.call(hosts[0], 'snapshot_delete',
                                {'vg': vg, 'lv': snap})
+
+    def remove():
+        # Under the VG lock: a revert may have started the merge since.
+        if ops.lvm.lv(vg, origin).get('merging') == snap:
+            raise _Merging()
+        if hosts and ops.backend.path(vg, snap):
+            # LVM made its device with the origin's, here.
+            ops.lvm.remove_snapshot(vg, snap)
+        else:
+            ops.lvm.remove_lv(vg, snap)
     # Active here: under our lease; active nowhere: reserved meanwhile.
-    with contextlib.nullcontext() if hosts else \
-            ops.leases.reserved(vg, origin, 'snapshot delete'):
-        ops._change(vg, f'lvremove {vg}/{snap}',
-                    lambda: ops.lvm.remove_lv(vg, snap))
+    try:
+        with contextlib.nullcontext() if hosts else \
+                ops.leases.reserved(vg, origin, 'snapshot delete'):
+            ops._change(vg, f'lvremove {vg}/{snap}', remove)
+    except _Merging:
+        return _merging_reply(vg, snap, origin)
     return {'vg': vg, 'lv': snap, 'deleted': True, 'on': ops.host}
 
 
 def revert(ops, vg, origin, snap):
     """Merge ``snap`` back into its detached origin. With the origin
     inactive, LVM defers the merge to the origin's next activation, which
-    then completes it in that host's device-mapper before any I/O."""
+    then completes it in that host's device-mapper before any I/O. A
+    revert to the snapshot already merging is done already."""
+    if merging_into(ops, vg, snap) == origin:
+        return {'vg': vg, 'lv': origin, 'reverted_to': snap,
+                'merge': 'on next activation', 'already': True}
     info = ops.lvm.lv(vg, snap)
     if info.get('origin') != origin:
         raise errors.InvalidInput('snapshot', f'{vg}/{snap} is not a '

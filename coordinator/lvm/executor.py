@@ -295,8 +295,24 @@ class LVM:
             active = info['active']
             info.update(tags=_split_list(info['tags']), pe_ranges=ranges,
                         active=None if active == 'unknown' else bool(active))
+            # lv_attr: 'o' origin, 'O' origin with a merging snapshot.
+            info['has_snapshots'] = info['attr'][:1] in ('o', 'O')
+            info['merging'] = self._merging(target.split('/')[0],
+                                            info['name']) \
+                if info['attr'][:1] == 'O' else ''
             merged[info['uuid']] = info
         return list(merged.values())
+
+    def _merging(self, vg, origin):
+        """The snapshot merging into ``origin`` (hidden once merging,
+        so listed with -a)."""
+        out = self.run(['lvs', '-a', '--reportformat', 'json', '-o',
+                        'lv_name,origin,lv_attr', vg], f'{vg} snapshots')
+        for row in _rows(out, 'lv'):
+            if row.get('origin') == origin and \
+                    row.get('lv_attr', '')[:1] == 'S':
+                return row['lv_name'].strip('[]')
+        return ''
 
     def pvs(self, vg=None):
         """PVs (of ``vg`` when given): name, vg, uuid, pe_start (bytes),
@@ -365,6 +381,14 @@ class LVM:
         name, size = names.lv_name(name, 'name'), names.size(size)
         self.run(['lvcreate', '--snapshot', '--size', _bytes_arg(size),
                   '--name', name, f'{vg}/{origin}'], f'{vg}/{name}')
+
+    def remove_snapshot(self, vg, snapshot):
+        """Remove a snapshot whose origin is active on this host (LVM made
+        the snapshot's device with it): --yes, since an active LV is
+        otherwise refused."""
+        vg, snapshot = names.vg_name(vg), names.lv_name(snapshot, 'lv')
+        self.run(['lvremove', '--yes', f'{vg}/{snapshot}'],
+                 f'{vg}/{snapshot}')
 
     def merge_snapshot(self, vg, snapshot):
         """lvconvert --merge: fold ``snapshot`` back into its origin (at

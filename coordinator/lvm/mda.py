@@ -306,12 +306,24 @@ class VGInfo:
         # An old-style snapshot is a hidden LV whose 'snapshot' segment
         # names the origin and the COW LV; lvs reports the origin on the
         # COW LV (the one users see): so do we.
+        # A merging one names its COW LV (hidden then) 'merging_store';
+        # its origin is reported merging it, as lvs -o lv_attr 'O' says.
         for lv in vg.get('logical_volumes', {}).values():
             for seg in lv.values():
-                if isinstance(seg, dict) and seg.get('type') == 'snapshot' \
-                        and seg.get('cow_store') in self.lvs:
-                    self.lvs[seg['cow_store']]['origin'] = seg.get('origin',
-                                                                   '')
+                if not isinstance(seg, dict) or \
+                        seg.get('type') != 'snapshot':
+                    continue
+                cow = seg.get('cow_store') or seg.get('merging_store')
+                origin = seg.get('origin', '')
+                if cow in self.lvs:
+                    self.lvs[cow]['origin'] = origin
+                    # Shown by lvs unless merging, though its status in
+                    # the metadata lacks VISIBLE.
+                    self.lvs[cow]['visible'] |= bool(seg.get('cow_store'))
+                if origin in self.lvs:
+                    self.lvs[origin]['has_snapshots'] = True
+                    if seg.get('merging_store'):
+                        self.lvs[origin]['merging'] = seg['merging_store']
         total = sum(p['pe_count'] for p in self.pvs.values())
         self.size = total * self.extent_size
         self.free = (total - used) * self.extent_size
@@ -344,6 +356,7 @@ class VGInfo:
                 'tags': list(lv.get('tags', [])),
                 'origin': lv.get('origin', ''), 'segtype': ','.join(types),
                 'pe_ranges': ranges, 'active': None,
+                'has_snapshots': False, 'merging': '',
                 'visible': 'VISIBLE' in lv.get('status', []),
                 'extent_size': self.extent_size,
                 'pe_start': {p['name']: p['pe_start']

@@ -325,6 +325,39 @@ def api_case(spec):
             self.assertNotIn(lv, names)
             self.assertNotIn(clone_lv, names)
 
+        def test_clone_of_an_attached_volume(self):
+            vol = self.create()
+            vid = vol['id']
+            att = self.attach(vid, str(uuid.uuid4()), 'compute-1')
+            token = Client(v1['socket']).call(
+                'show', vg=vg, lv=self.lv(vid))['holders'][0]['token']
+            payload = os.urandom(4096)
+            write_block(att['connection_info']['device_path'], payload,
+                        8192)
+            # Cloned while attached on compute-1: the volume host cannot
+            # activate it; the daemons copy on compute-1 (no snapshot
+            # without device-mapper: read live there).
+            clone = self.create(source_volid=vid)
+            clone_lv = self.lv(clone['id'])
+            self.assertEqual('in-use', self.api.get_volume(vid)['status'])
+            shown = Client(v1['socket']).call('show', vg=vg,
+                                              lv=self.lv(vid))
+            self.assertEqual([('compute-1', 'exclusive', token)],
+                             [(h['host'], h['mode'], h['token'])
+                              for h in shown['holders']])
+            self.assertEqual([], self.holders(clone['id']))
+            self.assertEqual([], where_active(spec, clone_lv))
+            self.detach(att['id'])
+            att = self.attach(clone['id'], str(uuid.uuid4()), 'compute-2')
+            self.assertEqual(payload, read_block(
+                att['connection_info']['device_path'], 4096, 8192))
+            self.detach(att['id'])
+            for v in (vid, clone['id']):
+                self.api.delete_volume(v)
+            for v in (vid, clone['id']):
+                self.wait_volume(v, 'deleted')
+            self.assertNotIn(clone_lv, disk_state(spec)[1])
+
         def test_attach_and_live_migration(self):
             vol = self.create()
             vid, lv = vol['id'], self.lv(vol['id'])

@@ -174,7 +174,9 @@ class Routed:
                                                ttl=20).open()
                          for h in (TARGET, CALLER, OTHER)}
         # A live lease that no session key is attached to.
-        self.free_lease = self.etcd.lease_grant(60)
+        # Outlives the fuzz test even on a loaded machine (never kept
+        # alive: bound to no session).
+        self.free_lease = self.etcd.lease_grant(900)
         self.handler = Recorder()
         self.server = routing.Router(self.etcd, self.keys,
                                      self.sessions[TARGET],
@@ -226,6 +228,9 @@ GOOD_ARGS = {
     'refresh': [{'vg': VG, 'lv': 'a'}],
     'snapshot': [{'vg': VG, 'lv': 'a', 'name': 's1', 'size': 4 * MiB}],
     'snapshot_delete': [{'vg': VG, 'lv': 's1'}],
+    'copy': [{'vg': VG, 'src': 'a', 'dst': 'b', 'size': 4 * MiB},
+             {'vg': VG, 'src': 'a', 'dst': 'b', 'size': 4 * MiB,
+              'snapshot': 'a-src'}],
 }
 BAD_OPS = ['delete', 'create', 'rename', 'extend', 'tag', 'status', 'list',
            'drain', 'show', 'vg_stats', 'format', '', 'op_activate',
@@ -251,11 +256,17 @@ def bad_args(draw, op):
                                    'LV']))] = draw(st.sampled_from(
                                        [1, 'x', True, {}]))
     elif kind in ('lv', 'vg'):
-        good[kind] = draw(st.sampled_from(BAD_NAMES))
+        if kind == 'lv' and 'src' in good:
+            kind = draw(st.sampled_from(['src', 'dst', 'snapshot']))
+        # 'snapshot0' and 'lv_tmeta' are reserved for LVs, fine for VGs.
+        good[kind] = draw(st.sampled_from(
+            BAD_NAMES if kind != 'vg' else
+            [n for n in BAD_NAMES if n not in ('snapshot0', 'lv_tmeta')]))
         if good[kind] is None:
             good[kind] = 5
     elif kind == 'missing':
-        del good[draw(st.sampled_from(['vg', 'lv']))]
+        del good[draw(st.sampled_from([k for k in ('vg', 'lv', 'src', 'dst')
+                                       if k in good]))]
     elif kind == 'wait':
         if op != 'activate':
             good['wait'] = 1  # not a field of this op

@@ -82,7 +82,8 @@ class FakeDaemon:
         return os.path.join(self.devdir, lv)
 
     def add(self, lv, size=GiB, tags=(), origin=None):
-        self.lvs[lv] = {'size': size, 'tags': list(tags), 'origin': origin}
+        self.lvs[lv] = {'size': size, 'tags': list(tags), 'origin': origin,
+                        'merging': None}
         with open(self.data(lv), 'wb') as f:
             f.truncate(size)
 
@@ -134,7 +135,7 @@ class FakeDaemon:
     def op_show(self, vg, lv):
         x = self._lv(vg, lv)
         return {'vg': vg, 'lv': lv, 'size': x['size'], 'tags': x['tags'],
-                'origin': x['origin'],
+                'origin': x['origin'], 'merging': x['merging'],
                 'multiattach': 'lvmcoord_multiattach' in x['tags'],
                 'holders': [dict(h.ledger_entry(), host=h.host,
                                  alive=h.alive)
@@ -152,6 +153,10 @@ class FakeDaemon:
 
     def op_delete(self, vg, lv):
         self._lv(vg, lv)
+        origin = self.lvs[lv]['origin']
+        if origin and self.lvs[origin]['merging'] == lv:
+            return {'vg': vg, 'lv': lv, 'deleted': False,
+                    'merging_into': origin, 'message': 'merging'}
         if self.holders.get(lv):
             held = ', '.join(h.describe() for h in self.holders[lv])
             raise errors.LeaseConflict(f'{vg}/{lv} is in use: held by '
@@ -180,6 +185,38 @@ class FakeDaemon:
         self._lv(vg, lv)
         self.add(name, size, origin=lv)
         return self.op_show(vg, name)
+
+    def op_revert(self, vg, lv, snapshot):
+        if self.holders.get(lv):
+            raise errors.LeaseConflict(f'{vg}/{lv} is attached')
+        self.lvs[lv]['merging'] = snapshot
+        return {'vg': vg, 'lv': lv, 'reverted_to': snapshot,
+                'merge': 'on next activation'}
+
+    def op_copy(self, vg, src, dst, size, snapshot=None):
+        origin = self._lv(vg, src)['origin'] or src
+        self._lv(vg, dst)
+        hosts = [h.host for h in self.holders.get(origin, [])]
+        on = hosts[0] if hosts else self.host
+        if snapshot and hosts:
+            self.add(snapshot, self.lvs[src]['size'], origin=src)
+            with open(self.data(src), 'rb') as f, \
+                    open(self.data(snapshot), 'r+b') as g:
+                g.write(f.read())
+            src = snapshot
+        try:
+            if dst in self.holders:
+                raise errors.LeaseConflict(f'{vg}/{dst} is held')
+            with open(self.data(src), 'rb') as f, \
+                    open(self.data(dst), 'r+b') as g:
+                g.write(f.read(size))
+        finally:
+            if src == snapshot:
+                del self.lvs[snapshot]
+                os.unlink(self.data(snapshot))
+        return {'vg': vg, 'src': src, 'dst': dst, 'size': size, 'on': on,
+                'consistency': 'snapshot' if snapshot and hosts
+                else 'detached'}
 
     def op_activate(self, vg, lv, host=None, mode=modes.EXCLUSIVE,
                     instance=None, wait=0.0, read_only=False):
@@ -659,14 +696,43 @@ def test_clone_overwrites_stale_data_under_source_zeros(drv, daemon):
     assert read(daemon.data(dst.name), GiB) == bytes(GiB)
 
 
-def test_clone_of_a_volume_attached_elsewhere_is_refused(drv, daemon):
+def test_clone_of_a_volume_attached_elsewhere_is_copied_there(drv, daemon):
+    src, dst = volume(), volume(size=2)
+    drv.create_volume(src)
+    fill(daemon.data(src.name), b'guest' * 100, 3 * MiB)
+    daemon.hold(src.name, 'compute-1', instance=fake.INSTANCE_ID)
+    drv.create_cloned_volume(dst, src)
+    # One request: the daemon routes it to compute-1, which reads a
+    # temporary snapshot of the source taken there.
+    assert daemon.ops('copy') == [('copy', {
+        'vg': VG, 'src': src.name, 'dst': dst.name, 'size': GiB,
+        'snapshot': dst.name + '-src'})]
+    assert read(daemon.data(dst.name), 500, 3 * MiB) == b'guest' * 100
+    assert not daemon.ops('activate')
+    assert [h.host for h in daemon.holders[src.name]] == ['compute-1']
+    assert dst.name + '-src' not in daemon.lvs
+
+
+def test_failed_copy_elsewhere_removes_the_new_volume(drv, daemon):
     src, dst = volume(), volume()
     drv.create_volume(src)
     daemon.hold(src.name, 'compute-1', instance=fake.INSTANCE_ID)
-    with pytest.raises(exception.VolumeIsBusy, match='held by compute-1'):
+    daemon.fail['copy'] = errors.LVMError('copying: short read')
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match=r'cloning .* on compute-1 \(exclusive\): '
+                             r'copying: short read'):
         drv.create_cloned_volume(dst, src)
     assert dst.name not in daemon.lvs
-    assert [h.host for h in daemon.holders[src.name]] == ['compute-1']
+
+
+def test_clone_of_a_volume_held_here_or_nowhere_copies_here(drv, daemon):
+    src, dst = volume(), volume()
+    drv.create_volume(src)
+    daemon.hold(src.name, HERE, instance=fake.INSTANCE_ID)
+    drv.create_cloned_volume(dst, src)
+    assert not daemon.ops('copy') and dst.name in daemon.lvs
+    # Still held here as it was.
+    assert [h.host for h in daemon.holders[src.name]] == [HERE]
 
 
 def test_failed_copy_removes_the_new_volume(drv, daemon):
@@ -691,7 +757,7 @@ def test_copy_without_access_goes_through_the_root_helper(drv, daemon):
         drv.configuration.volume_dd_blocksize, execute=drv._execute)
 
 
-def test_volume_from_snapshot_copies_the_snapshot(drv, daemon):
+def test_volume_from_snapshot_is_copied_by_the_daemon(drv, daemon):
     vol, new = volume(), volume()
     drv.create_volume(vol)
     snap = snapshot_of(vol)
@@ -699,26 +765,80 @@ def test_volume_from_snapshot_copies_the_snapshot(drv, daemon):
     fill(daemon.data('_' + snap.name), b'old', 0)
     drv.create_volume_from_snapshot(new, snap)
     assert read(daemon.data(new.name), 3) == b'old'
+    assert daemon.ops('copy') == [('copy', {
+        'vg': VG, 'src': '_' + snap.name, 'dst': new.name, 'size': GiB})]
     assert not daemon.holders
 
 
-def test_volume_from_snapshot_refused_while_origin_active_elsewhere(
-        drv, daemon):
+def test_volume_from_snapshot_of_an_origin_active_elsewhere(drv, daemon):
     vol, new = volume(), volume()
     drv.create_volume(vol)
     snap = snapshot_of(vol)
     drv.create_snapshot(snap)
+    fill(daemon.data('_' + snap.name), b'then', 0)
     daemon.hold(vol.name, 'compute-2')
+    drv.create_volume_from_snapshot(new, snap)
+    assert read(daemon.data(new.name), 4) == b'then'
+    assert [h.host for h in daemon.holders[vol.name]] == ['compute-2']
+    daemon.fail['copy'] = errors.LVMError(
+        'the loop backend on compute-2 cannot read snapshots')
+    other = volume()
     with pytest.raises(exception.VolumeBackendAPIException,
-                       match='active on compute-2'):
-        drv.create_volume_from_snapshot(new, snap)
-    assert new.name not in daemon.lvs
+                       match='on compute-2 .*cannot read snapshots'):
+        drv.create_volume_from_snapshot(other, snap)
+    assert other.name not in daemon.lvs
 
 
-def test_revert_is_left_to_cinder_with_the_reason(drv):
+def test_revert_merges_into_the_detached_origin(drv, daemon):
     vol = volume()
-    with pytest.raises(NotImplementedError, match='merge'):
-        drv.revert_to_snapshot(CTX, vol, snapshot_of(vol))
+    drv.create_volume(vol)
+    snap = snapshot_of(vol)
+    drv.create_snapshot(snap)
+    assert drv.snapshot_revert_use_temp_snapshot() is False
+    drv.revert_to_snapshot(CTX, vol, snap)
+    assert daemon.ops('revert') == [('revert', {
+        'vg': VG, 'lv': vol.name, 'snapshot': '_' + snap.name})]
+    # Pending until the origin's next activation: again is a no-op ...
+    drv.revert_to_snapshot(CTX, vol, snap)
+    assert len(daemon.ops('revert')) == 1
+    # ... a volume from it is refused, saying why ...
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match='merged into .* by a revert'):
+        drv.create_volume_from_snapshot(volume(), snap)
+    # ... so is a new snapshot of the volume ...
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match='pending revert'):
+        drv.create_snapshot(snapshot_of(vol))
+    # ... and Cinder's delete of the snapshot succeeds without removing
+    # it (that would cancel the revert).
+    drv.delete_snapshot(snap)
+    assert '_' + snap.name in daemon.lvs
+
+
+def test_revert_refusals_name_the_reason(drv, daemon):
+    vol, other = volume(), volume()
+    drv.create_volume(vol)
+    drv.create_volume(other)
+    snap = snapshot_of(vol)
+    drv.create_snapshot(snap)
+    daemon.hold(vol.name, 'compute-1', instance=fake.INSTANCE_ID)
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match='attached on compute-1 .*detach it first'):
+        drv.revert_to_snapshot(CTX, vol, snap)
+    daemon.holders.clear()
+    with pytest.raises(exception.InvalidSnapshot,
+                       match=f'not a snapshot of {other.name}'):
+        drv.revert_to_snapshot(CTX, other, snap)
+    gone = snapshot_of(vol)
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match='does not exist'):
+        drv.revert_to_snapshot(CTX, vol, gone)
+    daemon.fail['revert'] = errors.LVMError(
+        "Can't initialize snapshot merge. Missing support in kernel?")
+    with pytest.raises(exception.VolumeBackendAPIException,
+                       match='Missing support in kernel'):
+        drv.revert_to_snapshot(CTX, vol, snap)
+    assert daemon.lvs[vol.name]['merging'] is None
 
 
 # -- images --

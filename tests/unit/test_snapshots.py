@@ -50,9 +50,26 @@ class FakeOps:
                 ops.calls.append(('merge', snap))
 
             def lv(self, vg, lv):
-                return {'name': lv, 'origin': 'vol'}
+                if lv in (ops.merging_snapshot, 'gone'):
+                    raise errors.LVMError(f'LV {vg}/{lv} not found',
+                                          kind='not-found')
+                if lv == 'vol':
+                    return {'name': lv, 'origin': '',
+                            'merging': ops.merging_snapshot}
+                return {'name': lv, 'origin': 'vol', 'merging': ''}
 
+            def lvs(self, vg):
+                return [self.lv(vg, 'vol')]
+
+        class Backend:
+            snapshots = True
+
+            def path(self, vg, lv):
+                return None
+
+        self.merging_snapshot = ''
         self.leases, self.router, self.lvm = Leases(), Router(), LVM()
+        self.backend = Backend()
 
     def op_activate(self, vg, lv, instance=None):
         self.calls.append(('activate', lv))
@@ -138,3 +155,23 @@ def test_snapshot_activates_only_with_its_origin_here():
                                info)
     snapshots.check_activation(FakeOps(), 'vg', {'name': 'vol',
                                                  'origin': ''})
+
+
+def test_a_merging_snapshot_is_left_to_its_merge():
+    ops = FakeOps()
+    ops.merging_snapshot = 'snap'
+    # Hidden by LVM once merging: still known as vol's snapshot.
+    assert snapshots.origin_of(ops, 'vg', 'snap') == 'vol'
+    out = snapshots.delete(ops, 'vg', 'snap', 'vol')
+    assert out['deleted'] is False and out['merging_into'] == 'vol'
+    assert 'cancel the revert' in out['message']
+    assert ops.calls == []
+    with pytest.raises(errors.LVMError, match='not found'):
+        snapshots.origin_of(ops, 'vg', 'gone')
+
+
+def test_revert_to_the_snapshot_already_merging_is_done():
+    ops = FakeOps()
+    ops.merging_snapshot = 'snap'
+    out = snapshots.revert(ops, 'vg', 'vol', 'snap')
+    assert out['already'] is True and ops.calls == []

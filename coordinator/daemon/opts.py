@@ -41,6 +41,11 @@ fence_opts = [
                     'active: a hung or dead daemon resets the host before '
                     'another host can be granted its LVs. Required for '
                     'production (doc/design.md).'),
+    cfg.BoolOpt('realtime', default=True,
+                help='Run the fencer and the session worker under SCHED_RR '
+                     'with their pages locked (as sanlock does), so load '
+                     'or memory pressure cannot delay a fence, a keepalive '
+                     'or a watchdog pet.'),
     cfg.BoolOpt('watchdog_simulated', default=False,
                 help='Test sandboxes only: watchdog_device is a regular '
                      'file whose writes a supervisor process watches, and '

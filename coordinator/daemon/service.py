@@ -20,6 +20,7 @@ from coordinator.daemon import fence
 from coordinator.daemon import grantwatch
 from coordinator.daemon import metrics
 from coordinator.daemon import proof
+from coordinator.daemon import realtime
 from coordinator.daemon import reconcile
 from coordinator.daemon import supervise
 from coordinator.daemon import watchdog
@@ -60,6 +61,8 @@ class SessionWorker(_Worker):
     attached = False
 
     def work(self):
+        if self.conf.fence.realtime:
+            realtime.elevate('session worker')
         eng = self.ctx.engine
         eng.open()
         self.ctx.emit('session', resumed=eng.session.resumed,
@@ -175,6 +178,8 @@ class FenceWorker(_Worker):
     name = 'fencer'
 
     def work(self):
+        if self.conf.fence.realtime:
+            realtime.elevate('fencer')
         ctx = self.ctx
         session = ctx.engine.session
         # Its own client: one short attempt per tick, so a partition can

@@ -129,3 +129,31 @@ def test_fencer_death_stops_the_daemon():
         # daemon stops, and says why.
         assert d.proc.wait(DEADLINE) == 1
         assert 'worker fencer died (signal 9)' in d.log_tail()
+
+
+def _policies(daemon):
+    out = {}
+    for pid in _children(daemon.proc.pid):
+        name = next((w for w in ('fencer', 'session', 'api', 'requests')
+                     if w in _title(pid)), _title(pid))
+        try:
+            out[name] = os.sched_getscheduler(pid) & ~os.SCHED_RESET_ON_FORK
+        except ProcessLookupError:
+            pass
+    return out
+
+
+def test_fencer_and_session_worker_run_real_time():
+    with Cluster(hosts=('compute-1',), ttl=4, grace=1.0) as c:
+        d = c['compute-1']
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            seen = _policies(d)
+            if seen.get('fencer') == seen.get('session') == os.SCHED_RR:
+                break
+            assert time.monotonic() < deadline, (seen, d.log_tail())
+            time.sleep(0.1)
+        # Only those two: the API and request workers stay normal, and an
+        # LVM command a real-time worker spawns does not inherit it.
+        assert seen['api'] == seen['requests'] == os.SCHED_OTHER, seen
+        assert os.sched_getscheduler(d.proc.pid) == os.SCHED_OTHER

@@ -13,9 +13,9 @@ import json
 import time
 
 from cliff import command
-from etcd3gw import exceptions as gw_exc
 
 from coordinator.engine import etcd as etcdlib
+from coordinator.engine import etcdhttp
 
 # A watch stream that died with its etcd member says nothing: re-subscribe
 # from the last revision seen after this long without events.
@@ -130,7 +130,7 @@ def ledger_holders_at(etcd, keys, vg, lv, revision):
     try:
         resp = etcd.call(lambda c: c.post(c.get_url('/kv/range'), json=req))
         kvs = [etcdlib.KV.from_gateway(kv) for kv in resp.get('kvs', [])]
-    except gw_exc.Etcd3Exception:
+    except etcdhttp.EtcdError:
         # Compacted away: the current ledger is the best left to go by.
         kv = etcd.get(keys.lease_ledger(vg, lv))
         kvs = [kv] if kv else []

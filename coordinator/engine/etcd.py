@@ -1,7 +1,8 @@
 """etcd access for the engine: endpoint fail-over, TLS, typed results.
 
-etcd3gw talks to one endpoint; this wraps one client per endpoint and moves
-to the next on connection errors, retrying for ``retry_window`` seconds so a
+A gateway client (coordinator.engine.etcdhttp.Client) talks to one
+endpoint; this wraps one client per endpoint and moves to the next on
+connection errors, retrying for ``retry_window`` seconds so a
 leader election or a dead member is ridden out. Every txn the engine sends
 is guarded by compares, so a retried txn whose first attempt did apply fails
 its compare instead of applying twice; callers read back to tell.
@@ -11,6 +12,7 @@ user/password (``username``/``password``, a token per client, renewed when
 etcd rejects it). The same settings reach tooz through
 ``Etcd.tooz_coordinator``: one place for both.
 """
+import binascii
 import collections
 import dataclasses
 import json
@@ -22,26 +24,25 @@ import threading
 import time
 from urllib import parse
 
-import etcd3gw
-from etcd3gw import exceptions as gw_exc
-from etcd3gw import utils as gw_utils
-import requests
-
 from coordinator import errors
 from coordinator.engine import etcdhttp
 
 LOG = logging.getLogger(__name__)
 
-_RETRYABLE = (gw_exc.ConnectionFailedError, gw_exc.ConnectionTimeoutError,
-              gw_exc.InternalServerError, requests.exceptions.ConnectionError,
-              requests.exceptions.Timeout)
+_RETRYABLE = (etcdhttp.ConnectionFailed, etcdhttp.ConnectionTimeout,
+              etcdhttp.InternalServerError)
 
 
 def b64(data):
     """Encode a str or bytes key/value the way the gateway wants it."""
     if isinstance(data, str):
         data = data.encode()
-    return gw_utils._encode(data)
+    return binascii.b2a_base64(data, newline=False).decode('ascii')
+
+
+def unb64(text):
+    """The bytes of a base64 field of the gateway's JSON."""
+    return binascii.a2b_base64(text)
 
 
 def prefix_end(prefix):
@@ -68,7 +69,7 @@ class KV:
             raw = kv.get(field, '')
             if isinstance(raw, bytes):
                 return raw.decode()
-            return gw_utils._decode(raw).decode() if raw else ''
+            return binascii.a2b_base64(raw).decode() if raw else ''
         return cls(key=dec('key'), value=dec('value'),
                    create_revision=int(kv.get('create_revision', 0)),
                    mod_revision=int(kv.get('mod_revision', 0)),
@@ -178,7 +179,7 @@ class Watch:
             first = self._message(deadline)
             result = (first or {}).get('result') or {}
             if not result.get('created') or result.get('canceled'):
-                raise gw_exc.Etcd3Exception(
+                raise etcdhttp.EtcdError(
                     f'watch on {key} not created: {first}')
             self.created_revision = int(result['header']['revision'])
         except BaseException:
@@ -210,13 +211,13 @@ class Watch:
     def _read_headers(self, deadline):
         while b'\r\n\r\n' not in self._raw:
             if not self._fill(deadline):
-                raise requests.exceptions.ConnectionError(
+                raise etcdhttp.ConnectionFailed(
                     'watch stream: no response from etcd')
         head, self._raw = self._raw.split(b'\r\n\r\n', 1)
         lines = head.decode('latin-1').split('\r\n')
         status = lines[0].split(' ', 2)
         if len(status) < 2 or status[1] != '200':
-            raise gw_exc.Etcd3Exception(f'watch refused: {lines[0]}')
+            raise etcdhttp.EtcdError(f'watch refused: {lines[0]}')
         headers = {k.strip().lower(): v.strip() for k, _, v in
                    (line.partition(':') for line in lines[1:])}
         self._chunked = 'chunked' in headers.get('transfer-encoding', '')
@@ -317,7 +318,7 @@ def _stream_socket(url, tls, timeout):
         sock = socket.create_connection((url.hostname, url.port or 2379),
                                         timeout=timeout)
     except OSError as exc:
-        raise requests.exceptions.ConnectionError(
+        raise etcdhttp.ConnectionFailed(
             f'watch stream to {url.netloc}: {exc}') from exc
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     # A stream cut without a reset (a partition) is found dead in ~15 s.
@@ -335,16 +336,17 @@ def _stream_socket(url, tls, timeout):
         return ctx.wrap_socket(sock, server_hostname=url.hostname)
     except OSError as exc:
         sock.close()
-        raise requests.exceptions.ConnectionError(
+        raise etcdhttp.ConnectionFailed(
             f'watch stream to {url.netloc}: {exc}') from exc
 
 
 def http_session(tls, stream=False, auth=None):
     """An HTTP session for etcd: TLS and auth as configured, no proxies;
-    the lean one (coordinator.engine.etcdhttp) except for watch streams (whose
-    caller sets the token header)."""
+    the lean one (coordinator.engine.etcdhttp) unless ``stream`` asks for
+    a requests.Session (headers and all: `lvmcoord doctor`)."""
     if not stream:
         return etcdhttp.Session(tls, auth=auth)
+    import requests
     session = requests.Session()
     # etcd must never be reached through an HTTP proxy, and reading the
     # proxy environment costs more than the request itself on loopback.
@@ -356,11 +358,19 @@ def http_session(tls, stream=False, auth=None):
     return session
 
 
-def etcdgw_client(url, tls, timeout, stream=False, auth=None):
-    """An etcd3gw client for one parsed endpoint URL."""
+def gateway_client(url, tls, timeout, auth=None):
+    """The engine's gateway client for one parsed endpoint URL."""
+    return etcdhttp.Client(url, http_session(tls, auth=auth), timeout)
+
+
+def etcdgw_client(url, tls, timeout, auth=None):
+    """An etcd3gw client for one parsed endpoint URL, on the engine's
+    session (the bench compares it; the engine uses gateway_client)."""
+    import etcd3gw
     return etcd3gw.client(host=url.hostname, port=url.port or 2379,
                           protocol=url.scheme, timeout=timeout,
-                          session=http_session(tls, stream, auth))
+                          session=etcdhttp.for_etcd3gw(
+                              http_session(tls, auth=auth)))
 
 
 # etcd's own words for "who you are or what you may touch was refused".
@@ -373,7 +383,7 @@ _DENIED = ('permission denied', 'user name is empty', 'authentication failed',
 
 
 def _translate(exc):
-    """A clear error for an etcd refusal; etcd3gw's own str() is only the
+    """A clear error for an etcd refusal; the error's own str() is only the
     HTTP reason ("Not Found"), its body is in ``detail_text``."""
     detail = exc.detail_text or ''
     try:
@@ -414,7 +424,7 @@ class Etcd:
         self.auth = etcdhttp.Auth(username, password) if username else None
         self.timeout = timeout
         self.retry_window = retry_window
-        self._clients = [etcdgw_client(u, self.tls, timeout, auth=self.auth)
+        self._clients = [gateway_client(u, self.tls, timeout, auth=self.auth)
                          for u in self.endpoints]
         self._current = 0
         self._mutex = threading.Lock()
@@ -441,7 +451,7 @@ class Etcd:
         return url
 
     def client(self):
-        """The etcd3gw client of the endpoint currently in use."""
+        """The gateway client of the endpoint currently in use."""
         return self._clients[self._current]
 
     def endpoint(self):
@@ -467,7 +477,8 @@ class Etcd:
         if options:
             url += '&' + parse.urlencode(options)
         coord = coordination.get_coordinator(url, member_id)
-        coord.client.session = http_session(self.tls, auth=self.auth)
+        coord.client.session = etcdhttp.for_etcd3gw(
+            http_session(self.tls, auth=self.auth))
         return coord
 
     def stream_token(self):
@@ -497,7 +508,7 @@ class Etcd:
                 return fn(self._clients[index])
             except _RETRYABLE as exc:
                 failure = exc
-            except gw_exc.Etcd3Exception as exc:
+            except etcdhttp.EtcdError as exc:
                 # A write attached to an expired lease means our session is
                 # gone (SessionLost); refusals name etcd's reason.
                 raise _translate(exc) from exc
@@ -533,12 +544,19 @@ class Etcd:
         return ([KV.from_gateway(kv) for kv in resp.get('kvs', [])],
                 int(resp['header']['revision']))
 
+    def range_raw(self, key, prefix=False):
+        """The gateway's own KV dicts for a key or prefix (base64 key and
+        value, revisions and lease as strings): for readers of many keys
+        that decode only what they use."""
+        req = op_range(key, prefix)['request_range']
+        return self._post('/kv/range', req).get('kvs', [])
+
     def range_bytes(self, key, prefix=False):
         """[(key, value bytes)] for a key or prefix (binary values)."""
         req = op_range(key, prefix)['request_range']
         resp = self._post('/kv/range', req)
-        return [(gw_utils._decode(kv['key']).decode(),
-                 gw_utils._decode(kv['value']) if kv.get('value') else b'')
+        return [(unb64(kv['key']).decode(),
+                 unb64(kv['value']) if kv.get('value') else b'')
                 for kv in resp.get('kvs', [])]
 
     def put(self, key, value, lease=0):

@@ -1,11 +1,14 @@
-"""A lean HTTP session for etcd3gw's request/response calls.
+"""A lean HTTP client for etcd's v3 JSON gateway.
 
-etcd3gw only needs ``post``/``get`` and a response with ``status_code``,
-``reason``, ``text`` and ``json()``. On loopback, requests' per-call work
-(hooks, cookie jars, adapters, header merging) costs as much CPU as etcd
-spends serving the call; a urllib3 pool (which requests itself runs on)
-does the same HTTP for a fraction of it. Errors are raised as the requests
-exceptions etcd3gw translates. Watch streams still use requests.
+``Client`` posts JSON to one endpoint the way etcd3gw's client does (same
+API path discovery, same errors by HTTP status), over ``Session``: a
+urllib3 pool (which requests itself runs on). On loopback, requests'
+per-call work (hooks, cookie jars, adapters, header merging) costs as much
+CPU as etcd spends serving the call, and importing etcd3gw (futurist,
+requests, a character-set detector that imports every codec) costs a CLI
+run more CPU than its work: the engine imports neither. tooz, which
+needs etcd3gw, is given a ``Session`` wrapped to raise the requests
+exceptions etcd3gw translates (``for_etcd3gw``).
 
 With etcd user/password auth (``Auth``), every request carries the token
 etcd's /v3/auth/authenticate returned; a request etcd refuses because the
@@ -13,15 +16,46 @@ token expired or was issued on another member's view is re-authenticated
 and sent once more.
 """
 import json
+import os
 import threading
 from urllib import parse
 
-import requests
 import urllib3
 
 from coordinator import errors
 
 _HEADERS = {'Content-Type': 'application/json'}
+
+
+class EtcdError(Exception):
+    """etcd, or the way to it, failed a request (etcd3gw's Etcd3Exception:
+    the body etcd answered is ``detail_text``, the HTTP reason the args)."""
+
+    def __init__(self, detail_text=None, *args):
+        super().__init__(*args)
+        self.detail_text = detail_text
+
+
+class ConnectionFailed(EtcdError):
+    """No connection, or etcd answered 503."""
+
+
+class ConnectionTimeout(EtcdError):
+    """No answer in time (or etcd answered 408/504)."""
+
+
+class InternalServerError(EtcdError):
+    """etcd answered 500."""
+
+
+class PreconditionFailed(EtcdError):
+    """etcd answered 412."""
+
+
+# As etcd3gw maps them.
+_BY_STATUS = {500: InternalServerError, 503: ConnectionFailed,
+              408: ConnectionTimeout, 504: ConnectionTimeout,
+              412: PreconditionFailed}
 
 
 class Response:
@@ -142,13 +176,93 @@ class Session:
                 timeout=urllib3.Timeout(total=timeout) if timeout else None,
                 retries=False)
         except urllib3.exceptions.TimeoutError as exc:
-            raise requests.exceptions.Timeout(str(exc)) from exc
+            raise ConnectionTimeout(str(exc)) from exc
         except urllib3.exceptions.HTTPError as exc:
-            raise requests.exceptions.ConnectionError(str(exc)) from exc
+            raise ConnectionFailed(str(exc)) from exc
         return Response(resp.status, resp.reason, resp.data)
 
     def close(self):
         self._pool.clear()
+
+
+class Client:
+    """The part of etcd3gw's Etcd3Client the engine uses: JSON posted to
+    the v3 gateway of one endpoint (a parsed URL), errors by status."""
+
+    def __init__(self, url, session, timeout=None):
+        self.session = session
+        self.timeout = timeout
+        host = url.hostname
+        host = f'[{host}]' if ':' in host else host
+        self.base_url = f'{url.scheme}://{host}:{url.port or 2379}'
+        # etcd3gw's own override, honoured the same way.
+        self._api_path = os.environ.get('ETCD3GW_API_PATH')
+
+    @property
+    def api_path(self):
+        if self._api_path is None:
+            self._api_path = self._discover()
+        return self._api_path
+
+    def _discover(self):
+        """The gateway's path for this etcd version (/v3/ from 3.4), asked
+        once per client as etcd3gw does."""
+        body = _checked(self.session.get(self.base_url + '/version',
+                                         timeout=self.timeout)).json()
+        try:
+            version = tuple(int(p) for p in
+                            body['etcdserver'].split('.', 2)[:2])
+        except (KeyError, ValueError, AttributeError) as exc:
+            raise EtcdError(f'unreadable etcd /version answer: '
+                            f'{body!r:.200}') from exc
+        if version >= (3, 4):
+            return '/v3/'
+        return '/v3beta/' if version >= (3, 3) else '/v3alpha/'
+
+    def get_url(self, path):
+        return self.base_url + self.api_path + path.lstrip('/')
+
+    def post(self, url, json=None, data=None):
+        """The JSON answer of one POST, or EtcdError."""
+        return _checked(self.session.post(url, json=json, data=data,
+                                          timeout=self.timeout)).json()
+
+
+def _checked(resp):
+    if resp.status_code in _BY_STATUS:
+        raise _BY_STATUS[resp.status_code](resp.text, resp.reason)
+    if resp.status_code != 200:
+        raise EtcdError(resp.text, resp.reason)
+    return resp
+
+
+class for_etcd3gw:  # noqa: N801  (a wrapper, named for its use)
+    """A Session as etcd3gw's client wants it (tooz builds one): transport
+    errors as the requests exceptions etcd3gw translates. Importing
+    requests here costs nothing: etcd3gw has done it."""
+
+    def __init__(self, session):
+        self._session = session
+
+    def post(self, url, **kwargs):
+        return self._call(self._session.post, url, kwargs)
+
+    def get(self, url, **kwargs):
+        return self._call(self._session.get, url, kwargs)
+
+    @staticmethod
+    def _call(fn, url, kwargs):
+        import requests
+        try:
+            return fn(url, **kwargs)
+        except ConnectionTimeout as exc:
+            raise requests.exceptions.Timeout(exc.detail_text) from exc
+        except ConnectionFailed as exc:
+            raise requests.exceptions.ConnectionError(
+                exc.detail_text) from exc
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
 
 
 def _dumps(value):

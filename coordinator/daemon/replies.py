@@ -131,15 +131,23 @@ class Replies:
     def _run(self):
         first = True
         idle_since = time.monotonic()
+        pause = 0.5
         while True:
             try:
                 watch = self.etcd.watch(self.prefix, 0, prefix=True)
             except Exception as exc:
                 self._error = exc
+                with self._mutex:
+                    if not self._waiting:
+                        # Nobody to serve: the next caller starts again.
+                        self._thread = None
+                        return
                 LOG.warning('routed replies: no watch on %s: %s',
                             self.prefix, exc)
-                time.sleep(0.5)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
                 continue
+            pause = 0.5
             try:
                 self._opened.set()
                 if not first:

@@ -173,6 +173,18 @@ def _timeline(proxies, fn, what):
     print(f'  {(t1 - t0) * 1e3:7.1f} ms  caller returned')
 
 
+def _memory(cluster):
+    from bench.daemonbench import _memory as mem
+    from bench.daemonbench import _pids
+    print()
+    for h in HOSTS:
+        procs = [mem(pid) for pid in _pids(cluster[h].proc.pid)]
+        print(f'== memory {h}: PSS {sum(p for _, p, _ in procs) / MiB:.1f} '
+              f'MB (' + ', '.join(f'{t.split()[-1] if t else "?"} '
+                                  f'{p / MiB:.1f}' for t, p, _ in procs)
+              + ')')
+
+
 def _spy(cluster, directory):
     os.makedirs(directory, exist_ok=True)
     procs = []
@@ -228,9 +240,13 @@ def main(argv=None):
             rounds = args.rounds
             for i in range(3):  # warm-up
                 c1.call('create', vg=vg, lv=f'warm-{i}', size=4 * MiB)
+            spies = _spy(c, args.spy + '-create') if args.spy else []
             _show('create (compute-1)', meter.measure(
                 lambda i: c1.call('create', vg=vg, lv=f'c-{i}',
                                   size=4 * MiB), rounds), rounds)
+            for proc in spies:
+                proc.send_signal(signal.SIGINT)
+                proc.wait()
             c['compute-2'].client.call('create', vg=vg, lv='routed',
                                        size=4 * MiB)
             for _ in range(2):
@@ -256,6 +272,7 @@ def main(argv=None):
             deact.sort()
             print(f'  activate p50 {act[len(act) // 2] * 1e3:.1f} ms, '
                   f'deactivate p50 {deact[len(deact) // 2] * 1e3:.1f} ms')
+            _memory(c)
             _timeline(proxies, lambda: c1.call(
                 'activate', vg=vg, lv='routed', host='compute-2'),
                 'routed activate')

@@ -24,6 +24,7 @@ MULTIATTACH_TAG = 'lvmcoord_multiattach'
 WATCHDOG_ARM_WAIT = 5.0
 # Seconds a routing call may reuse the membership view (no read per call).
 ROUTE_VIEW_AGE = 5.0
+_UNREAD = object()
 
 
 class Operations:
@@ -199,9 +200,12 @@ class Operations:
                                read_only=read_only)
         self._check_ready(vg)
         self._check_fencer()
-        self._check_fresh(vg)
-        grant, new = self.leases.claim(vg, lv, mode, instance, wait)
+        # The recorded seqno is read in the grant's own txn (no round trip
+        # of its own) and checked before anything is mapped.
+        grant, new, recorded = self.leases.claim_with(
+            self.guard.recorded_reads(vg), vg, lv, mode, instance, wait)
         try:
+            self._check_fresh(vg, self.guard.recorded_from(recorded)[0])
             # Read under the grant: a rename or delete needs the LV
             # unheld, so the name maps this LV until we let go.
             info = self._lv_info(vg, lv)
@@ -315,10 +319,11 @@ class Operations:
             raise errors.HostUnavailable(f'{self.host} cannot use VG {vg}: '
                                          f'{problem}')
 
-    def _check_fresh(self, vg):
+    def _check_fresh(self, vg, recorded=_UNREAD):
         # Activating from a stale view could map extents that now belong
         # to another LV: never act on metadata older than recorded.
-        recorded, _ = self.guard.recorded(vg)
+        if recorded is _UNREAD:
+            recorded, _ = self.guard.recorded(vg)
         if recorded is None:
             return
         for attempt in range(4):

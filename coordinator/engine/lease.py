@@ -52,6 +52,16 @@ class LeaseTable:
         kvs, header = self.etcd.range(self.keys.lease(vg, lv), prefix=True)
         return self._state(vg, lv, kvs, header)
 
+    def _read(self, vg, lv, also):
+        """read() and the results of the range requests ``also``, in one
+        round trip."""
+        if not also:
+            return self.read(vg, lv) + ([],)
+        res = self.etcd.txn([], [etcdlib.op_range(self.keys.lease(vg, lv),
+                                                  prefix=True)] + also)
+        return self._state(vg, lv, res.ranges[0], res.revision) + \
+            (res.ranges[1:],)
+
     def _state(self, vg, lv, kvs, header):
         """read()'s answer from the LV's keys as read at ``header`` (also
         the failure branch of a txn that lost its compare)."""
@@ -158,17 +168,27 @@ class LeaseTable:
         """As grant(), and whether this call granted anything (False for
         an idempotent re-grant), so a failed activation knows whether to
         release."""
+        return self.claim_with((), vg, lv, mode, instance, wait, uuid)[:2]
+
+    def claim_with(self, also, vg, lv, mode=modes.EXCLUSIVE, instance=None,
+                   wait=0.0, uuid=None):
+        """As claim(), and the results of the range requests ``also``,
+        read in the txn that granted (at its revision) or, for a re-grant,
+        with the LV's keys: what an activation must know as of its grant
+        costs no round trip of its own."""
         modes.validate(mode, instance)
         deadline = time.monotonic() + wait
+        also = list(also)
         # No ledger is the common case (a free LV has none): first try the
         # grant as if a read had found none, guarded by that very compare
         # (ledger absent); a lost compare answers with the LV's keys, so it
         # costs no more than the read it replaces. Not when this process
         # knows of a ledger (its own grant: a re-grant).
-        state = None if (vg, lv) in self._written else ([], 0, 0)
+        state = None if (vg, lv) in self._written else ([], 0, 0, None)
         while True:
             self.session.check()
-            holders, ledger_rev, header = state or self.read(vg, lv)
+            holders, ledger_rev, header, extra = state or \
+                self._read(vg, lv, also)
             state = None
             want = modes.Holder(host=self.session.host, mode=mode,
                                 instance=instance, since=time.time(),
@@ -189,20 +209,23 @@ class LeaseTable:
                 continue
             mine = next(h for h in new if h.host == self.session.host)
             if not changed:
-                return mine, False
-            res = self._write(vg, lv, ledger_rev, new, mine)
+                if extra is None and also:
+                    extra = self.etcd.txn([], also).ranges
+                return mine, False, extra or []
+            res = self._write(vg, lv, ledger_rev, new, mine, also)
             if res.succeeded:
                 mine.token = res.revision
                 # The new ledger lists no vanished holder any more.
                 self._forget_orphans(vg, lv)
                 LOG.info('granted %s/%s to %s: %s', vg, lv, mine.host,
                          mine.describe())
-                return mine, True
+                return mine, True, res.ranges
             # A lost race (another grant or release in between): decide
             # again on the keys the failed txn read.
-            state = self._state(vg, lv, res.ranges[0], res.revision)
+            state = self._state(vg, lv, res.ranges[0], res.revision) + \
+                (res.ranges[1:],)
 
-    def _write(self, vg, lv, ledger_rev, new, mine):
+    def _write(self, vg, lv, ledger_rev, new, mine, also=()):
         entries = {h.host: h.ledger_entry() for h in new}
         holder_key = self.keys.lease_holder(vg, lv, mine.host)
         value = {'session': self.session.id, 'mode': mine.mode,
@@ -212,8 +235,10 @@ class LeaseTable:
             [etcdlib.cmp_mod(self.keys.lease_ledger(vg, lv), ledger_rev)],
             [etcdlib.op_put(self.keys.lease_ledger(vg, lv),
                             {'holders': entries}),
-             etcdlib.op_put(holder_key, value, lease=self.session.id)],
-            [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)])
+             etcdlib.op_put(holder_key, value, lease=self.session.id)] +
+            list(also),
+            [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)] +
+            list(also))
         if res.succeeded:
             # The ledger as written, tokens included (ours is this txn's
             # revision, which wrote our holder key).

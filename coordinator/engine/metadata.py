@@ -42,9 +42,18 @@ class MetadataGuard:
 
     def recorded(self, vg):
         """(recorded seqno or None, in-flight intent or None)."""
-        seq, intent = self.etcd.txn([], [
-            etcdlib.op_range(self.keys.vg_seqno(vg)),
-            etcdlib.op_range(self.keys.vg_intent(vg))]).ranges
+        return self.recorded_from(
+            self.etcd.txn([], self.recorded_reads(vg)).ranges)
+
+    def recorded_reads(self, vg):
+        """The range requests recorded() makes, to ride along another txn
+        (LeaseTable.claim_with); recorded_from() reads their results."""
+        return [etcdlib.op_range(self.keys.vg_seqno(vg)),
+                etcdlib.op_range(self.keys.vg_intent(vg))]
+
+    @staticmethod
+    def recorded_from(ranges):
+        seq, intent = ranges
         return (seq[0].json()['seqno'] if seq else None,
                 intent[0].json() if intent else None)
 

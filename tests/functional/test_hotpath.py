@@ -1,0 +1,156 @@
+"""The hot paths that do less: their results are the ones the longer
+paths gave, counted in etcd requests where that is the point.
+
+- LeaseTable: a grant of a free LV and a release of our own grant are one
+  txn each; a lost compare decides again on the keys the txn read; the
+  reads an activation needs ride along the grant (claim_with).
+- LeaseTable.list (lean decode) equals read() of every LV.
+- Routed replies: one stream per process; a reply written while it was
+  down is found when it comes back.
+"""
+import collections
+import gc
+import threading
+import time
+import uuid
+
+import pytest
+
+from coordinator import errors
+from coordinator.daemon import replies
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine.core import Engine
+
+
+class Counting(etcdlib.Etcd):
+    """An Etcd that counts its requests by URL path."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.paths = collections.Counter()
+
+    def _post(self, path, payload, window=None):
+        self.paths[path] += 1
+        return super()._post(path, payload, window)
+
+    def txn(self, compare, success, failure=()):
+        self.paths['/kv/txn'] += 1
+        return super().txn(compare, success, failure)
+
+
+def engine(endpoints, host, cluster):
+    etcd = Counting(endpoints, timeout=2.0, retry_window=20.0)
+    return Engine(etcd, host, cluster, ttl=10, grace=1.0).open()
+
+
+def requests_of(eng, fn):
+    eng.etcd.paths.clear()
+    result = fn()
+    return result, dict(eng.etcd.paths)
+
+
+def test_grant_and_release_are_one_txn_each(etcd_server):
+    cluster = f'hp{uuid.uuid4().hex[:6]}'
+    a = engine(etcd_server.endpoints, 'host-a', cluster)
+    b = engine(etcd_server.endpoints, 'host-b', cluster)
+    try:
+        (mine, new), n = requests_of(a, lambda: a.leases.claim('vg', 'lv1'))
+        assert new and n == {'/kv/txn': 1}
+        assert mine.token == a.leases.holders('vg', 'lv1')[0].token
+        released, n = requests_of(a, lambda: a.leases.release('vg', 'lv1'))
+        assert released and n == {'/kv/txn': 1}
+        assert a.leases.holders('vg', 'lv1') == []
+        # A re-grant reads first (this process knows the ledger), and
+        # stays idempotent.
+        a.leases.claim('vg', 'lv2')
+        (again, new), n = requests_of(a, lambda: a.leases.claim('vg', 'lv2'))
+        assert not new and n == {'/kv/range': 1}
+        # Someone else wrote the ledger since our grant (a shared holder
+        # joins and leaves): our release loses its compare, decides again
+        # on the keys that txn read, and still releases only us.
+        a.leases.claim('vg', 'lv3', mode='shared')
+        b.leases.claim('vg', 'lv3', mode='shared')
+        released, n = requests_of(a, lambda: a.leases.release('vg', 'lv3'))
+        assert released and n == {'/kv/txn': 2}
+        assert [h.host for h in b.leases.holders('vg', 'lv3')] == ['host-b']
+        # A grant that finds a ledger (b holds lv3) loses its optimistic
+        # compare and is refused on what that txn read: one request.
+        a.etcd.paths.clear()
+        with pytest.raises(errors.LeaseConflict):
+            a.leases.claim('vg', 'lv3')
+        assert dict(a.etcd.paths) == {'/kv/txn': 1}
+    finally:
+        a.close(revoke=True)
+        b.close(revoke=True)
+
+
+def test_claim_with_reads_in_the_grant_txn(etcd_server):
+    cluster = f'hp{uuid.uuid4().hex[:6]}'
+    a = engine(etcd_server.endpoints, 'host-a', cluster)
+    try:
+        guard = a.guard(lambda vg, fresh: 0)
+        a.etcd.put(a.keys.vg_seqno('vg'), {'seqno': 41})
+        reads = guard.recorded_reads('vg')
+        (mine, new, got), n = requests_of(
+            a, lambda: a.leases.claim_with(reads, 'vg', 'lv'))
+        assert new and n == {'/kv/txn': 1}
+        assert guard.recorded_from(got) == (41, None)
+        # Re-grant: the reads come with the LV's keys.
+        a.etcd.put(a.keys.vg_seqno('vg'), {'seqno': 42})
+        (again, new, got), n = requests_of(
+            a, lambda: a.leases.claim_with(reads, 'vg', 'lv'))
+        assert not new and n == {'/kv/txn': 1}
+        assert guard.recorded_from(got) == (42, None)
+        assert guard.recorded('vg') == (42, None)
+    finally:
+        a.close(revoke=True)
+
+
+def test_list_equals_read_of_every_lv(etcd_server):
+    cluster = f'hp{uuid.uuid4().hex[:6]}'
+    a = engine(etcd_server.endpoints, 'host-a', cluster)
+    b = engine(etcd_server.endpoints, 'host-b', cluster)
+    try:
+        a.leases.claim('vg', 'x1')
+        a.leases.claim('vg', 'x2', mode='shared')
+        b.leases.claim('vg', 'x2', mode='shared')
+        b.leases.claim('vg2', 'y', instance='vm-1')
+        a.leases.reserve('vg', 'reserved', 'delete')
+        listed = a.leases.list()
+        assert sorted(listed) == [('vg', 'x1'), ('vg', 'x2'), ('vg2', 'y')]
+        for (vg, lv), holders in listed.items():
+            assert holders == a.leases.holders(vg, lv)
+    finally:
+        a.close(revoke=True)
+        b.close(revoke=True)
+
+
+def test_reply_written_while_the_stream_was_down_is_found(etcd_server):
+    etcd = etcdlib.Etcd(etcd_server.endpoints, timeout=2.0)
+    prefix = f'/lvmcoord/hp{uuid.uuid4().hex[:6]}/replies/host-a/'
+    stream = replies.Replies(etcd, prefix)
+    first = stream.expect(prefix + 'one')
+    etcd.put(prefix + 'one', {'ok': True, 'result': 1})
+    got = next(e for e in first.until(time.monotonic() + 10, 1.0) if e)
+    assert got[1].json() == {'ok': True, 'result': 1}
+    # The stream dies; a reply is written before it is opened again.
+    second = stream.expect(prefix + 'two')
+    dead = threading.Event()
+    real_watch = etcd.watch
+
+    def slow_watch(*args, **kw):
+        dead.wait(5)
+        return real_watch(*args, **kw)
+    etcd.watch = slow_watch
+    for sock in _stream_sockets(stream):
+        sock.shutdown(2)
+    etcd.put(prefix + 'two', {'ok': True, 'result': 2})
+    dead.set()
+    got = next(e for e in second.until(time.monotonic() + 20, 1.0) if e)
+    assert got[1].json() == {'ok': True, 'result': 2}
+
+
+def _stream_sockets(stream):
+    """The sockets of this process's open watches (the stream's)."""
+    return [w._sock for w in gc.get_objects()
+            if isinstance(w, etcdlib.Watch) and not w.dead]

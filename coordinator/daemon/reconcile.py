@@ -16,10 +16,13 @@ from coordinator.daemon import grantbook
 LOG = logging.getLogger(__name__)
 
 
-def at_start(leases, lvm, backend, book, fencer, emit):
-    """Bring the book, the devices and etcd into agreement."""
+def at_start(leases, lvm, backend, book, fencer, emit, started=None):
+    """Bring the book, the devices and etcd into agreement; ``started``:
+    when this daemon started (wall clock), if known."""
     devices = backend.active()
     fencer.fence_existing(list(devices), 'daemon start: proving grants')
+    if started is not None:
+        _orphans(leases, book, started, emit)
     for (vg, lv), record in book.all().items():
         if (vg, lv) in devices:
             continue
@@ -32,6 +35,31 @@ def at_start(leases, lvm, backend, book, fencer, emit):
         except errors.CoordError as exc:
             LOG.error('reconcile %s/%s: %s', vg, lv, exc)
             emit('reconcile-failed', vg=vg, lv=lv, error=str(exc))
+
+
+def _orphans(leases, book, started, emit):
+    # A grant of ours with no record here: the daemon died between the
+    # grant and its record, which comes before any device and any reply,
+    # so nobody was told it worked. Only grants from before this start:
+    # a later one is an activation of this daemon's, still recording.
+    booked = set(book.all())
+    try:
+        mine = leases.mine()
+    except errors.CoordError as exc:
+        LOG.error('reconcile: cannot list our grants: %s', exc)
+        return
+    for vg, lv, holder in mine:
+        if (vg, lv) in booked or holder.since >= started:
+            continue
+        try:
+            leases.release(vg, lv)
+        except errors.CoordError as exc:
+            LOG.error('reconcile %s/%s: %s', vg, lv, exc)
+            continue
+        LOG.warning('%s/%s: granted (token %s) but never recorded; '
+                    'released', vg, lv, holder.token)
+        emit('reconciled', vg=vg, lv=lv, action='released',
+             reason='granted, never recorded')
 
 
 def _release(leases, book, vg, lv, record, emit):

@@ -202,7 +202,8 @@ class FenceWorker(_Worker):
             book=ctx.book, on_retired=self._retired, watchdog=dog)
         try:
             reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend,
-                               ctx.book, fencer, ctx.emit)
+                               ctx.book, fencer, ctx.emit,
+                               started=_started(os.getppid()))
         except Exception:
             # Devices found stay fenced until proven; fencing goes on.
             LOG.exception('fencer: reconcile at start incomplete')
@@ -277,3 +278,15 @@ def build(conf):
     for worker in (SessionWorker, FenceWorker, RequestWorker, APIWorker):
         manager.add(worker, workers=1, args=(conf,))
     return manager
+
+
+def _started(pid):
+    """Wall-clock start of process ``pid`` (the daemon's master)."""
+    with open(f'/proc/{pid}/stat') as f:
+        # Field 22, after the parenthesised command name (which may hold
+        # spaces): clock ticks after boot.
+        ticks = int(f.read().rsplit(')', 1)[1].split()[19])
+    with open('/proc/uptime') as f:
+        uptime = float(f.read().split()[0])
+    # Not /proc/stat's btime: whole seconds, too coarse for a restart.
+    return time.time() - (uptime - ticks / os.sysconf('SC_CLK_TCK'))

@@ -192,7 +192,8 @@ def test_forced_break_fences_the_holder_before_it_is_reported(cut_cluster):
     writer.close()
 
 
-def test_grant_without_device_is_released_at_restart():
+@pytest.mark.parametrize('recorded', [True, False])
+def test_grant_without_device_is_released_at_restart(recorded):
     with Cluster(hosts=('compute-1', 'compute-2'), ttl=8, grace=1.0) as c:
         vg = c.vg.vg
         d1 = c['compute-1']
@@ -202,21 +203,22 @@ def test_grant_without_device_is_released_at_restart():
         d1.proc.wait()
         # What a daemon killed between grant and device leaves behind: the
         # grant (under its session, resumed here) and its 'activating'
-        # record, no device.
+        # record, no device; killed between grant and record: no record.
         state_dir = os.path.join(d1.dir, 'state')
         eng = Engine(etcdlib.Etcd(c.etcd.endpoints), 'compute-1', 'sandbox',
                      ttl=8, state_file=os.path.join(
                          state_dir, 'session-sandbox.json'))
         eng.open()
         grant = eng.leases.grant(vg, 'vol-k', instance='vm-1')
-        grantbook.GrantBook(state_dir, 'sandbox').put(
-            vg, 'vol-k', state=grantbook.ACTIVATING, token=grant.token,
-            uuid=uuid, session=eng.session.id, mode='exclusive',
-            instance='vm-1')
+        if recorded:
+            grantbook.GrantBook(state_dir, 'sandbox').put(
+                vg, 'vol-k', state=grantbook.ACTIVATING, token=grant.token,
+                uuid=uuid, session=eng.session.id, mode='exclusive',
+                instance='vm-1')
         eng.session.close(revoke=False)
         c.restart('compute-1')
         wait_for(lambda: events(c, 'reconciled', 'compute-1'), 30,
-                 'the reconcile')
+                 'the reconcile\n' + d1.log_tail())
         # Not blocked forever: compute-2 gets it at once.
         taken = c['compute-2'].client.call('activate', vg=vg, lv='vol-k',
                                            instance='vm-2')

@@ -73,3 +73,29 @@ def test_not_restored_unwatched(tmp_path):
     assert events == ['restore-failed']
     assert book.get(*KEY) is None
     assert leases.released == ['a']
+
+
+def holder(token, since):
+    return types.SimpleNamespace(token=token, since=since, host='h1',
+                                 session='s1', instance=None, alive=True)
+
+
+def test_grant_never_recorded_before_start_is_released(tmp_path):
+    # Killed between the grant and its record: nobody was told it worked.
+    book = grantbook.GrantBook(str(tmp_path))
+    book.put('vg', 'kept', state=grantbook.ACTIVE, token=1, uuid='K')
+    leases, events = Leases(), []
+    leases.mine = lambda: [('vg', 'orphan', holder(2, since=90.0)),
+                           ('vg', 'kept', holder(1, since=80.0)),
+                           ('vg', 'new', holder(3, since=100.5))]
+    leases.rebind = lambda vg, lv, token, uuid: holder(token, 80.0)
+    lvm = types.SimpleNamespace(lvs=lambda vg: [{'uuid': 'K',
+                                                 'name': 'kept'}])
+    reconcile.at_start(leases, lvm, Backend(), book, Fencer(True),
+                       lambda kind, **kw: events.append((kind, kw['lv'])),
+                       started=100.0)
+    # The orphan goes; the recorded one is restored; one granted after
+    # this start belongs to an activation still recording itself.
+    assert leases.released == ['orphan']
+    assert ('reconciled', 'orphan') in events
+    assert ('restored', 'kept') in events

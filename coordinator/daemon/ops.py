@@ -69,13 +69,13 @@ class Operations:
     def _alert(self, vg, message):
         self.events('out-of-band-change', vg=vg, message=message)
 
-    def _change(self, vg, op, action):
+    def _change(self, vg, op, action, also=(), into=None):
         """Run one metadata change; False if it committed but the lock was
         lost before its seqno was recorded (the caller reports what is on
-        disk: the change is there)."""
+        disk: the change is there). ``also``/``into``: MetadataGuard's."""
         try:
             with metrics.LOCK_WAIT.time():
-                self.guard.change(vg, op, action)
+                self.guard.change(vg, op, action, also=also, into=into)
         except errors.LockLost as exc:
             if not getattr(exc, 'committed', False):
                 raise
@@ -93,11 +93,18 @@ class Operations:
             raise errors.InvalidInput('size', f'{size} bytes requested, '
                                       f'{free} free in {vg}')
         tags = list(tags) + ([MULTIATTACH_TAG] if multiattach else [])
+        # The LV's holders (shown in the reply) are read in the txn that
+        # records the change: no round trip of their own.
+        read = []
         recorded = self._change(vg, f'lvcreate {vg}/{lv}',
                                 lambda: self.lvm.create_lv(vg, lv, size,
-                                                           tags))
-        return self._committed(self.op_show(vg, lv, self._lv_info(vg, lv)),
-                               recorded)
+                                                           tags),
+                                [self.leases.read_op(vg, lv)], read)
+        holders = None
+        if read:
+            holders = self.leases.read_from(vg, lv, read[0], 0)[0]
+        return self._committed(self.op_show(vg, lv, self._lv_info(vg, lv),
+                                            holders), recorded)
 
     def _lv_info(self, vg, lv):
         """LVM.lv() from the committed metadata (one O_DIRECT read), or
@@ -337,9 +344,10 @@ class Operations:
 
     # -- reading --
 
-    def op_show(self, vg, lv, info=None):
+    def op_show(self, vg, lv, info=None, holders=None):
         info = info or self.lvm.lv(vg, lv)
-        holders = self.leases.holders(vg, lv)
+        if holders is None:
+            holders = self.leases.holders(vg, lv)
         return {'vg': vg, 'lv': lv, 'size': info['size'],
                 'tags': info['tags'], 'uuid': info.get('uuid'),
                 'origin': info.get('origin') or None,

@@ -52,6 +52,15 @@ class LeaseTable:
         kvs, header = self.etcd.range(self.keys.lease(vg, lv), prefix=True)
         return self._state(vg, lv, kvs, header)
 
+    def read_op(self, vg, lv):
+        """The range request read() makes, to ride along another txn;
+        read_from() reads its result."""
+        return etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)
+
+    def read_from(self, vg, lv, kvs, revision):
+        """read() from the result of read_op() in a txn at ``revision``."""
+        return self._state(vg, lv, kvs, revision)
+
     def _read(self, vg, lv, also):
         """read() and the results of the range requests ``also``, in one
         round trip."""

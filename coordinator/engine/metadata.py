@@ -57,8 +57,11 @@ class MetadataGuard:
         return (seq[0].json()['seqno'] if seq else None,
                 intent[0].json() if intent else None)
 
-    def change(self, vg, op, action, timeout=None):
-        """Run ``action()`` as one coordinated metadata change of ``vg``."""
+    def change(self, vg, op, action, timeout=None, also=(), into=None):
+        """Run ``action()`` as one coordinated metadata change of ``vg``;
+        the range requests ``also`` ride along the txn that records the
+        change and releases the lock, their results appended to ``into``
+        (nothing if that txn did not run)."""
         lock = vglock.VGLock(self.etcd, self.keys, self.session, vg)
         seq_key, intent_key = self.keys.vg_seqno(vg), self.keys.vg_intent(vg)
         claim = [etcdlib.op_range(seq_key), etcdlib.op_range(intent_key),
@@ -89,7 +92,10 @@ class MetadataGuard:
             done = True
         finally:
             if started:
-                self._record(hold, vg, op, seq_key, intent_key, done)
+                res = self._record(hold, vg, op, seq_key, intent_key, done,
+                                   also)
+                if into is not None:
+                    into.extend(res.ranges)
             else:
                 hold.release([etcdlib.op_delete(intent_key)])
         return result
@@ -123,14 +129,14 @@ class MetadataGuard:
                 self.on_alert(vg, msg)
         return disk
 
-    def _record(self, hold, vg, op, seq_key, intent_key, done):
+    def _record(self, hold, vg, op, seq_key, intent_key, done, also=()):
         seqno = self.read_seqno(vg, True)
         try:
-            hold.release([
+            return hold.release([
                 etcdlib.op_put(seq_key, {'seqno': seqno,
                                          'host': self.session.host,
                                          'op': op, 'at': time.time()}),
-                etcdlib.op_delete(intent_key)])
+                etcdlib.op_delete(intent_key)] + list(also))
         except errors.LockLost as exc:
             # The command ran but the lock went: the intent stays behind so
             # the next holder adopts this seqno instead of crying foul.

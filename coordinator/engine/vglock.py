@@ -71,13 +71,14 @@ class Hold:
         self.txn([], 'check')
 
     def release(self, ops=()):
-        """Delete our queue key (with ``ops`` in the same txn)."""
+        """Delete our queue key (with ``ops`` in the same txn); the txn's
+        result (its range results among them), None without ``ops``."""
         try:
             if ops:
-                self.txn(list(ops) + [etcdlib.op_delete(self.key)],
-                         'release')
-            else:
-                self.lock.etcd.delete(self.key)
+                return self.txn(list(ops) + [etcdlib.op_delete(self.key)],
+                                'release')
+            self.lock.etcd.delete(self.key)
+            return None
         except errors.EtcdUnavailable:
             # The key lives as long as our session: left behind, it would
             # block the VG for everyone. Keep deleting it until it is gone.

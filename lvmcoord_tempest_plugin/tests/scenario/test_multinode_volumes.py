@@ -92,9 +92,34 @@ class TestVolumeAcrossHosts(manager.LvmcoordMultinodeTest):
         # Writes after the snapshot must not leak into it.
         self.write_pattern(ssh_first, disk)
 
+        # Whichever host the first server landed on: the daemons copy the
+        # snapshot there (its exceptions live in that host's
+        # device-mapper), not on the volume host.
         restored = self.create_lvmcoord_volume(snapshot_id=snapshot['id'],
                                                size=volume['size'])
         disk = self.attach_and_find_disk(second, ssh_second, restored)
         self.assertEqual(written, self.read_pattern(ssh_second, disk),
                          'the volume made from the snapshot does not hold '
                          'the data of the moment of the snapshot')
+
+    @decorators.idempotent_id('9fadbc00-7cfd-415b-9b49-4dd6624721e6')
+    @decorators.attr(type='multinode')
+    @utils.services('compute', 'volume', 'network', 'image')
+    def test_clone_in_use_volume_read_other_host(self):
+        first, second = self.boot_servers_on_two_hosts()
+        ssh_first, ssh_second = self.ssh(first), self.ssh(second)
+        volume = self.create_lvmcoord_volume()
+
+        disk = self.attach_and_find_disk(first, ssh_first, volume)
+        written = self.write_pattern(ssh_first, disk)
+        # Attached on the first host: the daemons copy there, from a
+        # temporary snapshot taken there; the guest keeps its disk.
+        clone = self.create_lvmcoord_volume(source_volid=volume['id'],
+                                            size=volume['size'])
+        self.assertEqual(written, self.read_pattern(ssh_first, disk),
+                         'the guest lost its disk while it was cloned')
+
+        disk = self.attach_and_find_disk(second, ssh_second, clone)
+        self.assertEqual(written, self.read_pattern(ssh_second, disk),
+                         'the clone of the in-use volume does not hold what '
+                         'the guest had written')

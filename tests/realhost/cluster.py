@@ -25,7 +25,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 GUEST_DIR = os.path.join(ROOT, 'tests', 'realhost', 'guest')
 VG = 'rhvg'
-TTL, GRACE, FRACTION = 10, 3.0, 0.6
+# TTL 20 s, not the default 10: the CI machine is shared (load 15-25 on 2
+# cores while the chaos suite runs), so a 1-vCPU TCG guest gets ~10% of a
+# core and stalls of 6 s (the default's fence deadline) are routine; the
+# margins are still asserted against (1 - fraction) * TTL + grace.
+TTL = int(os.environ.get('LVMCOORD_REALHOST_TTL', '20'))
+GRACE, FRACTION = 3.0, 0.6
 SOCKET = '/run/lvmcoord/lvmcoord.sock'
 LU_SIZE = 2 << 30
 MiB = 1 << 20
@@ -313,7 +318,8 @@ class Cluster:
             except (AssertionError, OSError, subprocess.SubprocessError):
                 pass
         for host in self.hosts:
-            if host.guest.alive():
+            # A guest whose agent never said hello has no daemon to stop.
+            if host.guest.alive() and host.guest.boots:
                 try:
                     host.stop_daemon()
                 except (vm.GuestError, OSError):

@@ -40,7 +40,9 @@ mount -t overlay overlay \
 KVER=$(uname -r)
 mkdir -p /newroot/lib/modules/$KVER /newroot/rh
 mount -t 9p -o ro,$P9,cache=loose modules /newroot/lib/modules/$KVER
-mount -t 9p -o rw,$P9 work /newroot/rh
+# localflocks: qemu's 9p server grants every lock without locking, so
+# the daemon's processes (grant book, beat files) lock in this kernel.
+mount -t 9p -o rw,$P9,localflocks work /newroot/rh
 STAGE2=$(arg rh.stage2)
 for d in proc sys dev; do mount --move /$d /newroot/$d; done
 exec switch_root /newroot /bin/sh "$STAGE2"

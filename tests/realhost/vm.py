@@ -286,13 +286,17 @@ class Guest:
         with self.cond:
             self.pending[rid] = None
         self.ctl.send(dict(req, id=rid, op=op))
+        deadline = time.monotonic() + wait
         with self.cond:
-            ok = self.cond.wait_for(lambda: self.pending[rid] is not None,
-                                    wait)
+            # Re-checked every second: a qemu that died answers nothing.
+            while self.pending[rid] is None and self.alive() and \
+                    time.monotonic() < deadline:
+                self.cond.wait(min(1.0, deadline - time.monotonic()))
             reply = self.pending.pop(rid)
-        if not ok:
+        if reply is None:
             raise GuestError(f'{self.name}: agent did not answer {op} '
-                             f'{req} in {wait}s')
+                             f'{req} in {wait}s' + (
+                                 '' if self.alive() else ' (qemu exited)'))
         if 'error' in reply:
             raise GuestError(f'{self.name}: {op} {req}: {reply["error"]}')
         return reply

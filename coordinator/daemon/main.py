@@ -60,7 +60,10 @@ def main(argv=None):
         # Workers are processes: metrics are aggregated through files.
         os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(
             prefix='lvmcoord-metrics-')
+    from coordinator.daemon import metrics
     from coordinator.daemon import service
+    if conf.metrics.port:
+        metrics.enable()
     _preload()
     # Workers are forked from here: what the master imported is shared
     # copy-on-write, and frozen objects are never written by the GC.
@@ -72,7 +75,6 @@ def main(argv=None):
 
 def _preload():
     """Import before the fork what the workers import after it."""
-    import prometheus_client  # noqa: F401
     from tooz.drivers import etcd3gw  # noqa: F401  (the session worker)
 
     from coordinator.activation import loop  # noqa: F401

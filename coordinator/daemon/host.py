@@ -60,6 +60,7 @@ class HostContext:
         self._events = queue.Queue()
         self._publisher = None
         self._ready = (0.0, None)
+        self._refreshing = False
         self._mutex = threading.Lock()
         self.ops = Operations(self.engine, self.lvm, self.backend,
                               self.router, conf.lvm.volume_groups,
@@ -129,15 +130,40 @@ class HostContext:
         return None
 
     def readiness(self, fresh=False):
-        """This host's view of the shared VGs (cached for a few seconds)."""
+        """This host's view of the shared VGs (at most READINESS_TTL old).
+
+        Past half its age a view is refreshed ahead in a thread (its LVM
+        commands and etcd read stay off the path of the operation that
+        asked); only a view older than READINESS_TTL is refreshed while
+        the caller waits."""
         with self._mutex:
             at, view = self._ready
-            if view is None or fresh or time.monotonic() - at > \
-                    READINESS_TTL:
-                view = readiness.view(self.lvm, self.conf.lvm.volume_groups,
-                                      self.known_uuids(), self.versions())
-                self._ready = (time.monotonic(), view)
-            return view
+            age = time.monotonic() - at
+            if view is not None and not fresh and age <= READINESS_TTL:
+                if age > READINESS_TTL / 2 and not self._refreshing:
+                    self._refreshing = True
+                    threading.Thread(target=self._refresh_ahead,
+                                     name='readiness', daemon=True).start()
+                return view
+            return self._refresh()
+
+    def _refresh(self):
+        # Timed from before the commands: the view is as old as they are.
+        started = time.monotonic()
+        view = readiness.view(self.lvm, self.conf.lvm.volume_groups,
+                              self.known_uuids(), self.versions())
+        if started >= self._ready[0]:
+            self._ready = (started, view)
+        return view
+
+    def _refresh_ahead(self):
+        # Outside the mutex: a caller meanwhile gets the current view.
+        try:
+            self._refresh()
+        except Exception:
+            LOG.exception('readiness: refresh failed (the next use retries)')
+        finally:
+            self._refreshing = False
 
     def known_uuids(self):
         """VG UUIDs as first recorded in etcd by any host."""

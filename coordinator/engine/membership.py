@@ -70,6 +70,11 @@ class Membership:
 
     def heartbeat(self):
         """Keep the membership alive; reconnect (next endpoint) on error."""
+        if self._coord is None:
+            # The last join failed (etcd unreachable): join again, without
+            # a heartbeat on nothing first.
+            self.join(self.capabilities)
+            return
         try:
             self._coord.heartbeat()
         except Exception as exc:
@@ -115,6 +120,8 @@ class Membership:
             self._coord.run_watchers()
 
     def _close(self):
+        if self._coord is None:
+            return
         try:
             self._coord.stop()
         except Exception:

@@ -22,8 +22,16 @@ CONFIRM = '--yes-i-really-mean-it'
 EVENT_TTL = 24 * 3600
 
 
-def holder_row(vg, lv, holder):
-    """One row of LIST_COLUMNS."""
+# Formatters that print a column's machine_readable() value, which for
+# every column of a row is the raw value itself.
+_RAW_FORMATS = ('json', 'yaml')
+
+
+def holder_row(vg, lv, holder, raw=False):
+    """One row of LIST_COLUMNS (plain values when ``raw``)."""
+    if raw:
+        return (vg, lv, holder.host, holder.mode, holder.instance,
+                holder.token, holder.since, holder.alive)
     return (vg, lv, holder.host, holder.mode, holder.instance,
             cli.TokenColumn(holder.token), cli.TimeColumn(holder.since),
             cli.YesNoColumn(holder.alive))
@@ -75,7 +83,10 @@ class LeaseList(lister.Lister):
 
     def take_action(self, parsed_args):
         table = self.app.ctx.leases.list()
-        rows = [holder_row(vg, lv, h)
+        # No column object per value where none would change the output
+        # (5,000 leases: 15,000 objects and as many method calls).
+        raw = getattr(parsed_args, 'formatter', None) in _RAW_FORMATS
+        rows = [holder_row(vg, lv, h, raw)
                 for (vg, lv), holders in sorted(table.items())
                 if parsed_args.vg in (None, vg)
                 for h in holders]

@@ -358,6 +358,55 @@ def api_case(spec):
                 self.wait_volume(v, 'deleted')
             self.assertNotIn(clone_lv, disk_state(spec)[1])
 
+        def test_revert_reaches_the_driver_without_a_backup_snapshot(self):
+            from coordinator.lvm.executor import LVM
+            from tests.functional import lvmmeta
+            lvm = LVM(system_dir=spec['system_dir'], activation=False)
+            daemon = Client(v1['socket'])
+            vol = self.create()
+            vid, lv = vol['id'], self.lv(vol['id'])
+            # No device-mapper here: LVM takes no snapshot (error), so its
+            # LV is written into the metadata as a device-mapper host would
+            # leave it, and the snapshot reset to available.
+            snap = self.api.post_snapshot({'snapshot': {'volume_id': vid}})
+            self.assertEqual('error', self.wait_snapshot(
+                snap['id'], ('available', 'error')))
+            snap_lv = '_snapshot-' + snap['id']
+            daemon.call('create', vg=vg, lv=snap_lv, size=8 << 20)
+            lvmmeta.make_snapshot(lvm, vg, lv, snap_lv)
+            self.api.api_post(f'/snapshots/{snap["id"]}/action',
+                              {'os-reset_status': {'status': 'available'}})
+            self.wait_snapshot(snap['id'], ('available',))
+            before = disk_state(spec)
+            # Cinder calls the driver's revert, with no backup snapshot
+            # first (the merge is deferred); the daemon's lvconvert
+            # --merge needs device-mapper: the volume goes to error, and
+            # nothing changed on disk.
+            self.api.api_post(f'/volumes/{vid}/action',
+                              {'revert': {'snapshot_id': snap['id']}},
+                              check_response_status=[202])
+            self._poll_volume_while(vid, ['reverting'], max_retries=120)
+            self.assertEqual('error', self.api.get_volume(vid)['status'])
+            self.assertEqual('available', self.wait_snapshot(
+                snap['id'], ('available',)))
+            self.assertEqual([snap['id']], [
+                x['id'] for x in self.api.api_get(
+                    '/snapshots/detail')['snapshots']
+                if x['volume_id'] == vid])
+            self.assertEqual(before, disk_state(spec))
+            self.assertTrue(lvmmeta.all_lvs(lvm, vg)[snap_lv]
+                            .startswith('s'))   # a snapshot, not merging
+            # Back as it was: the snapshot's delete removes its LV.
+            lvmmeta.drop_snapshots(lvm, vg, lv)
+            self.api.api_post(f'/volumes/{vid}/action',
+                              {'os-reset_status': {'status': 'available'}})
+            self.wait_volume(vid, 'available')
+            self.api.delete_snapshot(snap['id'])
+            self.wait_snapshot(snap['id'], ('deleted',))
+            self.assertNotIn(snap_lv, disk_state(spec)[1])
+            self.api.delete_volume(vid)
+            self.wait_volume(vid, 'deleted')
+
         def test_attach_and_live_migration(self):
             vol = self.create()
             vid, lv = vol['id'], self.lv(vol['id'])

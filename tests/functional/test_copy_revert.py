@@ -16,15 +16,13 @@ without device-mapper).
 """
 import logging
 import os
-import random
-import re
-import string
 import uuid
 
 import pytest
 
 from coordinator import errors
 from coordinator.api.client import Client
+from tests.functional import lvmmeta
 
 # The driver fixtures of the Cinder tests (Cinder's objects, and drivers
 # on a sandbox cluster's daemons) and their helpers.
@@ -48,86 +46,20 @@ def cluster():
         yield c
 
 
-# -- the VG metadata a device-mapper host would leave --
-
-def _lvm_id():
-    alphabet = string.ascii_letters + string.digits
-    return '-'.join(''.join(random.choice(alphabet) for _ in range(n))
-                    for n in (6, 4, 4, 4, 4, 4, 6))
-
-
-def _lvs_section(text):
-    """(start, end) of the body of the metadata's logical_volumes."""
-    start = text.index('logical_volumes {') + len('logical_volumes {')
-    depth, at = 1, start
-    while depth:
-        ch = text[at]
-        depth += ch == '{'
-        depth -= ch == '}'
-        at += 1
-    return start, at - 1
-
-
-def rewrite_metadata(cluster, change, tmp_path):
-    """vgcfgbackup, ``change(text)``, vgcfgrestore: out of band, as an
-    LVM command on a device-mapper host of the cluster would write it
-    (the daemons adopt the seqno)."""
-    lvm, vg = cluster.vg.hosts[0].lvm, cluster.vg.vg
-    path = str(tmp_path / f'meta-{uuid.uuid4().hex[:6]}.txt')
-    lvm.run(['vgcfgbackup', '-f', path, vg], vg)
-    with open(path) as f:
-        text = f.read()
-    with open(path, 'w') as f:
-        f.write(change(text))
-    lvm.run(['vgcfgrestore', '-f', path, vg], vg)
-
+# -- the VG metadata a device-mapper host would leave (lvmmeta) --
 
 def make_snapshot(cluster, origin, cow, tmp_path, merging=False):
-    """Turn LV ``cow`` into an old-style snapshot of ``origin`` (LVM's
-    hidden snapshot LV), merging into it when ``merging`` (what
-    lvconvert --merge leaves on an inactive origin)."""
-    store = 'merging_store' if merging else 'cow_store'
-    hidden = (f'\n\t\tsnapshot_{cow[-12:].replace("-", "_")} {{\n'
-              f'\t\t\tid = "{_lvm_id()}"\n'
-              f'\t\t\tstatus = ["READ"]\n\t\t\tflags = []\n'
-              f'\t\t\tsegment_count = 1\n\n'
-              f'\t\t\tsegment1 {{\n\t\t\t\tstart_extent = 0\n'
-              f'\t\t\t\textent_count = 1\n\n'
-              f'\t\t\t\ttype = "snapshot"\n\t\t\t\tchunk_size = 8\n'
-              f'\t\t\t\torigin = "{origin}"\n'
-              f'\t\t\t\t{store} = "{cow}"\n\t\t\t}}\n\t\t}}\n')
-
-    def change(text):
-        _, end = _lvs_section(text)
-        return text[:end] + hidden + text[end:]
-    rewrite_metadata(cluster, change, tmp_path)
+    lvmmeta.make_snapshot(cluster.vg.hosts[0].lvm, cluster.vg.vg, origin,
+                          cow, merging, tmp_path)
 
 
 def drop_snapshots(cluster, origin, tmp_path):
-    """Remove every hidden snapshot LV of ``origin`` from the metadata
-    (their COW LVs become plain, visible LVs again)."""
-    pattern = re.compile(r'\n\t\tsnapshot_\w+ \{[^{]*\{[^}]*origin = "'
-                         + re.escape(origin) + r'"\n\t\t\t\t'
-                         r'\w+_store = "([^"]+)"\n\t\t\t\}\n\t\t\}\n')
-
-    def change(text):
-        cows = pattern.findall(text)
-        text = pattern.sub('', text)
-        for cow in cows:
-            at = text.index(f'\n\t\t{cow} {{')
-            text = text[:at] + text[at:].replace(
-                'status = ["READ", "WRITE"]',
-                'status = ["READ", "WRITE", "VISIBLE"]', 1)
-        return text
-    rewrite_metadata(cluster, change, tmp_path)
+    lvmmeta.drop_snapshots(cluster.vg.hosts[0].lvm, cluster.vg.vg, origin,
+                           tmp_path)
 
 
 def all_lvs(cluster):
-    """{name: lv_attr} of every LV, hidden ones included."""
-    lvm, vg = cluster.vg.hosts[0].lvm, cluster.vg.vg
-    out = lvm.run(['lvs', '-a', '--noheadings', '-o', 'lv_name,lv_attr',
-                   vg], vg)
-    return dict(line.split() for line in out.splitlines() if line.strip())
+    return lvmmeta.all_lvs(cluster.vg.hosts[0].lvm, cluster.vg.vg)
 
 
 def holders(cluster, lv):

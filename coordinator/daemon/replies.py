@@ -134,6 +134,7 @@ class Replies:
         pause = 0.5
         while True:
             try:
+                endpoint = self.etcd.endpoint()
                 watch = self.etcd.watch(self.prefix, 0, prefix=True)
             except Exception as exc:
                 self._error = exc
@@ -153,7 +154,9 @@ class Replies:
                 if not first:
                     self._rescan()
                 first = False
-                while not watch.dead:
+                # A stream stays on the endpoint it was opened on: after the
+                # client failed over, a new one is opened on the new one.
+                while not watch.dead and self.etcd.endpoint() == endpoint:
                     event = watch.get(1.0)
                     if event and event[0] == 'PUT':
                         self._deliver(event[1])
@@ -165,8 +168,8 @@ class Replies:
                             return
             finally:
                 watch.cancel()
-            LOG.info('routed replies: stream on %s lost; opening it again',
-                     self.prefix)
+            LOG.info('routed replies: stream on %s lost or on a former '
+                     'endpoint; opening it again', self.prefix)
 
     def _deliver(self, kv):
         with self._mutex:

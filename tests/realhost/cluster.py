@@ -173,7 +173,7 @@ class Host:
             out.append((int(p[0]), int(p[1]), p[2], p[3:]))
         return out
 
-    def blockio(self, *args, timeout=120):
+    def blockio(self, *args, timeout=300):
         """Run guest/blockio.py; its stdout."""
         return self.guest.run([sys.executable,
                                os.path.join(GUEST_DIR, 'blockio.py'),

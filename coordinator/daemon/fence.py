@@ -277,6 +277,8 @@ class Fencer:
         except Exception:
             LOG.exception('fencer: %s/%s stays fenced', *key)
             return
+        if verdict == KEEP:
+            return
         with self._mutex:
             # Fenced again meanwhile, or the session is in doubt: a
             # proof made before that proves nothing now.
@@ -284,9 +286,23 @@ class Fencer:
                     verdict == RESUME and not (self.state == OK
                                                and self._fresh())):
                 return
-            if verdict != KEEP and self._apply(*key, verdict):
-                self.fenced.remove(key)
-                self._gen.pop(key, None)
+            if verdict == RESUME:
+                # Under the lock: a fence decided after the check above
+                # comes after this resume.
+                if self._apply(*key, verdict):
+                    self._settled(key)
+                return
+        # Retiring never makes a device writable: its I/O (and the etcd
+        # calls after it) run outside the lock the ticks, and so the
+        # watchdog's pets, wait for.
+        if self._apply(*key, verdict):
+            with self._mutex:
+                self._settled(key)
+
+    def _settled(self, key):
+        if key in self.fenced:
+            self.fenced.remove(key)
+        self._gen.pop(key, None)
 
     def _apply(self, vg, lv, verdict):
         try:

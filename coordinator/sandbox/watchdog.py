@@ -195,6 +195,10 @@ class SimulatedWatchdog:
                 LOG.exception('SIMULATED watchdog %s: reset callback',
                               self.host)
         for d in devices:
+            # One kernel for every simulated host: a minor freed since our
+            # look may be another host's device now (its tag differs).
+            if looplib._tag(d['loop']) != d.get('tag'):
+                continue
             subprocess.run(['losetup', '-d', d['loop']], check=False,
                            capture_output=True)
         self._clear_links()
@@ -243,6 +247,8 @@ class SimulatedWatchdog:
             for d in fn(self.host):
                 if d['loop'] not in out and _attached(d['loop']):
                     out[d['loop']] = d
+        for d in out.values():
+            d['tag'] = looplib._tag(d['loop'])
         return list(out.values())
 
     def _tokens(self):

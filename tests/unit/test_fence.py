@@ -305,3 +305,30 @@ def test_next_tick_wakes_at_the_deadline_not_an_interval_late():
     assert f.next_tick(0.5) == 0.005
     assert f.tick() == fence.FENCED
     assert f.next_tick(0.5) == 0.5  # fenced: the probe's pace
+
+
+def test_a_retire_never_holds_the_lock_the_ticks_wait_for():
+    # Its device I/O and the etcd calls after it can be slow; a tick (and
+    # so the watchdog's pet) must not wait for them.
+    import threading
+    f, backend, w, _ = make(prove=lambda vg, lv: fence.RETIRE)
+    free = []
+
+    def try_lock(got):
+        got.append(f._mutex.acquire(timeout=5))
+        if got[-1]:
+            f._mutex.release()
+
+    def retire(vg, lv):
+        got = []
+        t = threading.Thread(target=try_lock, args=(got,))
+        t.start()
+        t.join()
+        free.append(got[0])
+    backend.retire = retire
+    w.now = 106
+    assert f.tick() == fence.FENCED
+    w.beat = 106
+    f.tick()
+    assert free == [True, True]
+    assert f.fenced == []

@@ -250,6 +250,7 @@ class LoopBackend(base.Backend):
             state = self._load()
             entry = state.get(f'{vg}/{lv}')
             if entry is None:
+                self._forget_lost(state, vg, lv)
                 return
             if base.open_by_others(entry['loop']):
                 raise errors.LVMError(
@@ -265,11 +266,25 @@ class LoopBackend(base.Backend):
             state = self._load()
             entry = state.get(f'{vg}/{lv}')
             if entry is None:
+                self._forget_lost(state, vg, lv)
                 return
             _set_ro(entry['loop'], True)
             # Open: the kernel only marks it to detach on last close; it
             # stays read-only until then.
             self._detach(state, vg, lv)
+
+    def _forget_lost(self, state, vg, lv):
+        # Our device for vg/lv went without us (detached by a reboot or an
+        # admin; its minor may be reused): drop our link to that minor, so
+        # nobody opens another device by this LV's name.
+        lost = self._raw().get(f'{vg}/{lv}')
+        if lost is None:
+            return
+        link = lost.get('path')
+        if link and os.path.islink(link) and \
+                os.readlink(link) == lost.get('loop'):
+            os.unlink(link)
+        self._save(state)
 
     def _detach(self, state, vg, lv):
         entry = state.pop(f'{vg}/{lv}')

@@ -11,9 +11,11 @@ class Backend(abc.ABC):
     snapshots = True
 
     @abc.abstractmethod
-    def activate(self, vg, lv, read_only=False, info=None):
+    def activate(self, vg, lv, read_only=False, info=None, poll=True):
         """Make vg/lv a block device here; returns its path. ``info`` is
-        the LV as LVM.lv() reports it, when the caller has read it."""
+        the LV as LVM.lv() reports it, when the caller has read it.
+        ``poll`` False: LVM leaves no background transformation running
+        (a pending merge is then finished under the VG lock)."""
 
     @abc.abstractmethod
     def deactivate(self, vg, lv):

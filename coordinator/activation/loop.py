@@ -209,7 +209,8 @@ class LoopBackend(base.Backend):
 
     # -- backend --
 
-    def activate(self, vg, lv, read_only=False, info=None):
+    def activate(self, vg, lv, read_only=False, info=None, poll=True):
+        # ``poll``: LVM's; nothing here polls (a pending merge is refused).
         with self._mutex():
             state = self._load()
             key = f'{vg}/{lv}'

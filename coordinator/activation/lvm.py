@@ -265,9 +265,10 @@ class LVMBackend(base.Backend):
 
     # -- backend --
 
-    def activate(self, vg, lv, read_only=False, info=None):
+    def activate(self, vg, lv, read_only=False, info=None, poll=True):
         """lvchange -aey; refuses a fenced or retired device of vg/lv, and
-        retires a device the name maps that is another LV (by uuid)."""
+        retires a device the name maps that is another LV (by uuid).
+        ``poll`` False: --poll n (LVM starts no background polling)."""
         row = self._info(vg, lv)
         if row is not None:
             if row['suspended']:
@@ -289,7 +290,11 @@ class LVMBackend(base.Backend):
                         f'{vg}/{lv}: the device of a previous LV with this '
                         f'name (uuid {mapped}) is still open here',
                         kind='busy')
-        self.lvm.activate(vg, lv, exclusive=True, read_only=read_only)
+        if poll:
+            self.lvm.activate(vg, lv, exclusive=True, read_only=read_only)
+        else:
+            self.lvm.activate(vg, lv, exclusive=True, read_only=read_only,
+                              poll=False)
         return f'/dev/{vg}/{lv}'
 
     def deactivate(self, vg, lv):

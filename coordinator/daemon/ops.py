@@ -221,7 +221,12 @@ class Operations:
                 raise errors.InvalidInput('mode', f'{vg}/{lv} is not a '
                                           f'multiattach volume')
             self._record(vg, lv, grant, info, read_only)
-            path = self.backend.activate(vg, lv, read_only, info)
+            if info.get('merging'):
+                # A pending revert: the merge writes the metadata.
+                path = snapshots.activate_merging(self, vg, lv, read_only,
+                                                  info)
+            else:
+                path = self.backend.activate(vg, lv, read_only, info)
             self._made(vg, lv, path)
         except errors.CoordError:
             if new:

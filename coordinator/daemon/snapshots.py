@@ -141,6 +141,32 @@ def revert(ops, vg, origin, snap):
             'merge': 'on next activation'}
 
 
+def activate_merging(ops, vg, lv, read_only, info):
+    """Activate origin ``lv`` whose revert is pending: a metadata change,
+    under the VG lock. LVM starts the merge on activation and removes the
+    merged snapshot from the metadata when it ends; left to LVM, that
+    write comes from a background poller outliving the command (and any
+    lock). So: --poll n (nothing polls in the background), then the merge
+    polled to its end in the foreground (lvpoll), both under the lock; the
+    seqno the merge leaves is recorded by the change. The device's path."""
+    made = []
+
+    def merge():
+        made.append(ops.backend.activate(vg, lv, read_only, info,
+                                         poll=False))
+        try:
+            ops.lvm.finish_merge(vg, lv)
+        except errors.CoordError:
+            # Not left active unmerged without its lease: the merge goes
+            # on at the next activation (where it stopped).
+            with contextlib.suppress(errors.CoordError):
+                ops.backend.deactivate(vg, lv)
+            raise
+    ops._change(vg, f'lvchange -aey --poll n {vg}/{lv}; lvpoll merge '
+                    f'{info["merging"]}', merge)
+    return made[0]
+
+
 def check_activation(ops, vg, info):
     """A snapshot is activated only by the holder of its origin's lease."""
     origin = info.get('origin')

@@ -409,13 +409,33 @@ class LVM:
         self.run(['lvchange'] + args + [f'{vg}/{lv}'], f'{vg}/{lv}',
                  config)
 
-    def activate(self, vg, lv, exclusive=True, read_only=False):
-        """lvchange -aey (or -ay); read-only via read_only_volume_list."""
+    def activate(self, vg, lv, exclusive=True, read_only=False, poll=True):
+        """lvchange -aey (or -ay); read-only via read_only_volume_list.
+        ``poll`` False: --poll n, no background transformation (a pending
+        merge is started in device-mapper, not polled to its end: nothing
+        writes the metadata after the command; see finish_merge())."""
         vg, lv = names.vg_name(vg), names.lv_name(lv)
         # Read-only without a metadata change (lvchange -p r would be one).
         config = [f'activation/read_only_volume_list=["{vg}/{lv}"]'] \
             if read_only else []
-        self._activation(vg, lv, ['-aey' if exclusive else '-ay'], config)
+        args = ['-aey' if exclusive else '-ay']
+        if not poll:
+            args += ['--poll', 'n']
+        self._activation(vg, lv, args, config)
+
+    def finish_merge(self, vg, origin, interval=1):
+        """lvpoll --polloperation merge, in the foreground: waits for the
+        merge started by an activation with --poll n to end, then removes
+        the merged snapshot from the metadata (a metadata change: run it
+        under the VG lock). Nothing is left running after it returns."""
+        vg, origin = names.vg_name(vg), names.lv_name(origin, 'origin')
+        if not self.activation:
+            raise errors.LVMError(f'lvpoll {vg}/{origin}: activation is '
+                                  f'disabled for this LVM executor',
+                                  kind='failed')
+        self.run(['lvm', 'lvpoll', '--polloperation', 'merge',
+                  '--interval', str(int(interval)), f'{vg}/{origin}'],
+                 f'merge into {vg}/{origin}')
 
     def deactivate(self, vg, lv):
         """lvchange -an."""

@@ -95,8 +95,13 @@ def _restore(leases, lvm, backend, book, vg, lv, record, emit, fencer):
         # Recorded first, then watched: no device is made unwatched.
         if not fencer.arm():
             raise errors.HostUnavailable('the watchdog could not be armed')
+        # A merge left pending (a restart during the merging activation):
+        # --poll n, no background poller writing the metadata outside the
+        # VG lock; device-mapper merges, and the next coordinated
+        # activation polls it to its end under the lock.
+        poll = {'poll': False} if info.get('merging') else {}
         path = backend.activate(vg, lv, record.get('read_only', False),
-                                info)
+                                info, **poll)
     except errors.CoordError as exc:
         book.drop(vg, lv)
         leases.release(vg, lv)

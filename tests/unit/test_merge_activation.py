@@ -131,3 +131,35 @@ def test_lvpoll_argv_and_refusal_without_activation():
     lvm = executor.LVM(runner=runner, activation=False)
     with pytest.raises(errors.LVMError, match='disabled'):
         lvm.finish_merge('vg0', 'lv0')
+
+
+def test_a_restore_after_a_restart_never_polls_a_pending_merge(tmp_path):
+    from coordinator.daemon import grantbook
+    from coordinator.daemon import reconcile
+    book = grantbook.GrantBook(str(tmp_path))
+    calls = []
+
+    class Backend:
+        def active(self):
+            return {}
+
+        def activate(self, vg, lv, read_only, info, **kw):
+            calls.append((lv, kw))
+            return f'/dev/{vg}/{lv}'
+
+    holder = types.SimpleNamespace(token=5, session='s2', instance='vm',
+                                   host='h1')
+    leases = types.SimpleNamespace(
+        session=types.SimpleNamespace(host='h1'),
+        rebind=lambda vg, lv, token, uuid: holder,
+        holders=lambda vg, lv: [holder], release=lambda vg, lv: None)
+    fencer = types.SimpleNamespace(arm=lambda: True,
+                                   fence_existing=lambda keys, why: None)
+    for name, uuid in (('m', 'U1'), ('p', 'U2')):
+        book.put('vg', name, state=grantbook.ACTIVE, token=5, uuid=uuid)
+    lvs = [{'uuid': 'U1', 'name': 'm', 'merging': 'snap'},
+           {'uuid': 'U2', 'name': 'p', 'merging': ''}]
+    lvm = types.SimpleNamespace(lvs=lambda vg: lvs)
+    reconcile.at_start(leases, lvm, Backend(), book, fencer,
+                       lambda kind, **kw: None)
+    assert sorted(calls) == [('m', {'poll': False}), ('p', {})]

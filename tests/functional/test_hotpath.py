@@ -9,7 +9,6 @@ paths gave, counted in etcd requests where that is the point.
   down is found when it comes back.
 """
 import collections
-import gc
 import threading
 import time
 import uuid
@@ -128,6 +127,13 @@ def test_list_equals_read_of_every_lv(etcd_server):
 def test_reply_written_while_the_stream_was_down_is_found(etcd_server):
     etcd = etcdlib.Etcd(etcd_server.endpoints, timeout=2.0)
     prefix = f'/lvmcoord/hp{uuid.uuid4().hex[:6]}/replies/host-a/'
+    made = []   # this stream's watches (not other tests' leftovers)
+    plain_watch = etcd.watch
+
+    def recording_watch(*args, **kw):
+        made.append(plain_watch(*args, **kw))
+        return made[-1]
+    etcd.watch = recording_watch
     stream = replies.Replies(etcd, prefix)
     first = stream.expect(prefix + 'one')
     etcd.put(prefix + 'one', {'ok': True, 'result': 1})
@@ -142,15 +148,12 @@ def test_reply_written_while_the_stream_was_down_is_found(etcd_server):
         dead.wait(5)
         return real_watch(*args, **kw)
     etcd.watch = slow_watch
-    for sock in _stream_sockets(stream):
+    live = [w._sock for w in made if not w.dead]
+    assert live
+    for sock in live:
         sock.shutdown(2)
     etcd.put(prefix + 'two', {'ok': True, 'result': 2})
     dead.set()
     got = next(e for e in second.until(time.monotonic() + 60, 1.0) if e)
     assert got[1].json() == {'ok': True, 'result': 2}
 
-
-def _stream_sockets(stream):
-    """The sockets of this process's open watches (the stream's)."""
-    return [w._sock for w in gc.get_objects()
-            if isinstance(w, etcdlib.Watch) and not w.dead]

@@ -23,7 +23,12 @@ demo: setup
 	lvmcoord-demo
 
 test: setup
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m "not chaos" tests
+
+.PHONY: test-chaos
+# The fixed-seed chaos run (tests/functional/test_chaos.py, doc/chaos.md).
+test-chaos: setup
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m chaos tests/functional/test_chaos.py
 
 unit: setup
 	$(PYTHON) -m pytest -q tests/unit

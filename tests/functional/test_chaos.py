@@ -1,9 +1,14 @@
 """A short fixed-seed chaos run (about 3 minutes): every fault kind once,
 every host under its SIMULATED watchdog, and every invariant of
 coordinator.sandbox.chaos must hold (see doc/chaos.md)."""
+import pytest
+
 from coordinator.sandbox.chaos import faults
 from coordinator.sandbox.chaos import report
 from coordinator.sandbox.chaos import runner
+
+# Run by `make test-chaos`, not `make test`: see doc/chaos.md, "Open".
+pytestmark = pytest.mark.chaos
 
 SEED = 8
 DURATION = 120  # every kind runs once even if that takes longer

@@ -1,64 +1,14 @@
 """Data copies the driver makes on the volume host (clone, image, wipe):
 unbuffered block copies, and the activations they share."""
 import contextlib
-import errno
-import mmap
 import os
 import threading
 
 from cinder import exception
-from oslo_utils import units
 
-CHUNK = 4 * units.Mi
-_ZERO = bytes(CHUNK)
+from coordinator import blockio
 
-
-@contextlib.contextmanager
-def _opened(path, flags):
-    """A file descriptor of ``path``, unbuffered where the FS allows."""
-    try:
-        # Unbuffered: another host may have written the LV since our page
-        # cache last saw it.
-        fd = os.open(path, flags | os.O_DIRECT)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        # tmpfs and a few others refuse O_DIRECT.
-        fd = os.open(path, flags)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _buffer():
-    """A page-aligned chunk buffer, as O_DIRECT needs."""
-    buf = mmap.mmap(-1, CHUNK)
-    try:
-        yield buf
-    finally:
-        buf.close()
-
-
-def _chunks(size):
-    for offset in range(0, size, CHUNK):
-        yield offset, min(CHUNK, size - offset)
-
-
-def _read(fd, buf, offset, length):
-    got = os.preadv(fd, [memoryview(buf)[:length]], offset)
-    if got != length:
-        raise OSError(errno.EIO, f'short read: {got} of {length} bytes at '
-                                 f'offset {offset}')
-    return buf[:length]
-
-
-def _write(fd, buf, offset, length):
-    done = os.pwritev(fd, [memoryview(buf)[:length]], offset)
-    if done != length:
-        raise OSError(errno.EIO, f'short write: {done} of {length} bytes at '
-                                 f'offset {offset}')
+CHUNK = blockio.CHUNK
 
 
 def copy_data(src, dst, size, pause=None):
@@ -67,27 +17,17 @@ def copy_data(src, dst, size, pause=None):
     Zero chunks are written only where the destination is not zero
     already, so a copy onto a fresh LV leaves unwritten space unwritten.
     """
-    with _buffer() as sbuf, _buffer() as dbuf, \
-            _opened(src, os.O_RDONLY) as fin, \
-            _opened(dst, os.O_RDWR) as fout:
-        for offset, length in _chunks(size):
-            data = _read(fin, sbuf, offset, length)
-            if data == _ZERO[:length] and \
-                    _read(fout, dbuf, offset, length) == data:
-                continue
-            _write(fout, sbuf, offset, length)
-            if pause:
-                pause()
-        os.fsync(fout)
+    blockio.copy(src, dst, size, pause)
 
 
 def zero_data(path, size, pause=None):
     """Zero the first ``size`` bytes of ``path``, skipping zero chunks."""
-    with _buffer() as buf, _buffer() as zeros, \
-            _opened(path, os.O_RDWR) as fd:
-        for offset, length in _chunks(size):
-            if _read(fd, buf, offset, length) != _ZERO[:length]:
-                _write(fd, zeros, offset, length)
+    with blockio.buffer() as buf, blockio.buffer() as zeros, \
+            blockio.opened(path, os.O_RDWR) as fd:
+        for offset, length in blockio.chunks(size):
+            if blockio.read(fd, buf, offset, length) != \
+                    blockio.ZERO[:length]:
+                blockio.write(fd, zeros, offset, length)
                 if pause:
                     pause()
         os.fsync(fd)

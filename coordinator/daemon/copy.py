@@ -14,20 +14,16 @@ Without device-mapper (the loop backend) there are no snapshots: the
 in-use source is read live, and the reply says so (``consistency``).
 """
 import contextlib
-import errno
 import logging
-import mmap
-import os
-import stat
 import uuid
 
+from coordinator import blockio
 from coordinator import errors
 from coordinator.daemon import snapshots
 
 LOG = logging.getLogger(__name__)
 
-CHUNK = 4 << 20
-_ZERO = bytes(CHUNK)
+CHUNK = blockio.CHUNK
 # A routed copy's caller waits this long at least, plus the time the data
 # takes at COPY_RATE bytes a second, up to routing.OP_MAX_TIMEOUT['copy'].
 BASE_TIMEOUT = 60.0
@@ -159,61 +155,11 @@ def _remove_quietly(ops, vg, snap, origin):
 
 # -- the data --
 
-@contextlib.contextmanager
-def _opened(path, flags):
-    # Unbuffered: another host wrote the LV since our page cache saw it.
-    try:
-        fd = os.open(path, flags | os.O_DIRECT | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL or _is_block(path):
-            raise
-        # Not a block device (the unit tests' files on tmpfs).
-        fd = os.open(path, flags | os.O_CLOEXEC)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _is_block(path):
-    try:
-        return stat.S_ISBLK(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _read(fd, buf, offset, length):
-    got = os.preadv(fd, [memoryview(buf)[:length]], offset)
-    if got != length:
-        raise OSError(errno.EIO, f'short read: {got} of {length} bytes at '
-                                 f'offset {offset}')
-    return buf[:length]
-
-
 def copy_data(src, dst, size):
-    """Copy ``size`` bytes from ``src`` to ``dst`` with O_DIRECT in CHUNK
-    chunks; zero chunks are written only where ``dst`` is not zero
-    already. The bytes written; LVMError on an I/O error."""
-    written = 0
+    """Copy ``size`` bytes from ``src`` to ``dst`` (blockio.copy). The
+    bytes written; LVMError on an I/O error."""
     try:
-        with contextlib.closing(mmap.mmap(-1, CHUNK)) as sbuf, \
-                contextlib.closing(mmap.mmap(-1, CHUNK)) as dbuf, \
-                _opened(src, os.O_RDONLY) as fin, \
-                _opened(dst, os.O_RDWR) as fout:
-            for offset in range(0, size, CHUNK):
-                length = min(CHUNK, size - offset)
-                # O_DIRECT needs whole sectors; sizes are LVM extents.
-                data = _read(fin, sbuf, offset, length)
-                if data == _ZERO[:length] and \
-                        _read(fout, dbuf, offset, length) == data:
-                    continue
-                done = os.pwritev(fout, [memoryview(sbuf)[:length]], offset)
-                if done != length:
-                    raise OSError(errno.EIO, f'short write: {done} of '
-                                             f'{length} at {offset}')
-                written += length
-            os.fsync(fout)
+        return blockio.copy(src, dst, size)
     except OSError as exc:
         raise errors.LVMError(f'copying {src} to {dst}: {exc}',
                               kind='failed') from exc
-    return written

@@ -32,6 +32,7 @@ from cinder.volume import driver as cinder_driver
 from oslo_config import cfg
 import pytest
 
+from coordinator import blockio
 from coordinator import errors
 from coordinator.api import schema
 from coordinator.engine import modes
@@ -1242,8 +1243,8 @@ def test_copy_data_writes_only_what_differs(tmp_path):
     fill(src, b'a' * 4096, datacopy.CHUNK)
     fill(dst, b'b' * 4096, 2 * datacopy.CHUNK)
     writes = []
-    real = datacopy._write
-    with mock.patch.object(datacopy, '_write', side_effect=lambda fd, buf,
+    real = blockio.write
+    with mock.patch.object(blockio, 'write', side_effect=lambda fd, buf,
                            off, n: (writes.append(off),
                                     real(fd, buf, off, n))):
         datacopy.copy_data(str(src), str(dst), 3 * datacopy.CHUNK + 4096)
@@ -1256,8 +1257,8 @@ def test_zero_data_skips_zero_chunks(tmp_path):
     with open(path, 'wb') as f:
         f.truncate(2 * datacopy.CHUNK)
     fill(path, b'x', datacopy.CHUNK + 7)
-    with mock.patch.object(datacopy, '_write',
-                           wraps=datacopy._write) as write:
+    with mock.patch.object(blockio, 'write',
+                           wraps=blockio.write) as write:
         datacopy.zero_data(str(path), 2 * datacopy.CHUNK)
     assert read(path, 2 * datacopy.CHUNK) == bytes(2 * datacopy.CHUNK)
     assert [c.args[2] for c in write.call_args_list] == [datacopy.CHUNK]

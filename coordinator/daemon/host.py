@@ -52,7 +52,8 @@ class HostContext:
         self.watchdog_state = os.path.join(
             conf.session.state_dir, f'watchdog-{conf.cluster}.armed') \
             if conf.fence.watchdog_device else None
-        self.router = Router(self.etcd, self.keys, self.engine.session)
+        self.router = Router(self.etcd, self.keys, self.engine.session,
+                             once=self.engine.once)
         self.membership = Membership(self.etcd, self.keys, conf.host,
                                      conf.session.ttl)
         self._pv_cache = {}

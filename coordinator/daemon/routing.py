@@ -24,6 +24,7 @@ from coordinator import errors
 from coordinator.api import schema
 from coordinator.daemon import replies
 from coordinator.engine import etcd as etcdlib
+from coordinator.engine import once as oncelib
 
 LOG = logging.getLogger(__name__)
 
@@ -65,10 +66,11 @@ class _Unbound(Exception):
 class Router:
     """Send requests to other hosts and serve the ones sent to us."""
 
-    def __init__(self, etcd, keys, session, reply_ttl=REPLY_TTL):
+    def __init__(self, etcd, keys, session, reply_ttl=REPLY_TTL, once=None):
         self.etcd = etcd
         self.keys = keys
         self.session = session
+        self.once = once or oncelib.Once(etcd, keys.once())
         self.reply_ttl = reply_ttl
         self.scheduler = None
         self._stop = threading.Event()
@@ -113,16 +115,23 @@ class Router:
         with self._expect(reply_key) as watch:
             # The target's session check and the put in one txn
             # (SessionLost if our own lease is gone: etcd: lease not found).
+            # At most once: the target deletes a request it claims, and a
+            # late second delivery must not make it run again.
+            once_cmp, once_put = self.once.guard()
             res = self.etcd.txn(
                 [{'key': etcdlib.b64(self.keys.session(host)),
-                  'target': 'VERSION', 'result': 'GREATER', 'version': 0}],
+                  'target': 'VERSION', 'result': 'GREATER', 'version': 0},
+                 once_cmp],
                 [etcdlib.op_put(req_key, {'op': op, 'args': args,
                                           'from': self.session.host,
                                           'timeout': timeout},
-                                lease=lease)])
-            if not res.succeeded:
+                                lease=lease), once_put],
+                [etcdlib.op_range(self.keys.session(host), limit=1)])
+            if not res.succeeded and not res.ranges[0]:
                 raise errors.HostUnavailable(
                     f'host {host} has no live lvmcoord session')
+            # (Else the target lives, so the once-compare failed: this was
+            # our own retry of a put whose first delivery applied.)
             try:
                 result = self._await(host, op, lease, reply_key, watch,
                                      timeout)

@@ -5,6 +5,7 @@ from coordinator.engine import etcd as etcdlib
 from coordinator.engine import keys as keyslib
 from coordinator.engine import lease
 from coordinator.engine import metadata
+from coordinator.engine import once as oncelib
 from coordinator.engine import session as sessionlib
 from coordinator.engine import vglock
 
@@ -22,7 +23,10 @@ class Engine:
         self.session = session or sessionlib.Session(
             etcd, self.keys, host, ttl, keepalive_interval, state_file,
             keepalive_etcd)
-        self.leases = lease.LeaseTable(etcd, self.keys, self.session, grace)
+        # One per process: its lease is granted once and shared.
+        self.once = oncelib.Once(etcd, self.keys.once())
+        self.leases = lease.LeaseTable(etcd, self.keys, self.session, grace,
+                                       self.once)
         self.lock_timeout = lock_timeout
 
     @staticmethod
@@ -62,13 +66,14 @@ class Engine:
 
     def vglock(self, vg):
         """The metadata mutex of ``vg``."""
-        return vglock.VGLock(self.etcd, self.keys, self.session, vg)
+        return vglock.VGLock(self.etcd, self.keys, self.session, vg,
+                             self.once)
 
     def guard(self, read_seqno, on_alert=None):
         """A MetadataGuard using ``read_seqno(vg, fresh)``."""
         return metadata.MetadataGuard(self.etcd, self.keys, self.session,
                                       read_seqno, self.lock_timeout,
-                                      on_alert=on_alert)
+                                      on_alert=on_alert, once=self.once)
 
     def close(self, revoke=False):
         self.session.close(revoke=revoke)

@@ -83,11 +83,25 @@ class KV:
 
 @dataclasses.dataclass(frozen=True)
 class TxnResult:
-    """Outcome of a txn: which branch ran, at what revision, range results."""
+    """Outcome of a txn: which branch ran, at what revision, range results
+    and the outcomes of nested txns (``op_txn``)."""
 
     succeeded: bool
     revision: int
     ranges: list
+    txns: list = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def from_gateway(cls, resp, revision):
+        """From the gateway's TxnResponse (nested ones have no revision)."""
+        ranges, txns = [], []
+        for r in resp.get('responses', []):
+            if 'response_range' in r:
+                ranges.append([KV.from_gateway(kv) for kv
+                               in r['response_range'].get('kvs', [])])
+            elif 'response_txn' in r:
+                txns.append(cls.from_gateway(r['response_txn'], revision))
+        return cls(bool(resp.get('succeeded')), revision, ranges, txns)
 
 
 # -- txn building blocks (etcd's Compare and RequestOp, gateway JSON) --
@@ -126,6 +140,13 @@ def op_delete(key, prefix=False):
     if prefix:
         req['range_end'] = b64(prefix_end(key))
     return {'request_delete_range': req}
+
+
+def op_txn(compare, success, failure=()):
+    """Request: a nested txn (its outcome is in ``TxnResult.txns``)."""
+    return {'request_txn': {'compare': list(compare),
+                            'success': list(success),
+                            'failure': list(failure)}}
 
 
 def op_range(key, prefix=False, first_created=False, limit=0):
@@ -575,11 +596,7 @@ class Etcd:
                            'success': list(success),
                            'failure': list(failure)})
         resp = self.call(lambda c: c.post(c.get_url('/kv/txn'), data=body))
-        ranges = [[KV.from_gateway(kv)
-                   for kv in r['response_range'].get('kvs', [])]
-                  for r in resp.get('responses', []) if 'response_range' in r]
-        return TxnResult(bool(resp.get('succeeded')),
-                         int(resp['header']['revision']), ranges)
+        return TxnResult.from_gateway(resp, int(resp['header']['revision']))
 
     # -- leases --
 

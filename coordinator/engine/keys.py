@@ -59,6 +59,10 @@ class Keys:
     def replies(self, host):
         return f'{self.root}replies/{host}/'
 
+    def once(self):
+        """Prefix of at-most-once markers (coordinator.engine.once)."""
+        return f'{self.root}once/'
+
     def events(self):
         """Prefix of the event log (fences, breaks, alerts)."""
         return f'{self.root}events/'

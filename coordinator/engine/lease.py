@@ -19,6 +19,7 @@ import time
 from coordinator import errors
 from coordinator.engine import etcd as etcdlib
 from coordinator.engine import modes
+from coordinator.engine import once as oncelib
 
 LOG = logging.getLogger(__name__)
 
@@ -30,11 +31,12 @@ WRITTEN_MAX = 4096
 class LeaseTable:
     """Grant, release, list and watch activation leases for this host."""
 
-    def __init__(self, etcd, keys, session, grace=3.0):
+    def __init__(self, etcd, keys, session, grace=3.0, once=None):
         self.etcd = etcd
         self.keys = keys
         self.session = session
         self.grace = grace
+        self.once = once or oncelib.Once(etcd, keys.once())
         # When this process first saw each holder's session gone: the grace
         # is counted on our own monotonic clock, never against another
         # host's wall clock.
@@ -43,6 +45,8 @@ class LeaseTable:
         # wrote them: a release compares that revision instead of reading
         # first (a lost compare answers with the current keys).
         self._written = {}
+        # {(vg, lv): create revision of our reservation's ledger}
+        self._reservations = {}
         self._written_mutex = threading.Lock()
 
     # -- reading --
@@ -240,12 +244,16 @@ class LeaseTable:
         value = {'session': self.session.id, 'mode': mine.mode,
                  'instance': mine.instance, 'since': mine.since,
                  'uuid': mine.uuid}
+        compare = [etcdlib.cmp_mod(self.keys.lease_ledger(vg, lv), ledger_rev)]
+        success = [etcdlib.op_put(self.keys.lease_ledger(vg, lv),
+                                  {'holders': entries}),
+                   etcdlib.op_put(holder_key, value, lease=self.session.id)]
+        if not ledger_rev:
+            # "No ledger" holds again once the LV is released: a late
+            # second delivery must not grant it anew.
+            success += self._once(compare)
         res = self.etcd.txn(
-            [etcdlib.cmp_mod(self.keys.lease_ledger(vg, lv), ledger_rev)],
-            [etcdlib.op_put(self.keys.lease_ledger(vg, lv),
-                            {'holders': entries}),
-             etcdlib.op_put(holder_key, value, lease=self.session.id)] +
-            list(also),
+            compare, success + list(also),
             [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)] +
             list(also))
         if res.succeeded:
@@ -257,6 +265,12 @@ class LeaseTable:
         else:
             self._written.pop((vg, lv), None)
         return res
+
+    def _once(self, compare):
+        """Add an at-most-once compare to ``compare``; the ops to add."""
+        cmp, put = self.once.guard()
+        compare.append(cmp)
+        return [put]
 
     def _remember(self, vg, lv, revision, holders):
         with self._written_mutex:
@@ -378,11 +392,12 @@ class LeaseTable:
         runs; refused, naming the holders, if anyone holds it. The mark is
         bound to our session, so it cannot outlive a crash."""
         ledger = self.keys.lease_ledger(vg, lv)
+        compare = [etcdlib.cmp_create(ledger, 0)]
         res = self.etcd.txn(
-            [etcdlib.cmp_create(ledger, 0)],
+            compare,
             [etcdlib.op_put(ledger, {'holders': {}, 'reserved': {
                 'host': self.session.host, 'op': op}},
-                lease=self.session.id)],
+                lease=self.session.id)] + self._once(compare),
             [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)])
         if not res.succeeded:
             holders, _, reserved = self._parse(res.ranges[0])
@@ -391,6 +406,8 @@ class LeaseTable:
                 f'{reserved.get("host")} ({reserved.get("op")})'
             raise errors.LeaseConflict(f'{vg}/{lv} is in use: held by {who}',
                                        holders)
+        with self._written_mutex:
+            self._reservations[(vg, lv)] = res.revision
 
     @contextlib.contextmanager
     def reserved(self, vg, lv, op):
@@ -403,9 +420,14 @@ class LeaseTable:
 
     def unreserve(self, vg, lv):
         """Drop our reservation of vg/lv."""
-        self.etcd.txn([etcdlib.cmp_lease(self.keys.lease_ledger(vg, lv),
-                                         self.session.id)],
-                      [etcdlib.op_delete(self.keys.lease_ledger(vg, lv))])
+        ledger = self.keys.lease_ledger(vg, lv)
+        with self._written_mutex:
+            revision = self._reservations.pop((vg, lv), None)
+        # That very reservation: a late second delivery of this txn must
+        # not drop a later one of ours.
+        cmp = etcdlib.cmp_create(ledger, revision) if revision else \
+            etcdlib.cmp_lease(ledger, self.session.id)
+        self.etcd.txn([cmp], [etcdlib.op_delete(ledger)])
 
     def _commit_without(self, vg, lv, ledger_rev, holders, host):
         rest = modes.after_release(holders, host)

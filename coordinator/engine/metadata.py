@@ -14,6 +14,7 @@ import time
 from coordinator import errors
 from coordinator.engine import deadline
 from coordinator.engine import etcd as etcdlib
+from coordinator.engine import once as oncelib
 from coordinator.engine import vglock
 
 LOG = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class MetadataGuard:
     """Runs ``action`` under the VG lock with the seqno discipline."""
 
     def __init__(self, etcd, keys, session, read_seqno, lock_timeout=60.0,
-                 rescans=3, rescan_delay=0.2, on_alert=None):
+                 rescans=3, rescan_delay=0.2, on_alert=None, once=None):
         self.etcd = etcd
         self.keys = keys
         self.session = session
@@ -39,6 +40,7 @@ class MetadataGuard:
         self.rescans = rescans
         self.rescan_delay = rescan_delay
         self.on_alert = on_alert or (lambda vg, msg: None)
+        self.once = once or oncelib.Once(etcd, keys.once())
 
     def recorded(self, vg):
         """(recorded seqno or None, in-flight intent or None)."""
@@ -62,7 +64,8 @@ class MetadataGuard:
         the range requests ``also`` ride along the txn that records the
         change and releases the lock, their results appended to ``into``
         (nothing if that txn did not run)."""
-        lock = vglock.VGLock(self.etcd, self.keys, self.session, vg)
+        lock = vglock.VGLock(self.etcd, self.keys, self.session, vg,
+                             self.once)
         seq_key, intent_key = self.keys.vg_seqno(vg), self.keys.vg_intent(vg)
         claim = [etcdlib.op_range(seq_key), etcdlib.op_range(intent_key),
                  etcdlib.op_put(intent_key, {'host': self.session.host,

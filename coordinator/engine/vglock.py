@@ -14,6 +14,7 @@ import uuid
 
 from coordinator import errors
 from coordinator.engine import etcd as etcdlib
+from coordinator.engine import once as oncelib
 
 LOG = logging.getLogger(__name__)
 
@@ -97,12 +98,13 @@ class Hold:
 class VGLock:
     """FIFO mutex on one VG, bound to this host's session."""
 
-    def __init__(self, etcd, keys, session, vg):
+    def __init__(self, etcd, keys, session, vg, once=None):
         self.etcd = etcd
         self.keys = keys
         self.session = session
         self.vg = vg
         self.prefix = keys.vg_lock(vg)
+        self.once = once
 
     def acquire(self, op='', timeout=60.0, with_ops=()):
         """Queue up and wait until first; ``with_ops`` run atomically with
@@ -113,12 +115,28 @@ class VGLock:
         value = {'host': self.session.host, 'op': op, 'pid': os.getpid(),
                  'since': time.time()}
         put = etcdlib.op_put(key, value, lease=self.session.id)
-        res = self.etcd.txn([_queue_empty(self.prefix)],
-                            [put] + list(with_ops),
-                            [put, etcdlib.op_range(key)])
-        if res.succeeded:
-            return Hold(self, key, res.revision, True, res.ranges)
-        revision = res.ranges[0][0].create_revision
+        # At most once: a late second delivery of this txn (after our
+        # release) would queue the key again, under our live session, and
+        # block the VG for good (coordinator.engine.once).
+        if self.once is None:
+            self.once = oncelib.Once(self.etcd, self.keys.once())
+        once_cmp, once_put = self.once.guard()
+        res = self.etcd.txn(
+            [once_cmp],
+            [once_put, etcdlib.op_txn([_queue_empty(self.prefix)],
+                                      [put] + list(with_ops),
+                                      [put, etcdlib.op_range(key)])],
+            [etcdlib.op_range(key)])
+        if res.succeeded and res.txns[0].succeeded:
+            return Hold(self, key, res.revision, True, res.txns[0].ranges)
+        # Queued behind others, or this is our own retry of a txn whose
+        # first delivery applied (its answer lost): either way our key's
+        # place in the queue is what counts.
+        kvs = res.txns[0].ranges[0] if res.succeeded else res.ranges[0]
+        if not kvs:
+            raise errors.LockLost(f'VG {self.vg} lock queue entry vanished '
+                                  f'while queueing (session expired?)')
+        revision = kvs[0].create_revision
         try:
             self._wait_predecessors(key, revision, deadline)
         except BaseException:

@@ -1,0 +1,81 @@
+"""Once: a txn that applies at most once, however often etcd receives it.
+
+A write whose answer is lost is sent again (Etcd.call), and etcd can apply
+a request after its client gave up on it (a proposal that waited out an
+election, then reached the new leader). A txn guarded only by "this key is
+absent" then applies a second time once its owner has deleted that key: a
+VG lock key comes back after its release and blocks the VG, a ledger comes
+back as a grant nobody holds, a routed request runs twice.
+
+Once adds to such a txn a compare on a fresh key and the put of that key,
+bound to a short lease of its own: a second delivery finds the key and
+fails its compare; after the lease has expired it fails whole, because it
+puts a key on a lease that no longer exists. Nothing has to delete the
+keys, and no horizon is assumed.
+"""
+import logging
+import threading
+import time
+import uuid
+
+from coordinator.engine import etcd as etcdlib
+
+LOG = logging.getLogger(__name__)
+
+# How long a once-key lives; a lease is used for new txns only while far
+# enough from its end that a txn retried for the whole retry window still
+# finds it (else a retry would read as "session lost").
+TTL = 120
+
+
+class Once:
+    """Hands out at-most-once guards (a compare and a put) for txns."""
+
+    def __init__(self, etcd, prefix, ttl=TTL):
+        self.etcd = etcd
+        self.prefix = prefix
+        # A txn is given up retry_window + timeout after it was first sent.
+        self._span = etcd.retry_window + etcd.timeout
+        self.ttl = max(ttl, int(4 * self._span) + 1)
+        self._lease = None
+        self._granted = 0.0
+        self._renewing = False
+        self._mutex = threading.Lock()
+
+    def _current_lease(self):
+        # Used while younger than ttl - 2 spans: the txn that carries it,
+        # retried for as long as a call retries, lands well inside it.
+        usable = self.ttl - 2 * self._span
+        with self._mutex:
+            age = time.monotonic() - self._granted
+            if self._lease is None or age > usable:
+                self._lease, self._granted = self._grant()
+            elif age > usable / 2 and not self._renewing:
+                # Its successor is granted off the caller's path.
+                self._renewing = True
+                threading.Thread(target=self._renew, daemon=True,
+                                 name='once-lease').start()
+            return self._lease
+
+    def _grant(self):
+        granted = time.monotonic()
+        return self.etcd.lease_grant(self.ttl), granted
+
+    def _renew(self):
+        try:
+            lease = self._grant()
+        except Exception:  # the next guard() grants in line
+            LOG.warning('once-lease not renewed ahead of time', exc_info=True)
+            lease = None
+        with self._mutex:
+            if lease:
+                self._lease, self._granted = lease
+            self._renewing = False
+
+    def guard(self):
+        """(compare, put): add both to a txn to make it apply at most once;
+        its failure branch then also runs when the txn is a re-delivery."""
+        key = f'{self.prefix}{uuid.uuid4().hex}'
+        return ({'key': etcdlib.b64(key), 'target': 'VERSION',
+                 'result': 'EQUAL', 'version': 0},
+                etcdlib.op_put(key, '', lease=self._current_lease()))

@@ -529,3 +529,32 @@ def test_etcd_refusing_an_expired_lease_is_session_lost(etcd_module):
             vglock.VGLock(etcd, keys, session, 'vg0').acquire('lvcreate')
     finally:
         session.close()
+
+
+def test_routed_request_delivered_again_does_not_run_again(routed):
+    # etcd can apply a put after its client gave up and sent it again:
+    # a straggler arriving after the target claimed (deleted) the request
+    # must not queue it anew (coordinator/engine/once.py).
+    sent = []
+
+    class Recording(etcdlib.Etcd):
+        def txn(self, compare, success, failure=()):
+            sent.append((list(compare), list(success), list(failure)))
+            return super().txn(compare, success, failure)
+
+    etcd = Recording([u.geturl() for u in routed.etcd.endpoints],
+                     timeout=2.0)
+    caller = routing.Router(etcd, routed.keys, routed.sessions[CALLER])
+    got = caller.call(TARGET, 'deactivate', {'vg': VG, 'lv': 'once'})
+    assert got == {'ran': 'deactivate'}
+    put = [t for t in sent if any('request_put' in op and
+                                  '/requests/' in etcdlib.unb64(
+                                      op['request_put']['key']).decode()
+                                  for op in t[1])]
+    assert len(put) == 1
+    again = etcdlib.Etcd.txn(etcd, *put[0])
+    assert not again.succeeded
+    kvs, _ = routed.etcd.range(routed.keys.requests(TARGET), prefix=True)
+    assert kvs == []
+    assert [c for c in routed.handler.calls if c[1].get('lv') == 'once'] \
+        == [('deactivate', {'vg': VG, 'lv': 'once'})]

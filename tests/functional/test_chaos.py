@@ -1,4 +1,4 @@
-"""A short fixed-seed chaos run (about 3 minutes): every fault kind once,
+"""A short fixed-seed chaos run (about 3.5 minutes): every fault kind once,
 every host under its SIMULATED watchdog, and every invariant of
 coordinator.sandbox.chaos must hold (see doc/chaos.md)."""
 import pytest
@@ -7,7 +7,7 @@ from coordinator.sandbox.chaos import faults
 from coordinator.sandbox.chaos import report
 from coordinator.sandbox.chaos import runner
 
-# Run by `make test-chaos`, not `make test`: see doc/chaos.md, "Open".
+# Part of `make test`; `make test-chaos` runs it alone.
 pytestmark = pytest.mark.chaos
 
 SEED = 8

@@ -25,8 +25,10 @@ def main(argv=None):
                         'come on top)')
     p.add_argument('--hosts', default='2,2', metavar='VOLUMES,COMPUTES',
                    help='how many volume and compute daemons (each >= 2)')
-    p.add_argument('--ttl', type=int, default=6)
-    p.add_argument('--grace', type=float, default=1.0)
+    # lvmcoordd's own defaults ([session] ttl, [lease] grace): what an
+    # operator runs, and what doc/design.md argues rides out an election.
+    p.add_argument('--ttl', type=int, default=10)
+    p.add_argument('--grace', type=float, default=3.0)
     p.add_argument('--no-watchdog', action='store_true',
                    help='run the hosts without their SIMULATED watchdog')
     p.add_argument('--faults', metavar='KIND,...',

@@ -275,7 +275,7 @@ def _count(items):
     return out
 
 
-def run(seed, duration, volumes=2, computes=2, ttl=6, grace=1.0,
+def run(seed, duration, volumes=2, computes=2, ttl=10, grace=3.0,
         keep_dir=None, say=print, watchdog=True, kinds=None):
     """One run; its result dict (see report.py)."""
     return Run(seed, duration, volumes, computes, ttl, grace, keep_dir,

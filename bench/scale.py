@@ -149,6 +149,7 @@ def run(report, quick):
             loads.append(_load())
             keys_all = _count(etcd)
             keys_ours = _count(etcd, keys.root)
+            keys_once = _count(etcd, keys.once())
             db_status = int(etcd.status().get('dbSize', 0))
             db_metric = _metric(endpoint, 'etcd_mvcc_db_total_size_in_bytes')
             in_use = _metric(endpoint,
@@ -190,9 +191,13 @@ def run(report, quick):
     report.row('  machine load (1-min average: start, after grants, end)',
                ', '.join(f'{x:.1f}' for x in loads))
     expected = 2 * leases + sessions
+    durable = keys_ours - keys_once
     report.row('etcd keys (all; ours: ledger + holder per lease, session '
-               'per host)', f'{keys_all} ({keys_ours} ours)',
-               f'ours = {expected}', keys_ours == expected)
+               'per host)', f'{keys_all} ({durable} ours)',
+               f'ours = {expected}', durable == expected)
+    # One per first grant (coordinator/engine/once.py), on 120 s leases.
+    report.row('  at-most-once markers (gone with their lease in 120 s)',
+               f'{keys_once}', f'<= {leases}', keys_once <= leases)
     report.row('etcd DB size (status dbSize; metrics total, in use)',
                f'{db_status / MB:.1f} MB; {db_metric / MB:.1f} MB, '
                f'{in_use / MB:.1f} MB in use',
@@ -205,5 +210,5 @@ def run(report, quick):
         'cli_s': [t for t, _, _ in cli], 'cli_cpu_s': [c for _, c, _ in cli],
         'cli_version_s': [t for t, _, _ in bare], 'load': loads,
         'keys_all': keys_all,
-        'keys_ours': keys_ours, 'db_size': db_status,
+        'keys_ours': durable, 'keys_once': keys_once, 'db_size': db_status,
         'db_total_metric': db_metric, 'db_in_use_metric': in_use}

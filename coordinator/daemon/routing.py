@@ -117,8 +117,7 @@ class Router:
             # (SessionLost if our own lease is gone: etcd: lease not found).
             # At most once: the target deletes a request it claims, and a
             # late second delivery must not make it run again.
-            once_cmp, once_put = self.once.guard()
-            res = self.etcd.txn(
+            res = self.once.txn(lambda once_cmp, once_put: (
                 [{'key': etcdlib.b64(self.keys.session(host)),
                   'target': 'VERSION', 'result': 'GREATER', 'version': 0},
                  once_cmp],
@@ -126,7 +125,7 @@ class Router:
                                           'from': self.session.host,
                                           'timeout': timeout},
                                 lease=lease), once_put],
-                [etcdlib.op_range(self.keys.session(host), limit=1)])
+                [etcdlib.op_range(self.keys.session(host), limit=1)]))
             if not res.succeeded and not res.ranges[0]:
                 raise errors.HostUnavailable(
                     f'host {host} has no live lvmcoord session')

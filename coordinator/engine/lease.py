@@ -244,18 +244,20 @@ class LeaseTable:
         value = {'session': self.session.id, 'mode': mine.mode,
                  'instance': mine.instance, 'since': mine.since,
                  'uuid': mine.uuid}
-        compare = [etcdlib.cmp_mod(self.keys.lease_ledger(vg, lv), ledger_rev)]
-        success = [etcdlib.op_put(self.keys.lease_ledger(vg, lv),
-                                  {'holders': entries}),
-                   etcdlib.op_put(holder_key, value, lease=self.session.id)]
-        if not ledger_rev:
-            # "No ledger" holds again once the LV is released: a late
+        def build(*once):
+            # With ``once`` (a compare and a put) when "no ledger" is the
+            # compare: it holds again once the LV is released, and a late
             # second delivery must not grant it anew.
-            success += self._once(compare)
-        res = self.etcd.txn(
-            compare, success + list(also),
-            [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)] +
-            list(also))
+            return ([etcdlib.cmp_mod(self.keys.lease_ledger(vg, lv),
+                                     ledger_rev)] + list(once[:1]),
+                    [etcdlib.op_put(self.keys.lease_ledger(vg, lv),
+                                    {'holders': entries}),
+                     etcdlib.op_put(holder_key, value, lease=self.session.id)]
+                    + list(once[1:]) + list(also),
+                    [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)]
+                    + list(also))
+        res = self.once.txn(build) if not ledger_rev else \
+            self.etcd.txn(*build())
         if res.succeeded:
             # The ledger as written, tokens included (ours is this txn's
             # revision, which wrote our holder key).
@@ -265,12 +267,6 @@ class LeaseTable:
         else:
             self._written.pop((vg, lv), None)
         return res
-
-    def _once(self, compare):
-        """Add an at-most-once compare to ``compare``; the ops to add."""
-        cmp, put = self.once.guard()
-        compare.append(cmp)
-        return [put]
 
     def _remember(self, vg, lv, revision, holders):
         with self._written_mutex:
@@ -392,13 +388,12 @@ class LeaseTable:
         runs; refused, naming the holders, if anyone holds it. The mark is
         bound to our session, so it cannot outlive a crash."""
         ledger = self.keys.lease_ledger(vg, lv)
-        compare = [etcdlib.cmp_create(ledger, 0)]
-        res = self.etcd.txn(
-            compare,
+        res = self.once.txn(lambda cmp, put: (
+            [etcdlib.cmp_create(ledger, 0), cmp],
             [etcdlib.op_put(ledger, {'holders': {}, 'reserved': {
                 'host': self.session.host, 'op': op}},
-                lease=self.session.id)] + self._once(compare),
-            [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)])
+                lease=self.session.id), put],
+            [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)]))
         if not res.succeeded:
             holders, _, reserved = self._parse(res.ranges[0])
             reserved = reserved or {}

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 
+from coordinator import errors
 from coordinator.engine import etcd as etcdlib
 
 LOG = logging.getLogger(__name__)
@@ -72,10 +73,30 @@ class Once:
                 self._lease, self._granted = lease
             self._renewing = False
 
+    def txn(self, build):
+        """``etcd.txn(*build(compare, put))``: a txn made at most once by
+        the guard it is built with; its result."""
+        for attempt in (1, 2):
+            lease = self._current_lease()
+            try:
+                return self.etcd.txn(*build(*self._guard(lease)))
+            except errors.SessionLost:
+                # "lease not found": the caller's session, or our lease
+                # gone early (revoked by hand, etcd restored). Nothing
+                # applied; a fresh lease tells which.
+                if attempt == 2:
+                    raise
+                with self._mutex:
+                    if self._lease == lease:
+                        self._lease = None
+
     def guard(self):
         """(compare, put): add both to a txn to make it apply at most once;
         its failure branch then also runs when the txn is a re-delivery."""
+        return self._guard(self._current_lease())
+
+    def _guard(self, lease):
         key = f'{self.prefix}{uuid.uuid4().hex}'
         return ({'key': etcdlib.b64(key), 'target': 'VERSION',
                  'result': 'EQUAL', 'version': 0},
-                etcdlib.op_put(key, '', lease=self._current_lease()))
+                etcdlib.op_put(key, '', lease=lease))

@@ -120,13 +120,12 @@ class VGLock:
         # block the VG for good (coordinator.engine.once).
         if self.once is None:
             self.once = oncelib.Once(self.etcd, self.keys.once())
-        once_cmp, once_put = self.once.guard()
-        res = self.etcd.txn(
-            [once_cmp],
+        res = self.once.txn(lambda cmp, once_put: (
+            [cmp],
             [once_put, etcdlib.op_txn([_queue_empty(self.prefix)],
                                       [put] + list(with_ops),
                                       [put, etcdlib.op_range(key)])],
-            [etcdlib.op_range(key)])
+            [etcdlib.op_range(key)]))
         if res.succeeded and res.txns[0].succeeded:
             return Hold(self, key, res.revision, True, res.txns[0].ranges)
         # Queued behind others, or this is our own retry of a txn whose

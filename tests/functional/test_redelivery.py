@@ -168,3 +168,19 @@ def test_once_lease_outlives_any_retry(engines):
     eng = engines('h1', timeout=5.0, retry_window=15.0)
     eng.once.guard()
     assert eng.etcd.lease_ttl(eng.once._lease) >= 2 * (15.0 + 5.0)
+
+
+def test_once_lease_revoked_by_hand_costs_a_retry_not_an_error(engines):
+    # "lease not found" from a guarded txn is the session's or the
+    # once-lease's: a fresh once-lease tells which, nothing applied twice.
+    eng = engines('h1')
+    eng.leases.grant('vg0', 'lv1')
+    eng.etcd.lease_revoke(eng.once._lease)
+    eng.leases.grant('vg0', 'lv2')
+    eng.vglock('vg0').acquire('lvcreate').release()
+    assert sorted((vg, lv) for vg, lv, _ in eng.leases.mine()) == [
+        ('vg0', 'lv1'), ('vg0', 'lv2')]
+    # With the session itself gone, the error stays session-lost.
+    eng.etcd.lease_revoke(eng.session.id)
+    with pytest.raises(errors.SessionLost):
+        eng.leases.grant('vg0', 'lv3')

@@ -47,7 +47,8 @@ def host_permissions(keys, host):
     perms = [(root, _end(root), 'READ'),
              (keys.session(host), None, 'READWRITE'),
              (group, _end(group), 'READWRITE')]
-    for sub in ('vg/', 'leases/', 'requests/', 'replies/', 'events/'):
+    for sub in ('vg/', 'leases/', 'requests/', 'replies/', 'events/',
+                'once/'):
         perms.append((root + sub, _end(root + sub), 'READWRITE'))
     return perms
 

@@ -59,7 +59,12 @@ clean:
 # The real-kernel tier (tests/realhost, doc/realhost.md): qemu guests on
 # Debian's stock kernel, real device-mapper, one shared LU. The kernel is
 # fetched with `apt-get download` into /var/cache/lvmcoord-realhost.
-REALHOST_PACKAGES := qemu-system-x86 busybox-static
+# The iSCSI LU (scenario g): tgt's tgtd on this machine, open-iscsi and
+# multipath-tools for the guests (they run this machine's binaries). The
+# tier starts its own tgtd on 127.0.0.1; the package's service would
+# listen on every address, so it is disabled (systemd hosts only).
+REALHOST_PACKAGES := qemu-system-x86 busybox-static tgt open-iscsi \
+	multipath-tools
 .PHONY: setup-realhost test-realhost
 
 setup-realhost: setup
@@ -67,6 +72,9 @@ setup-realhost: setup
 		apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 			$(REALHOST_PACKAGES); \
+	fi
+	@if [ -d /run/systemd/system ]; then \
+		systemctl disable --now tgt.service >/dev/null 2>&1 || true; \
 	fi
 
 test-realhost: setup-realhost

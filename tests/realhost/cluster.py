@@ -19,6 +19,7 @@ import time
 
 from coordinator.sandbox.etcd import EtcdCluster
 from coordinator.sandbox.proxy import Proxy
+from tests.realhost import iscsi
 from tests.realhost import vm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -34,6 +35,10 @@ GRACE, FRACTION = 3.0, 0.6
 SOCKET = '/run/lvmcoord/lvmcoord.sock'
 LU_SIZE = 2 << 30
 MiB = 1 << 20
+# The iSCSI LU (tests/realhost/iscsi.py): its own VG, multipath in the
+# guests that log in to it (multipath_lu()).
+MP_VG = 'mpvg'
+MP_LU_SIZE = 512 * MiB
 
 
 class Host:
@@ -43,6 +48,7 @@ class Host:
         self.guest, self.proxy, self.cluster = guest, proxy, cluster
         self.name = guest.name
         self.offset = 0.0
+        self.vgs = [VG]         # MP_VG joins once multipath_lu() ran here
 
     # -- the daemon --
 
@@ -55,7 +61,8 @@ class Host:
                      'timeout': '2'},
             'session': {'ttl': TTL, 'state_dir': '/rh/state'},
             'lease': {'grace': GRACE},
-            'lvm': {'volume_groups': VG, 'activation_backend': 'lvm'},
+            'lvm': {'volume_groups': ','.join(self.vgs),
+                    'activation_backend': 'lvm'},
             'fence': {'fraction': FRACTION},
             'api': {'socket_path': SOCKET},
         }
@@ -205,6 +212,8 @@ class Cluster:
         self.lu = os.path.join(workdir, 'lu.raw')
         self.events_proc = None
         self.timings = {}
+        self.target = None      # the iSCSI LU's tgtd, once asked for
+        self.initiators = {}    # host name -> iscsi.Initiator
 
     def start(self):
         """Boot everything; the daemons are ready when this returns."""
@@ -240,6 +249,43 @@ class Cluster:
         self.timings['daemons_s'] = round(time.monotonic() - t1, 1)
         self.timings['ready_s'] = round(time.monotonic() - t0, 1)
         return self
+
+    def multipath_lu(self, names):
+        """The iSCSI LU (two portals) seen through dm-multipath on the
+        hosts ``names``, its VG MP_VG in their daemons' configuration
+        (restarted); idempotent. {name: iscsi.Initiator}."""
+        if self.target is None:
+            self.target = iscsi.Target(os.path.join(self.dir, 'iscsi'),
+                                       os.path.join(self.dir, 'mplu.raw'),
+                                       MP_LU_SIZE).start()
+        todo = [self.host(n) for n in names if n not in self.initiators]
+        if not todo:
+            return {n: self.initiators[n] for n in names}
+
+        def setup(host):
+            ini = iscsi.Initiator(host.guest, self.target).setup()
+            ini.accept_map_in_lvm()
+            return host, ini
+        with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
+            for host, ini in pool.map(setup, todo):
+                self.initiators[host.name] = ini
+        first = todo[0]
+        if first.guest.run(['vgs', MP_VG], check=False)['rc'] != 0:
+            first.guest.sh(f'pvcreate -q {iscsi.MAP} && vgcreate -q '
+                           f'--setautoactivation n {MP_VG} {iscsi.MAP}')
+        for host in todo:
+            deadline = time.monotonic() + 60
+            while host.guest.run(['vgs', MP_VG], check=False)['rc']:
+                if time.monotonic() > deadline:
+                    raise vm.GuestError(f'{host.name} does not see {MP_VG}:'
+                                        f' {host.guest.sh("pvs -a; vgs")}')
+                host.guest.sh('vgscan -q', check=False)
+            host.vgs = [VG, MP_VG]
+            host.stop_daemon()
+            host.write_config()
+        with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
+            list(pool.map(lambda h: h.start_daemon(), todo))
+        return {n: self.initiators[n] for n in names}
 
     def host(self, name):
         """The Host called ``name``."""
@@ -330,6 +376,8 @@ class Cluster:
         for host in self.hosts:
             host.guest.close()
             host.proxy.close()
+        if self.target:
+            self.target.close()
         if self.etcd:
             # Keep the last events and the etcd log for the report.
             self.etcd.close()

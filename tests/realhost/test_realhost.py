@@ -516,3 +516,127 @@ def metadata_writes(cluster, last=4):
         if seq and desc and host:
             out.add((int(seq.group(1)), host[-1], desc.group(1)))
     return sorted(out)[-last:]
+
+
+@pytest.mark.timeout(900)
+def test_g_multipath_path_loss(cluster, record):
+    """The LU over iSCSI, two portals, dm-multipath in g1 and g2 (no
+    udev); `lvmcoord doctor` passes on both; one path is lost while g1's
+    writer writes O_DIRECT to an LV activated through lvmcoord on the
+    multipath map: the writer sees no error, multipath shows one failed
+    path, nothing is fenced; the path comes back active."""
+    from tests.realhost import iscsi
+    from tests.realhost.cluster import MP_VG
+    from tests.realhost.cluster import ROOT
+    g1, g2 = cluster.hosts[:2]
+    start = time.monotonic()
+    inis = cluster.multipath_lu(['g1', 'g2'])
+    record['setup_s'] = round(time.monotonic() - start, 1)
+    ini = inis['g1']
+    record.update({f'g1_{k}': v for k, v in ini.timings.items()})
+    bound = cluster.target.listening()
+    assert bound and all(a == '127.0.0.1' for a, _ in bound), bound
+    assert len(bound) == 2, bound
+    for host in (g1, g2):
+        paths = inis[host.name].paths()
+        assert [p[1:] for p in paths] == [('active', 'ready')] * 2, \
+            inis[host.name].multipath_ll()
+        # LVM sees the map, never one of its paths.
+        pvs = host.guest.sh('pvs --noheadings -o pv_name,vg_name')
+        assert f'{iscsi.MAP} {MP_VG}' in ' '.join(pvs.split()), pvs
+        assert '/dev/sd' not in pvs, pvs
+        doctor = host.guest.run([
+            sys.executable, '-m', 'coordinator.cli.app', '--config-file',
+            '/rh/lvmcoord.conf', 'doctor', '-f', 'json'], cwd=ROOT,
+            timeout=180, check=False)
+        rows = json.loads(doctor['out'] or '[]')
+        assert doctor['rc'] == 0 and rows, doctor
+        checks = {r['Check']: r['Status'] for r in rows}
+        assert checks.get(f'multipath {iscsi.MAP}') == 'ok', rows
+        assert checks.get(f'VG {MP_VG}') == 'ok', rows
+        assert 'fail' not in checks.values(), rows
+
+    # Created on g2, activated on g1 through g2 (routed); the LV's
+    # mapping sits on the multipath map.
+    lv = 'vol-m'
+    device = f'/dev/{MP_VG}/{lv}'
+    g2.ok('create', vg=MP_VG, lv=lv, size=32 * MiB)
+    act = g2.ok('activate', vg=MP_VG, lv=lv, host='g1', instance='vm-m')
+    assert act['host'] == 'g1' and act['path'] == device, act
+    deps = g1.guest.sh(f'dmsetup deps -o devname {MP_VG}-vol--m')
+    assert f'({iscsi.ALIAS})' in deps, deps
+
+    log = g1.guest.guest_path('writer-m.log')
+    g1.guest.spawn('writer-m', argv=writer_argv(device, 'g1', 0, 256, 0.05,
+                                                log))
+    try:
+        multipath_path_loss(cluster, g1, ini, record)
+    finally:
+        cluster.target.heal(1)
+        g1.guest.signal('writer-m', 9)
+    # Every block holds what the writer last wrote to it (none lost).
+    last = {}
+    for w in writes(g1, 'writer-m.log', 'ok'):
+        last[int(w[3])] = f'g1:{w[3]}:{w[2]}'
+    stamps = json.loads(g1.blockio('stamps', device, 0, 256))
+    wrong = [(b, s, last[b]) for b, s in enumerate(stamps)
+             if b in last and s != last[b]]
+    assert not wrong, wrong[:5]
+    g2.ok('deactivate', vg=MP_VG, lv=lv, host='g1')
+
+
+def multipath_path_loss(cluster, g1, ini, record):
+    """Cut portal 2 under g1's writer, check, heal, check."""
+    wait_for('writer running', lambda: len(writes(g1, 'writer-m.log',
+                                                  'ok')) >= 20)
+    # I/O alternates over both paths (round-robin, one request each).
+    assert [p[1] for p in ini.paths()] == ['active', 'active']
+    mark = ini.log_size()
+    g1.sync_clock()
+    cut = time.time()
+    cluster.target.cut(1)
+    # multipathd's own word that the path went (its log on the share,
+    # read here: polling the guest would take its CPU).
+    wait_for('multipathd failing one path', lambda: re.search(
+        r'remaining active paths: 1', ini.log_since(mark)), timeout=180)
+    record['path_failed_after_cut_s'] = round(time.time() - cut, 1)
+    paths = ini.paths()
+    assert sorted(p[1] for p in paths) == ['active', 'failed'], \
+        ini.multipath_ll()
+    record['multipath_ll_cut'] = ' | '.join(
+        ' '.join(p) for p in paths)
+    # The writer goes on through the other path.
+    failed_at = time.time()
+    wait_for('writes completing after the path failed', lambda: [
+        w for w in writes(g1, 'writer-m.log', 'ok')
+        if float(w[0]) + g1.offset > failed_at], timeout=120)
+    mark = ini.log_size()
+    heal = time.time()
+    cluster.target.heal(1)
+    wait_for('path reinstated', lambda: re.search(
+        r'remaining active paths: 2', ini.log_since(mark)), timeout=240)
+    record['path_back_after_heal_s'] = round(time.time() - heal, 1)
+    wait_for('both paths active', lambda: [p[1] for p in ini.paths()] == [
+        'active', 'active'], timeout=60, interval=1)
+    healed_at = time.time()
+    wait_for('writes after the heal', lambda: [
+        w for w in writes(g1, 'writer-m.log', 'ok')
+        if float(w[0]) + g1.offset > healed_at], timeout=120)
+
+    rows = writes(g1, 'writer-m.log')
+    errors = [w for w in rows if w[4] != 'ok']
+    assert not errors, errors[:5]
+    around = [float(w[1]) - float(w[0]) for w in rows
+              if float(w[1]) + g1.offset >= cut]
+    record['writer_max_stall_s'] = round(max(around), 1)
+    record['writes_during_test'] = len(rows)
+    # No fence: no fencer line, no 'fenced' event, the lease still g1's
+    # and its device not suspended.
+    assert not fence_lines(g1, cut - 1), fence_lines(g1, cut - 1)
+    assert not [ev for ev in cluster.events('fenced')
+                if (ev.get('time') or 0) >= cut - 1]
+    show = g1.ok('show', vg='mpvg', lv='vol-m')
+    assert [h['host'] for h in show['holders']] == ['g1'], show
+    info = g1.guest.sh("dmsetup info -c --noheadings --separator '|' -o "
+                       "suspended mpvg-vol--m").strip()
+    assert info == 'Active', info

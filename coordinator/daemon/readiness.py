@@ -11,6 +11,15 @@ from coordinator import errors
 
 
 def _sys_block(device):
+    """The device's sysfs directory, found by its device number: a node
+    named otherwise than the kernel's name (made by hand or by a tool on a
+    host without udev links) is still found."""
+    try:
+        rdev = os.stat(device).st_rdev
+    except OSError:
+        rdev = 0
+    if rdev:
+        return f'/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}'
     return f'/sys/class/block/{os.path.basename(os.path.realpath(device))}'
 
 

@@ -14,7 +14,8 @@ LEADER_KINDS = ('etcd-leader-kill', 'etcd-leader-stop')
 # Faults that leave a daemon dead or stopped: the only ones whose host its
 # watchdog may reset.
 DAEMON_DOWN_KINDS = ('sigstop', 'kill-restart-fast', 'kill-restart-slow')
-# Rough seconds each kind takes with TTL 6 s, grace 1 s (for planning).
+# Rough seconds each kind took at TTL 6 s, grace 1 s (for planning only:
+# at the defaults the long kinds take ~20% longer).
 COST = {'partition-short': 6, 'partition-long': 14, 'sigstop': 14,
         'kill-restart-fast': 5, 'kill-restart-slow': 20,
         'etcd-leader-kill': 8, 'etcd-leader-stop': 7,

@@ -1,6 +1,7 @@
 # Two entry points do all set-up on a fresh Debian 12 machine:
 #   make demo   - the main job: the whole system on one machine
-#   make test   - the whole test suite (unit + functional, real etcd + LVM)
+#   make test   - the whole test suite (unit + functional, real etcd + LVM,
+#                 and the real-kernel tier: qemu guests, device-mapper)
 PYTHON ?= python3
 DEB_PACKAGES := lvm2 etcd-server shellcheck
 STAMP := .setup-done
@@ -22,8 +23,10 @@ $(STAMP): requirements.txt test-requirements.txt extra-requirements.txt setup.cf
 demo: setup
 	lvmcoord-demo
 
-test: setup
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+# One pytest run: the real-kernel tier's guests boot when its first
+# scenario starts (tests/realhost sorts between functional and unit).
+test: setup setup-realhost
+	LVMCOORD_REALHOST=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests
 
 .PHONY: test-chaos
 # The fixed-seed chaos run alone (tests/functional/test_chaos.py,

@@ -55,7 +55,7 @@ def _accel(kernel, initrd, cache):
     return accel, 'KVM probe (30 s boot timeout)'
 
 
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='package')
 def cluster(request):
     """The booted cluster, shared by every scenario; always torn down."""
     from tests.realhost import cluster as clusterlib

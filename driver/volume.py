@@ -533,11 +533,18 @@ class LvmcoordDriver(cinder_driver.VolumeDriver):
                 execute=self._execute)
 
     def _remove_quietly(self, lv):
+        """Remove the LV a failed copy made, wiped first as any delete is:
+        what the copy wrote must not reach the next LV on its extents. Left
+        in place (its volume in error, whose delete wipes) if either
+        fails."""
         try:
+            info = self._show(lv)
+            if info is not None:
+                self._wipe(lv, info['size'])
             self._rpc('delete', vg=self.vg, lv=lv)
-        except errors.CoordError as exc:
-            LOG.error('could not remove %s/%s after a failed copy: %s',
-                      self.vg, lv, exc)
+        except Exception as exc:  # the copy's own error is what is raised
+            LOG.error('could not wipe and remove %s/%s after a failed copy: '
+                      '%s', self.vg, lv, exc)
 
     def snapshot_revert_use_temp_snapshot(self):
         """No backup snapshot around a revert: the merge is deferred to

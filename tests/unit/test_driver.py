@@ -746,6 +746,29 @@ def test_failed_copy_removes_the_new_volume(drv, daemon):
     assert dst.name not in daemon.lvs and not daemon.holders
 
 
+def test_failed_copy_wipes_what_it_wrote_before_removing(make_driver,
+                                                       daemon):
+    drv = make_driver(volume_clear='zero')
+    src, dst = volume(size=1), volume(size=1)
+    drv.create_volume(src)
+    fill(daemon.data(src.name), b'secret' * 100, 0)
+    seen = []
+
+    def copy_then_fail(sp, dp, size, *args):
+        with open(dp, 'r+b') as f:
+            f.write(b'secret' * 100)
+        raise OSError(5, 'I/O error')
+    real_delete = daemon.op_delete
+    daemon.op_delete = lambda vg, lv: (
+        seen.append(read(daemon.data(lv), 4096)), real_delete(vg, lv))[1]
+    with mock.patch.object(datacopy, 'copy_data',
+                           side_effect=copy_then_fail):
+        with pytest.raises(OSError):
+            drv.create_cloned_volume(dst, src)
+    assert seen == [bytes(4096)]
+    assert dst.name not in daemon.lvs and not daemon.holders
+
+
 def test_copy_without_access_goes_through_the_root_helper(drv, daemon):
     src, dst = volume(), volume()
     drv.create_volume(src)

@@ -155,7 +155,7 @@ def activate_merging(ops, vg, lv, read_only, info):
         made.append(ops.backend.activate(vg, lv, read_only, info,
                                          poll=False))
         try:
-            ops.lvm.finish_merge(vg, lv)
+            ops.lvm.finish_merge(vg, lv, read_only=read_only)
         except errors.CoordError:
             # Not left active unmerged without its lease: the merge goes
             # on at the next activation (where it stopped).

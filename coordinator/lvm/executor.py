@@ -423,19 +423,23 @@ class LVM:
             args += ['--poll', 'n']
         self._activation(vg, lv, args, config)
 
-    def finish_merge(self, vg, origin, interval=1):
+    def finish_merge(self, vg, origin, interval=1, read_only=False):
         """lvpoll --polloperation merge, in the foreground: waits for the
         merge started by an activation with --poll n to end, then removes
         the merged snapshot from the metadata (a metadata change: run it
-        under the VG lock). Nothing is left running after it returns."""
+        under the VG lock). Nothing is left running after it returns.
+        ``read_only``: the origin's table, reloaded linear at the end, stays
+        read-only (as activate() made it)."""
         vg, origin = names.vg_name(vg), names.lv_name(origin, 'origin')
         if not self.activation:
             raise errors.LVMError(f'lvpoll {vg}/{origin}: activation is '
                                   f'disabled for this LVM executor',
                                   kind='failed')
+        config = [f'activation/read_only_volume_list=["{vg}/{origin}"]'] \
+            if read_only else []
         self.run(['lvm', 'lvpoll', '--polloperation', 'merge',
                   '--interval', str(int(interval)), f'{vg}/{origin}'],
-                 f'merge into {vg}/{origin}')
+                 f'merge into {vg}/{origin}', config)
 
     def deactivate(self, vg, lv):
         """lvchange -an."""

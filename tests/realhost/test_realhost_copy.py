@@ -77,3 +77,38 @@ def test_h_clone_in_use_and_volume_from_snapshot(cluster, record):
     g1.ok('deactivate', vg=VG, lv=src, host='g2')
     for lv in (clone, from_snap, src):
         g1.ok('delete', vg=VG, lv=lv)
+
+
+@pytest.mark.timeout(900)
+def test_i_read_only_activation_of_a_reverted_origin(cluster, record):
+    """A revert is pending on vol-ro (detached); its next activation is
+    read-only, on g2: the merge runs (under the VG lock), the origin reads
+    what the snapshot held, and its device refuses writes, also after
+    lvpoll reloads its table linear at the merge's end (before the fix it
+    came back writable). No VG metadata is written outside the VG lock."""
+    g1, g2, _ = cluster.hosts
+    lv, snap = 'vol-ro', 'vol-ro-snap'
+    blocks = 256
+    g1.ok('create', vg=VG, lv=lv, size=16 * MiB)
+    g1.ok('activate', vg=VG, lv=lv, host='g2', instance='vm-ro')
+    sha_a = g2.blockio('fill', dev(lv), 'A', 0, blocks).strip()
+    g1.ok('snapshot', vg=VG, lv=lv, name=snap, size=8 * MiB)
+    sha_b = g2.blockio('fill', dev(lv), 'B', 0, blocks).strip()
+    assert sha_b != sha_a
+    g1.ok('deactivate', vg=VG, lv=lv, host='g2')
+    g1.ok('revert', vg=VG, lv=lv, snapshot=snap)
+
+    start = time.time()
+    g1.ok('activate', vg=VG, lv=lv, host='g2', instance='vm-ro',
+          read_only=True)
+    record['ro_activate_s'] = round(time.time() - start, 1)
+    assert [t[2] for t in g2.dm_table(lv)] == ['linear']
+    assert g2.guest.sh(f'blockdev --getro {dev(lv)}').strip() == '1'
+    assert sha(g2, lv, blocks) == sha_a
+    assert snap not in {x['lv'] for x in g1.ok('list', vg=VG)}
+    g1.ok('deactivate', vg=VG, lv=lv, host='g2')
+    start = time.time()
+    g1.ok('delete', vg=VG, lv=lv)
+    alerts = [line for t, line in g1.log_lines(
+        'metadata changed outside lvmcoord') if t >= start - 1]
+    assert not alerts, alerts

@@ -126,6 +126,11 @@ def test_lvpoll_argv_and_refusal_without_activation():
     lvm.finish_merge('vg0', 'lv0', interval=2)
     assert runner.calls[-1][0] == ['lvm', 'lvpoll', '--polloperation',
                                    'merge', '--interval', '2', 'vg0/lv0']
+    # A read-only activation's table stays read-only when lvpoll reloads
+    # it linear at the merge's end (found on real device-mapper, tier i).
+    lvm.finish_merge('vg0', 'lv0', read_only=True)
+    assert any('read_only_volume_list=["vg0/lv0"]' in a
+               for a in runner.calls[-1][0]), runner.calls[-1][0]
     with pytest.raises(errors.InvalidInput):
         lvm.finish_merge('vg0', 'lv0; rm -rf /')
     lvm = executor.LVM(runner=runner, activation=False)

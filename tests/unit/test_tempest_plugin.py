@@ -24,6 +24,8 @@ EXPECTED_TESTS = {
     'TestVolumeAcrossHosts.test_snapshot_in_use_volume_restore_other_host',
     'lvmcoord_tempest_plugin.tests.scenario.test_multinode_volumes.'
     'TestVolumeAcrossHosts.test_clone_in_use_volume_read_other_host',
+    'lvmcoord_tempest_plugin.tests.scenario.test_multinode_volumes.'
+    'TestVolumeAcrossHosts.test_revert_to_snapshot_read_other_host',
     'lvmcoord_tempest_plugin.tests.scenario.test_live_migration.'
     'TestLiveMigrationSharedVG.'
     'test_volume_backed_live_migration_data_intact',

@@ -123,3 +123,29 @@ class TestVolumeAcrossHosts(manager.LvmcoordMultinodeTest):
         self.assertEqual(written, self.read_pattern(ssh_second, disk),
                          'the clone of the in-use volume does not hold what '
                          'the guest had written')
+
+    @decorators.idempotent_id('39e18348-7e96-41f2-b3f8-ed9076d86b08')
+    @decorators.attr(type='multinode')
+    @testtools.skipUnless(CONF.volume_feature_enabled.snapshot,
+                          'Cinder volume snapshots are disabled')
+    @utils.services('compute', 'volume', 'network', 'image')
+    def test_revert_to_snapshot_read_other_host(self):
+        first, second = self.boot_servers_on_two_hosts()
+        ssh_first, ssh_second = self.ssh(first), self.ssh(second)
+        volume = self.create_lvmcoord_volume()
+
+        disk = self.attach_and_find_disk(first, ssh_first, volume)
+        written = self.write_pattern(ssh_first, disk)
+        self.detach(first, volume)
+        snapshot = self.create_volume_snapshot(volume['id'])
+        disk = self.attach_and_find_disk(first, ssh_first, volume)
+        self.write_pattern(ssh_first, disk)
+        self.detach(first, volume)
+
+        # A detached volume: the merge is marked now and performed by the
+        # next activation, here on the other host, before any guest I/O.
+        self.revert_to_snapshot(volume, snapshot)
+        disk = self.attach_and_find_disk(second, ssh_second, volume)
+        self.assertEqual(written, self.read_pattern(ssh_second, disk),
+                         'the reverted volume does not hold the data of the '
+                         'moment of the snapshot')

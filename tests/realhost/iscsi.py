@@ -27,11 +27,13 @@ and never its paths.
 """
 import os
 import signal
-import socket
 import subprocess
 import time
 
+from coordinator.sandbox.etcd import free_port
 from coordinator.sandbox.proxy import Proxy
+from tests.realhost.vm import tail
+from tests.realhost.vm import wait_for
 
 IQN = 'iqn.2024-01.org.lvmcoord:realhost-lu'
 ALIAS = 'mplu'
@@ -91,25 +93,6 @@ multipaths {
 '''
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _wait(what, fn, timeout, interval=0.2):
-    """fn()'s first truthy value; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout}s waiting for '
-                                 f'{what}')
-        time.sleep(interval)  # polling a process's or a file's state
-
-
 class Target:
     """tgtd on 127.0.0.1 with ``portals`` portals, one LUN backed by a raw
     file, each portal behind its own cuttable Proxy."""
@@ -139,7 +122,7 @@ class Target:
         with open(self.backing, 'wb') as f:
             f.truncate(self.size)
         for _attempt in range(3):   # a free port may be taken meanwhile
-            self.ports = [_free_port() for _ in range(self.count)]
+            self.ports = [free_port() for _ in range(self.count)]
             if len(set(self.ports)) < self.count:
                 continue
             if self._start_tgtd():
@@ -214,11 +197,7 @@ class Target:
         self.proxies[index].heal()
 
     def log_tail(self, size=3000):
-        try:
-            with open(os.path.join(self.dir, 'tgtd.log'), 'rb') as f:
-                return f.read()[-size:].decode(errors='replace')
-        except OSError:
-            return ''
+        return tail(os.path.join(self.dir, 'tgtd.log'), size)
 
     def close(self):
         """Stop the proxies and tgtd (orderly, then SIGKILL)."""
@@ -270,7 +249,7 @@ echo InitiatorName=iqn.2024-01.org.lvmcoord:{g.name} \
                                 '/etc/iscsi/initiatorname.iscsi'],
                 log='/rh/iscsid.log')
         # rc 21: "no active sessions" -- iscsid answers.
-        _wait('iscsid answering', lambda: g.run(
+        wait_for('iscsid answering', lambda: g.run(
             ['iscsiadm', '-m', 'session'], check=False)['rc'] in (0, 21),
             timeout=60, interval=0.5)
         t1 = time.monotonic()
@@ -278,7 +257,7 @@ echo InitiatorName=iqn.2024-01.org.lvmcoord:{g.name} \
             self.sh(f'iscsiadm -m node -o new -T {IQN} -p {portal} && '
                     f'iscsiadm -m node -T {IQN} -p {portal} --login',
                     timeout=180)
-        disks = _wait('a SCSI disk per portal', lambda: self.disks() if len(
+        disks = wait_for('a SCSI disk per portal', lambda: self.disks() if len(
             self.disks()) == len(self.target.portals) else None, timeout=120,
             interval=0.5)
         self.timings['login_s'] = round(time.monotonic() - t1, 1)
@@ -297,7 +276,7 @@ for d in {' '.join(disks)}; do
 done''')
         g.spawn('multipathd', argv=['multipathd', '-d', '-s'],
                 log='/rh/multipathd.log')
-        _wait('multipath map with every path active', lambda: len(
+        wait_for('multipath map with every path active', lambda: len(
             self.paths('active')) == len(disks), timeout=120, interval=0.5)
         # udev's dm rules would make MAP a link to the map's dm-N node.
         self.sh(f'ln -sfn ../$(dmsetup info -c --noheadings -o blkdevname '

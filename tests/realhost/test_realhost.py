@@ -22,6 +22,7 @@ from tests.realhost.cluster import TTL
 from tests.realhost.cluster import VG
 from tests.realhost.cluster import Background
 from tests.realhost.cluster import MiB
+from tests.realhost.vm import wait_for
 
 # The fence-to-takeover margin as doc/design.md states it ("Fencing: the
 # timing argument"): (1 - f) * TTL + g - i - D from the fence's end, i the
@@ -71,19 +72,6 @@ def fence_lines(host, after):
     """(time, line) of the daemon's fence log lines after ``after``."""
     return [(t, line) for t, line in host.log_lines(r'fencer: .*fenced')
             if t >= after]
-
-
-def wait_for(what, fn, timeout=120, interval=0.3):
-    """fn()'s first truthy value; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f'timed out after {timeout}s waiting for '
-                                 f'{what}')
-        time.sleep(interval)  # polling the guest's kernel state
 
 
 @pytest.mark.timeout(900)  # the cluster's boot is counted in the first

@@ -26,6 +26,28 @@ class GuestError(AssertionError):
     """A guest did not do what the test needed (fails the test)."""
 
 
+def tail(path, size):
+    """The last ``size`` bytes of a log file as text ('' if absent)."""
+    try:
+        with open(path, 'rb') as f:
+            return f.read()[-size:].decode(errors='replace')
+    except OSError:
+        return ''
+
+
+def wait_for(what, fn, timeout=120, interval=0.3):
+    """fn()'s first truthy value; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {timeout}s waiting for '
+                                 f'{what}')
+        time.sleep(interval)  # polling a guest's or a process's state
+
+
 def _wait_path(path, proc, timeout):
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
@@ -217,19 +239,11 @@ class Guest:
 
     def console_tail(self, size=4000):
         """The end of the serial console."""
-        try:
-            with open(os.path.join(self.dir, 'console.log'), 'rb') as f:
-                return f.read()[-size:].decode(errors='replace')
-        except OSError:
-            return ''
+        return tail(os.path.join(self.dir, 'console.log'), size)
 
     def qemu_log(self):
         """qemu's own stderr."""
-        try:
-            with open(os.path.join(self.dir, 'qemu.log'), 'rb') as f:
-                return f.read()[-3000:].decode(errors='replace')
-        except OSError:
-            return ''
+        return tail(os.path.join(self.dir, 'qemu.log'), 3000)
 
     def close(self):
         """Stop qemu (quit, then kill) and forget it."""

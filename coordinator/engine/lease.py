@@ -244,20 +244,20 @@ class LeaseTable:
         value = {'session': self.session.id, 'mode': mine.mode,
                  'instance': mine.instance, 'since': mine.since,
                  'uuid': mine.uuid}
-        def build(*once):
-            # With ``once`` (a compare and a put) when "no ledger" is the
-            # compare: it holds again once the LV is released, and a late
-            # second delivery must not grant it anew.
-            return ([etcdlib.cmp_mod(self.keys.lease_ledger(vg, lv),
-                                     ledger_rev)] + list(once[:1]),
-                    [etcdlib.op_put(self.keys.lease_ledger(vg, lv),
-                                    {'holders': entries}),
+        ledger = self.keys.lease_ledger(vg, lv)
+
+        def build(once_cmp=None, once_put=None):
+            # Guarded by a once-marker when "no ledger" is the compare: it
+            # holds again once the LV is released, and a late second
+            # delivery must not grant it anew.
+            marker = ([once_cmp], [once_put]) if once_cmp else ([], [])
+            return ([etcdlib.cmp_mod(ledger, ledger_rev)] + marker[0],
+                    [etcdlib.op_put(ledger, {'holders': entries}),
                      etcdlib.op_put(holder_key, value, lease=self.session.id)]
-                    + list(once[1:]) + list(also),
+                    + marker[1] + list(also),
                     [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)]
                     + list(also))
-        res = self.once.txn(build) if not ledger_rev else \
-            self.etcd.txn(*build())
+        res = self.etcd.txn(*build()) if ledger_rev else self.once.txn(build)
         if res.succeeded:
             # The ledger as written, tokens included (ours is this txn's
             # revision, which wrote our holder key).

@@ -30,7 +30,7 @@ TTL = 120
 
 
 class Once:
-    """Hands out at-most-once guards (a compare and a put) for txns."""
+    """Runs txns at most once, each guarded by a fresh marker."""
 
     def __init__(self, etcd, prefix, ttl=TTL):
         self.etcd = etcd
@@ -43,7 +43,8 @@ class Once:
         self._renewing = False
         self._mutex = threading.Lock()
 
-    def _current_lease(self):
+    def lease(self):
+        """The lease new markers go on now (granted when none is usable)."""
         # Used while younger than ttl - 2 spans: the txn that carries it,
         # retried for as long as a call retries, lands well inside it.
         usable = self.ttl - 2 * self._span
@@ -65,7 +66,7 @@ class Once:
     def _renew(self):
         try:
             lease = self._grant()
-        except Exception:  # the next guard() grants in line
+        except Exception:  # the next txn() grants in line
             LOG.warning('once-lease not renewed ahead of time', exc_info=True)
             lease = None
         with self._mutex:
@@ -77,7 +78,7 @@ class Once:
         """``etcd.txn(*build(compare, put))``: a txn made at most once by
         the guard it is built with; its result."""
         for attempt in (1, 2):
-            lease = self._current_lease()
+            lease = self.lease()
             try:
                 return self.etcd.txn(*build(*self._guard(lease)))
             except errors.SessionLost:
@@ -89,11 +90,6 @@ class Once:
                 with self._mutex:
                     if self._lease == lease:
                         self._lease = None
-
-    def guard(self):
-        """(compare, put): add both to a txn to make it apply at most once;
-        its failure branch then also runs when the txn is a re-delivery."""
-        return self._guard(self._current_lease())
 
     def _guard(self, lease):
         key = f'{self.prefix}{uuid.uuid4().hex}'

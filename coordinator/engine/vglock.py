@@ -104,7 +104,7 @@ class VGLock:
         self.session = session
         self.vg = vg
         self.prefix = keys.vg_lock(vg)
-        self.once = once
+        self.once = once or oncelib.Once(etcd, keys.once())
 
     def acquire(self, op='', timeout=60.0, with_ops=()):
         """Queue up and wait until first; ``with_ops`` run atomically with
@@ -118,8 +118,6 @@ class VGLock:
         # At most once: a late second delivery of this txn (after our
         # release) would queue the key again, under our live session, and
         # block the VG for good (coordinator.engine.once).
-        if self.once is None:
-            self.once = oncelib.Once(self.etcd, self.keys.once())
         res = self.once.txn(lambda cmp, once_put: (
             [cmp],
             [once_put, etcdlib.op_txn([_queue_empty(self.prefix)],

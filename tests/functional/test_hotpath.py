@@ -55,7 +55,7 @@ def test_grant_and_release_are_one_txn_each(etcd_server):
     try:
         # A process's first write grants its at-most-once lease; later
         # ones are renewed off the path.
-        a.once.guard()
+        a.once.lease()
         (mine, new), n = requests_of(a, lambda: a.leases.claim('vg', 'lv1'))
         assert new and n == {'/kv/txn': 1}
         assert mine.token == a.leases.holders('vg', 'lv1')[0].token
@@ -90,7 +90,7 @@ def test_claim_with_reads_in_the_grant_txn(etcd_server):
     cluster = f'hp{uuid.uuid4().hex[:6]}'
     a = engine(etcd_server.endpoints, 'host-a', cluster)
     try:
-        a.once.guard()
+        a.once.lease()
         guard = a.guard(lambda vg, fresh: 0)
         a.etcd.put(a.keys.vg_seqno('vg'), {'seqno': 41})
         reads = guard.recorded_reads('vg')

@@ -166,8 +166,7 @@ def test_once_lease_outlives_any_retry(engines):
     # Defaults: a txn is retried for up to 15 + 5 s; a once-lease handed
     # out must outlive that twice over.
     eng = engines('h1', timeout=5.0, retry_window=15.0)
-    eng.once.guard()
-    assert eng.etcd.lease_ttl(eng.once._lease) >= 2 * (15.0 + 5.0)
+    assert eng.etcd.lease_ttl(eng.once.lease()) >= 2 * (15.0 + 5.0)
 
 
 def test_once_lease_revoked_by_hand_costs_a_retry_not_an_error(engines):
@@ -175,7 +174,7 @@ def test_once_lease_revoked_by_hand_costs_a_retry_not_an_error(engines):
     # once-lease's: a fresh once-lease tells which, nothing applied twice.
     eng = engines('h1')
     eng.leases.grant('vg0', 'lv1')
-    eng.etcd.lease_revoke(eng.once._lease)
+    eng.etcd.lease_revoke(eng.once.lease())
     eng.leases.grant('vg0', 'lv2')
     eng.vglock('vg0').acquire('lvcreate').release()
     assert sorted((vg, lv) for vg, lv, _ in eng.leases.mine()) == [

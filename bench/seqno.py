@@ -1,8 +1,6 @@
 """read_seqno(vg, fresh) functions for MetadataGuard, as the bench uses."""
-import types
-
-from coordinator.daemon.host import HostContext
 from coordinator.lvm import mda
+from coordinator.lvm import vgview
 
 
 def reader(shared, host=0):
@@ -13,5 +11,4 @@ def reader(shared, host=0):
 
 def daemon_reader(shared, host=0):
     """The daemon's own read_seqno, bound to this host's executor."""
-    ctx = types.SimpleNamespace(lvm=shared.hosts[host].lvm, _pv_cache={})
-    return lambda vg, fresh: HostContext.read_seqno(ctx, vg, fresh)
+    return vgview.VGViews(shared.hosts[host].lvm).seqno

@@ -19,7 +19,7 @@ from coordinator.engine import etcd as etcdlib
 from coordinator.engine.core import Engine
 from coordinator.engine.membership import Membership
 from coordinator.lvm import executor
-from coordinator.lvm import mda
+from coordinator.lvm import vgview
 
 LOG = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class HostContext:
                              once=self.engine.once)
         self.membership = Membership(self.etcd, self.keys, conf.host,
                                      conf.session.ttl)
-        self._pv_cache = {}
+        self.views = vgview.VGViews(self.lvm)
         self._versions = None
         self._events = queue.Queue()
         self._publisher = None
@@ -100,35 +100,14 @@ class HostContext:
         return None
 
     def read_seqno(self, vg, fresh=False):
-        """The VG's committed seqno, read from a PV's metadata area.
+        """The VG's committed seqno, read from a PV's metadata area."""
+        return self.views.seqno(vg, fresh)
 
-        O_DIRECT reads are always fresh; ``fresh`` only matters to the LVM
-        fallback. PV paths are resolved once and again only when the
-        metadata read fails or finds another VG (a path changed)."""
-        for attempt in range(2):
-            if attempt or vg not in self._pv_cache:
-                self._pv_cache[vg] = [p['name'] for p in self.lvm.pvs(vg)]
-            for device in self._pv_cache[vg]:
-                try:
-                    found = mda.read(device)
-                except errors.LVMError:
-                    continue
-                if found.vg_name == vg:
-                    return found.seqno
-        return self.lvm.vg(vg)['seqno']
-
-    def vg_metadata(self, vg):
+    def vg_metadata(self, vg, reread=True):
         """The VG as its committed metadata describes it (mda.VGInfo), or
-        None when no metadata area can be read (callers ask LVM then)."""
-        for attempt in range(2):
-            try:
-                if attempt or vg not in self._pv_cache:
-                    self._pv_cache[vg] = [p['name']
-                                          for p in self.lvm.pvs(vg)]
-                return mda.read_vg(vg, self._pv_cache[vg])
-            except errors.LVMError as exc:
-                LOG.debug('metadata of %s not read directly: %s', vg, exc)
-        return None
+        None when no metadata area can be read (callers ask LVM then);
+        ``reread=False``: as last read, when an older answer is harmless."""
+        return self.views.info(vg, reread)
 
     def readiness(self, fresh=False):
         """This host's view of the shared VGs (at most READINESS_TTL old).

@@ -50,9 +50,9 @@ class Operations:
         # whether the fencer is running: without it, no grant is served.
         self.book = book
         self.fencer_alive = fencer_alive or (lambda: None)
-        # metadata(vg) -> mda.VGInfo from the committed metadata, or None
-        # (then LVM commands answer).
-        self.metadata = metadata or (lambda vg: None)
+        # metadata(vg, reread) -> mda.VGInfo from the committed metadata,
+        # or None (then LVM commands answer).
+        self.metadata = metadata or (lambda vg, reread=True: None)
         # watchdog_armed() -> bool, None without a watchdog: no device is
         # made here while a dead daemon would leave it unwatched.
         self.watchdog_armed = watchdog_armed
@@ -87,8 +87,11 @@ class Operations:
     # -- metadata --
 
     def op_create(self, vg, lv, size, tags=(), multiattach=False):
-        meta = self.metadata(vg)
-        free = meta.free if meta else self.lvm.vg(vg)['free']
+        # The last metadata read will do for a pre-check (lvcreate has the
+        # last word); only a refusal is worth a fresh read.
+        free = self._free(vg, reread=False)
+        if size > free:
+            free = self._free(vg)
         if size > free:
             raise errors.InvalidInput('size', f'{size} bytes requested, '
                                       f'{free} free in {vg}')
@@ -103,13 +106,19 @@ class Operations:
         holders = None
         if read:
             holders = self.leases.read_from(vg, lv, read[0], 0)[0]
-        return self._committed(self.op_show(vg, lv, self._lv_info(vg, lv),
-                                            holders), recorded)
+        # The metadata the guard read to record the change has the new LV.
+        info = self._lv_info(vg, lv, reread=False)
+        return self._committed(self.op_show(vg, lv, info, holders), recorded)
 
-    def _lv_info(self, vg, lv):
-        """LVM.lv() from the committed metadata (one O_DIRECT read), or
-        from lvs when that cannot be read."""
-        return mda.lv_info(self.metadata(vg), self.lvm, vg, lv)
+    def _free(self, vg, reread=True):
+        meta = self.metadata(vg, reread)
+        return meta.free if meta else self.lvm.vg(vg)['free']
+
+    def _lv_info(self, vg, lv, reread=True):
+        """LVM.lv() from the committed metadata (one O_DIRECT read; none
+        with ``reread=False`` if it was read since), or from lvs when that
+        cannot be read."""
+        return mda.lv_info(self.metadata(vg, reread), self.lvm, vg, lv)
 
     @staticmethod
     def _committed(result, recorded):

@@ -273,14 +273,43 @@ def tree(text):
     return json.loads(b'{' + body + b'}')
 
 
+# A section opens on a line of its own ("name {") and closes on one ("}");
+# strings never span lines, so no string can fake either.
+_LVS_OPEN = re.compile(rb'^logical_volumes \{$', re.M)
+_SECTION_LINE = re.compile(rb'^(?:[A-Za-z0-9_.+-]+ \{|\})$', re.M)
+
+
+def split_lvs(text):
+    """(the text without its LV sections, [each LV section's text])."""
+    found = _LVS_OPEN.search(text)
+    if not found:
+        return text, []
+    depth, start, sections = 0, 0, []
+    for line in _SECTION_LINE.finditer(text, found.end()):
+        if line.group() != b'}':
+            start = line.start() if depth == 0 else start
+            depth += 1
+        elif depth == 0:  # logical_volumes closes
+            return text[:found.end()] + b'\n' + text[line.start():], \
+                sections
+        else:
+            depth -= 1
+            if depth == 0:
+                sections.append(text[start:line.end()])
+    raise ValueError('logical_volumes section does not close')
+
+
 class VGInfo:
     """A VG as its committed metadata describes it (sizes in bytes).
 
     ``devices`` maps PV UUIDs to this host's device paths; LV extents are
-    reported on those paths, like ``lvs -o seg_pe_ranges``."""
+    reported on those paths, like ``lvs -o seg_pe_ranges``. ``sections``
+    (a dict kept by the caller between texts) maps each LV section's text
+    to what was made of it: a change re-parses only the LVs it touched."""
 
-    def __init__(self, text, devices):
-        doc = tree(text)
+    def __init__(self, text, devices, sections=None):
+        head, lv_texts = split_lvs(text)
+        doc = tree(head)
         names = [k for k, v in doc.items() if isinstance(v, dict)]
         if len(names) != 1:
             raise ValueError('metadata text does not hold exactly one VG')
@@ -297,22 +326,33 @@ class VGInfo:
             self.pvs[key] = {'name': devices[pv['id']], 'uuid': pv['id'],
                              'pe_start': pv['pe_start'] * SECTOR,
                              'pe_count': pv['pe_count']}
+        # What an LV section is made into also depends on these.
+        context = (self.extent_size, tuple(
+            (k, p['name'], p['pe_start']) for k, p in self.pvs.items()))
+        made = {}
+        for lv_text in lv_texts:
+            known = sections.get(lv_text) if sections is not None else None
+            if known is None or known[0] != context:
+                (name, lv), = tree(lv_text).items()
+                known = (context, name, *self._lv(name, lv),
+                         [seg for seg in lv.values() if isinstance(seg, dict)
+                          and seg.get('type') == 'snapshot'])
+            made[lv_text] = known
+        if sections is not None:
+            sections.clear()
+            sections.update(made)
         self.lvs = {}
         used = 0
-        for name, lv in vg.get('logical_volumes', {}).items():
-            info, extents = self._lv(name, lv)
-            self.lvs[name] = info
+        for _, name, info, extents, _ in made.values():
+            self.lvs[name] = dict(info)  # the snapshot pass changes it
             used += extents
         # An old-style snapshot is a hidden LV whose 'snapshot' segment
         # names the origin and the COW LV; lvs reports the origin on the
         # COW LV (the one users see): so do we.
         # A merging one names its COW LV (hidden then) 'merging_store';
         # its origin is reported merging it, as lvs -o lv_attr 'O' says.
-        for lv in vg.get('logical_volumes', {}).values():
-            for seg in lv.values():
-                if not isinstance(seg, dict) or \
-                        seg.get('type') != 'snapshot':
-                    continue
+        for *_, snapshots in made.values():
+            for seg in snapshots:
                 cow = seg.get('cow_store') or seg.get('merging_store')
                 origin = seg.get('origin', '')
                 if cow in self.lvs:
@@ -370,7 +410,14 @@ class VGInfo:
         if info is None or not info['visible']:
             raise errors.LVMError(f'LV {self.name}/{name} not found',
                                   kind='not-found')
-        return dict(info, pe_ranges=list(info['pe_ranges']))
+        return _copy(info)
+
+
+def _copy(info):
+    # A VGInfo is shared by every caller of a view (coordinator.lvm.vgview):
+    # each gets its own lists and dicts to change.
+    return dict(info, pe_ranges=list(info['pe_ranges']),
+                tags=list(info['tags']), pe_start=dict(info['pe_start']))
 
 
 def lv_info(meta, lvm, vg, lv):
@@ -388,7 +435,7 @@ def lv_by_uuid(meta, lvm, vg, uuid):
     """The visible LV with ``uuid`` as lv_info() gives it, or None; from
     the committed metadata when it could be read, else from lvs."""
     if meta is not None:
-        return next((dict(x) for x in meta.lvs.values()
+        return next((_copy(x) for x in meta.lvs.values()
                      if x['uuid'] == uuid and x['visible']), None)
     return next((x for x in lvm.lvs(vg) if x['uuid'] == uuid), None)
 
@@ -404,29 +451,43 @@ def pv_uuid(block, offset):
     return '-'.join(out)
 
 
-def read_vg(vg, devices):
-    """VGInfo of ``vg`` from the committed metadata on one of
-    ``devices`` (this host's PV paths, every PV of the VG among them)."""
-    seen, text = {}, None
+def read_vg_text(vg, devices):
+    """(checksum, text, {PV uuid: path}): the committed metadata of ``vg``
+    from one of ``devices`` (this host's PV paths, every PV of the VG
+    among them), and the PVs they are."""
+    seen, found = {}, None
     for device in devices:
         reader = _Reader(device)
         try:
             block, offset = _label(reader)
             seen[pv_uuid(block, offset)] = device
-            if text is None:
+            if found is None:
                 for start, size in _locn_lists(block, offset)[1]:
-                    found = _read_area(reader, start, size)
-                    if found:
-                        if parse(found[1], device).vg_name == vg:
-                            text = found[1]
+                    area = _read_area(reader, start, size)
+                    if area:
+                        if parse(area[1], device).vg_name == vg:
+                            found = area
                         break
         finally:
             reader.close()
-    if text is None:
+    if found is None:
         raise _fail(','.join(devices), f'no metadata of VG {vg}')
+    return found[0].checksum, found[1], seen
+
+
+def vg_info(vg, text, seen, sections=None):
+    """VGInfo of ``vg`` from its metadata ``text``; LVMError if it is not
+    understood (or names a PV missing from ``seen``)."""
     try:
-        return VGInfo(text, seen)
+        return VGInfo(text, seen, sections)
     except (ValueError, KeyError, TypeError, IndexError,
             AttributeError) as exc:
-        raise _fail(','.join(devices), f'metadata of VG {vg} not '
+        raise _fail(','.join(seen.values()), f'metadata of VG {vg} not '
                     f'understood: {exc}') from exc
+
+
+def read_vg(vg, devices):
+    """VGInfo of ``vg`` from the committed metadata on one of
+    ``devices``."""
+    _, text, seen = read_vg_text(vg, devices)
+    return vg_info(vg, text, seen)

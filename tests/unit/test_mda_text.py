@@ -142,3 +142,37 @@ def test_snapshot_cow_lv_names_its_origin_as_lvs_does():
     assert info.lv('snap')['origin'] == 'vol'
     assert info.lv('vol')['origin'] == ''
     assert info.free == 94 * 8192 * 512
+
+
+def test_lv_sections_split_out_as_the_whole_text_parses_them():
+    head, sections = mda.split_lvs(SNAP_TEXT)
+    whole = mda.tree(SNAP_TEXT)['vg0']
+    assert [list(mda.tree(s)) for s in sections] == \
+        [['vol'], ['snap'], ['snapshot0']]
+    merged = {}
+    for s in sections:
+        merged.update(mda.tree(s))
+    assert merged == whole['logical_volumes']
+    assert mda.tree(head)['vg0']['logical_volumes'] == {}
+    assert mda.tree(head)['vg0']['physical_volumes'] == \
+        whole['physical_volumes']
+
+
+def test_a_new_text_reparses_only_the_lv_sections_that_changed(monkeypatch):
+    sections = {}
+    first = mda.VGInfo(SNAP_TEXT, {PV: '/dev/loop7'}, sections)
+    parsed = []
+    real = mda.tree
+    monkeypatch.setattr(mda, 'tree', lambda t: parsed.append(t) or real(t))
+    grown = SNAP_TEXT.replace(b'seqno = 9', b'seqno = 10').replace(
+        b'extent_count = 2\n', b'extent_count = 3\n')
+    second = mda.VGInfo(grown, {PV: '/dev/loop7'}, sections)
+    # The VG's head and the one LV that changed; not vol nor snapshot0.
+    assert [t.split(b' {', 1)[0] for t in parsed] == [b'vg0', b'snap']
+    assert second.lv('snap')['size'] == 3 * (4 << 20)
+    assert second.free == first.free - (4 << 20)
+    assert second.lv('snap')['origin'] == first.lv('snap')['origin'] == 'vol'
+    # Reused sections are not shared with what callers are given.
+    second.lv('vol')['tags'].append('x')
+    assert mda.VGInfo(grown, {PV: '/dev/loop7'}, sections).lv('vol')[
+        'tags'] == []

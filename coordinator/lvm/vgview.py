@@ -1,0 +1,95 @@
+"""VGViews: the shared VGs' committed metadata as this host last read it.
+
+A read of a metadata area is ~0.5 ms (O_DIRECT, coordinator.lvm.mda);
+parsing a whole text into a VGInfo costs ~3.8 ms at 50 LVs, ~14 ms at 200.
+So a text is parsed once, whoever read it; of a new text only the LV
+sections that changed are parsed; and a caller to whom an older answer is
+harmless (a free-space pre-check, the reply to the change just made) takes
+the last text read instead of reading again.
+"""
+import logging
+
+from coordinator import errors
+from coordinator.lvm import mda
+
+LOG = logging.getLogger(__name__)
+
+
+class VGViews:
+    """Seqno and VGInfo of the VGs on this host's PVs, read directly."""
+
+    def __init__(self, lvm):
+        self.lvm = lvm
+        self._paths = {}    # vg -> this host's PV paths (from pvs)
+        self._seen = {}     # vg -> {PV uuid: path} of the last full read
+        self._text = {}     # vg -> (checksum, text, Metadata) newest read
+        self._parsed = {}   # vg -> (checksum, seen items, VGInfo)
+        self._sections = {}  # vg -> {LV section text: what it made}
+
+    def _devices(self, vg, resolve):
+        # Paths are resolved once, and again only when a read fails or
+        # finds another VG (a path changed).
+        if resolve or vg not in self._paths:
+            self._paths[vg] = [p['name'] for p in self.lvm.pvs(vg)]
+        return self._paths[vg]
+
+    def seqno(self, vg, fresh=False):
+        """The VG's committed seqno, from a PV's metadata area (always
+        fresh: O_DIRECT; ``fresh`` matters only to the LVM fallback)."""
+        for attempt in range(2):
+            for device in self._devices(vg, attempt > 0):
+                try:
+                    loc, text = mda.read_text(device)
+                    found = mda.parse(text, device)
+                except errors.LVMError:
+                    continue
+                if found.vg_name == vg:
+                    self._keep(vg, loc.checksum, text, found)
+                    return found.seqno
+        return self.lvm.vg(vg)['seqno']
+
+    def info(self, vg, reread=True):
+        """mda.VGInfo of ``vg``, or None when no metadata area can be read
+        (callers ask LVM then); ``reread=False`` takes the last text read
+        by seqno() or info() when there is one."""
+        if not reread and vg in self._text and vg in self._seen:
+            checksum, text, _ = self._text[vg]
+            info = self._parse(vg, checksum, text, self._seen[vg])
+            if info is not None:
+                return info
+        for attempt in range(2):
+            try:
+                checksum, text, seen = mda.read_vg_text(
+                    vg, self._devices(vg, attempt > 0))
+            except errors.LVMError as exc:
+                LOG.debug('metadata of %s not read directly: %s', vg, exc)
+                continue
+            self._seen[vg] = seen
+            self._keep(vg, checksum, text, mda.parse(text))
+            info = self._parse(vg, checksum, text, seen)
+            if info is not None:
+                return info
+        return None
+
+    def _keep(self, vg, checksum, text, meta):
+        # Threads read concurrently: a read that began before another's
+        # change must not replace the text that has it.
+        old = self._text.get(vg)
+        if old is None or old[2].vg_id != meta.vg_id or \
+                old[2].seqno <= meta.seqno:
+            self._text[vg] = (checksum, text, meta)
+
+    def _parse(self, vg, checksum, text, seen):
+        key = (checksum, tuple(sorted(seen.items())))
+        cached = self._parsed.get(vg)
+        if cached and cached[0] == key:
+            return cached[1]
+        try:
+            info = mda.vg_info(vg, text, seen,
+                               self._sections.setdefault(vg, {}))
+        except errors.LVMError as exc:
+            # A PV this host has not seen yet (extended VG): read again.
+            LOG.debug('metadata of %s not understood: %s', vg, exc)
+            return None
+        self._parsed[vg] = (key, info)
+        return info

@@ -57,12 +57,13 @@ class GrantBook:
             # own enumeration still finds every device.
             return {}
 
-    def _write(self, data):
+    def _write(self, data, durable=True):
         tmp = self.path + '.tmp'
         with open(tmp, 'w') as f:
             json.dump(data, f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
     def all(self):
@@ -73,12 +74,13 @@ class GrantBook:
         """The record of vg/lv, or None."""
         return self._read().get(f'{vg}/{lv}')
 
-    def put(self, vg, lv, **record):
-        """Record (or update) the grant of vg/lv."""
+    def put(self, vg, lv, durable=True, **record):
+        """Record (or update) the grant of vg/lv; ``durable=False``: not
+        synced to disk (what a power loss may undo)."""
         with self.locked():
             data = self._read()
             data[f'{vg}/{lv}'] = dict(data.get(f'{vg}/{lv}', {}), **record)
-            self._write(data)
+            self._write(data, durable)
 
     def mark_fenced(self, keys):
         """Mark the records of ``keys`` fenced: an activation still making

@@ -222,9 +222,10 @@ class Operations:
             self.guard.recorded_reads(vg), vg, lv, mode, instance, wait)
         try:
             self._check_fresh(vg, self.guard.recorded_from(recorded)[0])
-            # Read under the grant: a rename or delete needs the LV
-            # unheld, so the name maps this LV until we let go.
-            info = self._lv_info(vg, lv)
+            # Read under the grant (by the check just made: no read of its
+            # own): a rename or delete needs the LV unheld, so the name
+            # maps this LV until we let go.
+            info = self._lv_info(vg, lv, reread=False)
             snapshots.check_activation(self, vg, info)
             if mode == modes.SHARED and MULTIATTACH_TAG not in info['tags']:
                 raise errors.InvalidInput('mode', f'{vg}/{lv} is not a '
@@ -287,11 +288,14 @@ class Operations:
             record = self.book.get(vg, lv)
             if not (record and record.get('uuid') == info['uuid'] and
                     record.get('token') == grant.token):
+                # Not synced to disk: after a power loss, an activating
+                # record and none end alike (the grant is released at
+                # start, reconcile.py); the fencer reads the page cache.
                 self.book.put(vg, lv, state=grantbook.ACTIVATING,
                               token=grant.token, uuid=info['uuid'],
                               session=grant.session, mode=grant.mode,
                               instance=grant.instance, read_only=read_only,
-                              pid=os.getpid())
+                              pid=os.getpid(), durable=False)
             # Under the book's lock: the fencer cannot disarm between this
             # look and the record it now sees.
             armed = self.watchdog_armed is None or self.watchdog_armed()

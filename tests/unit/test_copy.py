@@ -84,7 +84,7 @@ class FakeOps:
             f.write(content)
             f.truncate(size)
 
-    def _lv_info(self, vg, lv):
+    def _lv_info(self, vg, lv, reread=True):
         if lv not in self.lvs:
             raise errors.LVMError(f'LV {vg}/{lv} not found',
                                   kind='not-found')

@@ -58,7 +58,7 @@ class Ops(opsmod.Operations):
         self.fencer_alive = lambda: None
         self.readiness = lambda: {}
 
-    def _lv_info(self, vg, lv):
+    def _lv_info(self, vg, lv, reread=True):
         return dict(self.info)
 
     def _change(self, vg, op, action, also=(), into=None):

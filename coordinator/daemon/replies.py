@@ -28,6 +28,10 @@ LOG = logging.getLogger(__name__)
 IDLE = 600.0
 # How long a first caller waits for the stream to be created.
 OPEN_TIMEOUT = 15.0
+# Used replies wait this long to be deleted: the delete stays off the
+# moment the caller returns (its thread would compete for the CPU with
+# the reply on its way out), and the calls of a busy second share one txn.
+SWEEP_DELAY = 1.0
 
 
 class Slot:
@@ -119,6 +123,8 @@ class Replies:
             with self._mutex:
                 while not self._trash:
                     self._trash_ready.wait()
+            time.sleep(SWEEP_DELAY)
+            with self._mutex:
                 keys, self._trash = self._trash[:64], self._trash[64:]
             try:
                 self.etcd.txn([], [etcdlib.op_delete(k) for k in keys])

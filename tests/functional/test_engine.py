@@ -1,5 +1,6 @@
 """The lease engine against a real etcd, with several processes."""
 import signal
+import threading
 import time
 
 import pytest
@@ -40,6 +41,34 @@ def test_mutual_exclusion_across_processes(etcd_server, actors):
     sections = intervals(procs)
     assert len(sections) == 32
     assert_no_overlap(sections)
+
+
+def test_threads_of_one_process_exclude_each_other_on_reused_keys(
+        etcd_server):
+    eng = engine(etcd_server.endpoints, 'alpha')
+    sections, keys = [], set()
+
+    def contend(name):
+        for _ in range(15):
+            hold = eng.vglock('vg0').acquire(name, timeout=30)
+            start = time.monotonic()
+            keys.add(hold.key)
+            time.sleep(0.002)
+            sections.append((start, time.monotonic(), name))
+            hold.release()
+            hold.release()  # a second release gives nothing back twice
+    threads = [threading.Thread(target=contend, args=(f't{i}',))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(sections) == 60
+    assert_no_overlap(sorted(sections))
+    # Queue keys are used again: at most one per thread at a time.
+    assert 1 <= len(keys) <= 4
+    assert eng.vglock('vg0').queue() == []
+    eng.close(revoke=True)
 
 
 def test_fifo_order_of_waiters(etcd_server, actors, tmp_path):

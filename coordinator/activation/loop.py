@@ -130,8 +130,8 @@ class LoopBackend(base.Backend):
 
     @contextlib.contextmanager
     def _mutex(self):
-        """The state file's lock across threads and processes: the api
-        and requests workers both activate and deactivate, and a lost
+        """The state file's lock across threads and processes: the ops
+        worker and the fencer both activate and deactivate, and a lost
         update would lose track of a device (which then cannot be
         fenced)."""
         os.makedirs(os.path.dirname(self.state_file), exist_ok=True)

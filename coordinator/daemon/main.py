@@ -1,13 +1,14 @@
 """lvmcoordd: the per-host daemon."""
 import gc
 import os
+import shutil
 import sys
 import tempfile
 import warnings
 
 # etcd3gw imports futurist, which imports eventlet (and dnspython) only to
 # offer green executors; the daemon runs plain threads. Unimportable here,
-# they cost no memory in any of its five processes.
+# they cost no memory in any of its four processes.
 sys.modules.setdefault('eventlet', None)
 # requests (etcd3gw's, under tooz) looks for a character-set detector only
 # to guess the encoding of a response that declares none, and falls back
@@ -56,20 +57,26 @@ def main(argv=None):
     if conf.check_config:
         print('lvmcoordd: configuration OK')
         return 0
+    made = None
     if conf.metrics.port and 'PROMETHEUS_MULTIPROC_DIR' not in os.environ:
         # Workers are processes: metrics are aggregated through files.
-        os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(
+        made = os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(
             prefix='lvmcoord-metrics-')
     from coordinator.daemon import metrics
     from coordinator.daemon import service
     if conf.metrics.port:
         metrics.enable()
     _preload()
+    master = os.getpid()
     # Workers are forked from here: what the master imported is shared
     # copy-on-write, and frozen objects are never written by the GC.
     gc.collect()
     gc.freeze()
-    service.build(conf).run()
+    try:
+        service.build(conf).run()
+    finally:
+        if made and os.getpid() == master:
+            shutil.rmtree(made, ignore_errors=True)
     return 0
 
 

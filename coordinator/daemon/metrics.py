@@ -3,7 +3,7 @@ PROMETHEUS_MULTIPROC_DIR, as cotyledon workers are processes).
 
 With ``[metrics] port = 0`` (the default) nobody can read them: the names
 below are then no-op stand-ins and prometheus_client is never imported
-(44 modules, 3 MB in each of the daemon's five processes). lvmcoordd
+(44 modules, 3 MB in each of the daemon's four processes). lvmcoordd
 calls enable() before its workers fork when a port is set.
 """
 import contextlib

@@ -134,7 +134,7 @@ def test_fencer_death_stops_the_daemon():
 def _policies(daemon):
     out = {}
     for pid in _children(daemon.proc.pid):
-        name = next((w for w in ('fencer', 'session', 'api', 'requests')
+        name = next((w for w in ('fencer', 'session', 'ops')
                      if w in _title(pid)), _title(pid))
         try:
             out[name] = os.sched_getscheduler(pid) & ~os.SCHED_RESET_ON_FORK
@@ -153,7 +153,7 @@ def test_fencer_and_session_worker_run_real_time():
                 break
             assert time.monotonic() < deadline, (seen, d.log_tail())
             time.sleep(0.1)
-        # Only those two: the API and request workers stay normal, and an
-        # LVM command a real-time worker spawns does not inherit it.
-        assert seen['api'] == seen['requests'] == os.SCHED_OTHER, seen
+        # Only those two: the ops worker stays normal, and an LVM command
+        # a real-time worker spawns does not inherit it.
+        assert seen['ops'] == os.SCHED_OTHER, seen
         assert os.sched_getscheduler(d.proc.pid) == os.SCHED_OTHER

@@ -10,6 +10,7 @@ import collections
 import os
 import re
 import select
+import shutil
 import socket
 import statistics
 import tempfile
@@ -156,6 +157,14 @@ def _routed(cluster, quick):
     samples = {'activate': [], 'deactivate': [], 'backend_activate': [],
                'backend_deactivate': []}
     rounds = 8 if quick else 40
+    try:
+        _measure(c1, vg, backend, info, rounds, samples)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    return samples
+
+
+def _measure(c1, vg, backend, info, rounds, samples):
     for i in range(rounds + 2):
         t0 = time.perf_counter()
         c1.call('activate', vg=vg, lv='routed', host='compute-2')
@@ -172,7 +181,6 @@ def _routed(cluster, quick):
                                ('backend_activate', t3 - t2),
                                ('backend_deactivate', t4 - t3)):
                 samples[key].append(value)
-    return samples
 
 
 def _info_as_the_daemon_has_it(lvm, vg, lv):

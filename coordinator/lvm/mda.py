@@ -27,6 +27,7 @@ from coordinator import errors
 
 SECTOR = 512
 LABEL_SCAN_SECTORS = 4
+HEAD_READ = 8192
 LABEL_ID = b'LABELONE'
 LABEL_TYPE = b'LVM2 001'
 MDA_MAGIC = b' LVM2 x[5A%r0N*>'
@@ -74,6 +75,7 @@ class _Reader:
 
     def __init__(self, device):
         self.device = device
+        self.head = b''  # the device's first pages, once _label read them
         try:
             try:
                 self.fd = os.open(device, os.O_RDONLY | os.O_DIRECT)
@@ -107,7 +109,9 @@ class _Reader:
 
 
 def _label(reader):
-    head = reader.read(0, LABEL_SCAN_SECTORS * SECTOR)
+    # Two pages: the label, and the first metadata area's header where LVM
+    # puts it (at 4096), in one read.
+    head = reader.head = reader.read(0, HEAD_READ)
     for sector in range(LABEL_SCAN_SECTORS):
         block = head[sector * SECTOR:(sector + 1) * SECTOR]
         ident, where, checksum, offset, kind = _LABEL.unpack_from(block)
@@ -149,9 +153,13 @@ def metadata_areas(device):
     return _locn_lists(block, offset)[1]
 
 
-def _locate(reader, start, size):
+def _locate(reader, start, size, fresh=False):
     # None: the header failed its checksum (maybe caught mid-write).
-    header = reader.read(start, MDA_HEADER_SIZE)
+    head = reader.head
+    if not fresh and start + MDA_HEADER_SIZE <= len(head):
+        header = head[start:start + MDA_HEADER_SIZE]
+    else:
+        header = reader.read(start, MDA_HEADER_SIZE)
     checksum, magic, version, where, area = _MDA.unpack_from(header)
     if magic != MDA_MAGIC or version != 1:
         raise _fail(reader.device, f'no metadata area header at {start}')
@@ -183,8 +191,10 @@ def _text(reader, loc):
 
 
 def _read_area(reader, start, size):
-    for _ in range(READ_ATTEMPTS):
-        loc = _locate(reader, start, size)
+    for attempt in range(READ_ATTEMPTS):
+        # A retry reads the header again: the head read with the label
+        # may be what a concurrent writer was caught in.
+        loc = _locate(reader, start, size, fresh=attempt > 0)
         if loc is _IGNORED:
             return None
         if loc is not None:

@@ -52,15 +52,15 @@ class Engine:
                    quick)
 
     def open(self):
-        """Open or resume the session; drop lock entries a previous process
-        of this session left queued (it can no longer be waiting)."""
+        """Open or resume the session; drop lock entries that a process of
+        this session which is gone left queued (it can no longer be
+        waiting)."""
         self.session.open()
         if self.session.resumed:
             kvs, _ = self.etcd.range(self.keys.vgs(), prefix=True)
-            mine = f'{self.session.id:016x}-'
             for kv in kvs:
-                if '/lock/' in kv.key and kv.key.rsplit('/', 1)[1].startswith(
-                        mine):
+                if '/lock/' in kv.key and vglock.left_behind(
+                        kv.key.rsplit('/', 1)[1], self.session.id):
                     self.etcd.delete(kv.key)
         return self
 

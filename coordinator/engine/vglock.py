@@ -76,18 +76,44 @@ def _delete_until_gone(etcd, key, on_gone, pause=0.5):
             time.sleep(pause)
 
 
+def _delete_in_thread(etcd, key, on_gone):
+    # Left behind, our queue key would block the VG for everyone (it lives
+    # as long as our session): keep deleting it until it is gone.
+    threading.Thread(target=_delete_until_gone, args=(etcd, key, on_gone),
+                     name='vglock-release', daemon=True).start()
+
+
 def _delete(etcd, key, on_gone):
-    """Delete our queue key now, or keep trying in a thread: left behind,
-    it would block the VG for everyone (it lives as long as our session).
-    Raises what the first try raised."""
+    """Delete our queue key now, or in a thread if etcd does not answer
+    (raising what it raised)."""
     try:
         etcd.delete(key)
         on_gone()
     except errors.EtcdUnavailable:
-        threading.Thread(target=_delete_until_gone,
-                         args=(etcd, key, on_gone),
-                         name='vglock-release', daemon=True).start()
+        _delete_in_thread(etcd, key, on_gone)
         raise
+
+
+def left_behind(name, session_id):
+    """True for a queue key name of ``session_id`` whose process is gone.
+
+    The session is shared by every process of a daemon, and a session
+    worker that restarts resumes it: the key of a worker that is still
+    alive (same process group) may be holding the VG, and must stay."""
+    head = f'{session_id:016x}-'
+    if not name.startswith(head):
+        return False
+    pid, sep, _ = name[len(head):].partition('-')
+    try:
+        pid = int(pid, 16)
+    except ValueError:
+        return True
+    if not sep:
+        return True  # a key of an older release: no pid in it
+    try:
+        return os.getpgid(pid) != os.getpgid(0)
+    except ProcessLookupError:
+        return True
 
 
 class Hold:
@@ -131,7 +157,7 @@ class Hold:
             res = self.txn(list(ops) + [etcdlib.op_delete(self.key)],
                            'release')
         except errors.EtcdUnavailable:
-            _delete(self.lock.etcd, self.key, gone)
+            _delete_in_thread(self.lock.etcd, self.key, gone)
             raise
         except errors.LockLost:
             gone()  # the key is gone already

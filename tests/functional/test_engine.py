@@ -71,6 +71,25 @@ def test_threads_of_one_process_exclude_each_other_on_reused_keys(
     eng.close(revoke=True)
 
 
+def test_resumed_session_keeps_the_lock_of_a_live_process(etcd_server,
+                                                          tmp_path):
+    # A daemon's session worker restarting resumes the session its other
+    # workers share: their queue keys stay, a dead process's go.
+    state = str(tmp_path / 'session.json')
+    first = engine(etcd_server.endpoints, 'alpha', ttl=10, state_file=state)
+    hold = first.vglock('vg0').acquire('lvcreate vg0/x')
+    dead = f'{first.keys.vg_lock("vg0")}{first.session.id:016x}-7ffffffe-1'
+    first.etcd.put(dead, {'host': 'alpha'}, lease=first.session.id)
+    older = f'{first.keys.vg_lock("vg0")}{first.session.id:016x}-0123abcd'
+    first.etcd.put(older, {'host': 'alpha'}, lease=first.session.id)
+    again = engine(etcd_server.endpoints, 'alpha', ttl=10, state_file=state)
+    assert again.session.resumed
+    assert [k['key'] for k in again.vglock('vg0').queue()] == [hold.key]
+    hold.check()
+    hold.release()
+    first.close(revoke=True)
+
+
 def test_fifo_order_of_waiters(etcd_server, actors, tmp_path):
     eps = etcd_server.endpoints
     gate = str(tmp_path / 'gate')

@@ -6,11 +6,11 @@ creation revision; a waiter watches only its predecessor, so a release wakes
 exactly one process and no one polls. A crashed holder's key vanishes with
 its session.
 """
-import collections
 import logging
 import os
 import threading
 import time
+import uuid
 
 from coordinator import errors
 from coordinator.engine import etcd as etcdlib
@@ -32,65 +32,30 @@ def _queue_empty(prefix):
     return cmp
 
 
-class _Slots:
-    """Numbers for this process's queue keys, each used again once its key
-    is deleted: etcd keeps a deleted key in its index until the next
-    compaction, and the queue's range compare walks every one of them
-    (with a fresh key per acquisition, an uncontended cycle grew 17%
-    slower over 3,000 cycles on an etcd that is never compacted)."""
-
-    def __init__(self):
-        self._free = []
-        self._used = set()
-        self._mutex = threading.Lock()
-
-    def take(self):
-        with self._mutex:
-            slot = self._free.pop() if self._free else len(self._used) + 1
-            while slot in self._used:  # numbers of leaked slots are skipped
-                slot += 1
-            self._used.add(slot)
-            return slot
-
-    def give(self, slot):
-        """``slot``'s key is deleted: it may be put again (once: a second
-        release must not hand one key to two holders)."""
-        with self._mutex:
-            if slot in self._used:
-                self._used.discard(slot)
-                self._free.append(slot)
-
-
-# Per VG lock prefix, per process (the pid is in the key).
-_SLOTS = collections.defaultdict(_Slots)
-
-
-def _delete_until_gone(etcd, key, on_gone, pause=0.5):
+def _delete_until_gone(etcd, key, pause=0.5):
     while True:
         try:
             etcd.delete(key)
-            on_gone()
             return
         except errors.EtcdUnavailable as exc:
             LOG.warning('VG lock key %s not released yet: %s', key, exc)
             time.sleep(pause)
 
 
-def _delete_in_thread(etcd, key, on_gone):
+def _delete_in_thread(etcd, key):
     # Left behind, our queue key would block the VG for everyone (it lives
     # as long as our session): keep deleting it until it is gone.
-    threading.Thread(target=_delete_until_gone, args=(etcd, key, on_gone),
+    threading.Thread(target=_delete_until_gone, args=(etcd, key),
                      name='vglock-release', daemon=True).start()
 
 
-def _delete(etcd, key, on_gone):
+def _delete(etcd, key):
     """Delete our queue key now, or in a thread if etcd does not answer
     (raising what it raised)."""
     try:
         etcd.delete(key)
-        on_gone()
     except errors.EtcdUnavailable:
-        _delete_in_thread(etcd, key, on_gone)
+        _delete_in_thread(etcd, key)
         raise
 
 
@@ -119,10 +84,9 @@ def left_behind(name, session_id):
 class Hold:
     """A held VG lock: the compare that proves it, and its release."""
 
-    def __init__(self, lock, key, slot, revision, immediate, results):
+    def __init__(self, lock, key, revision, immediate, results):
         self.lock = lock
         self.key = key
-        self.slot = slot
         self.revision = revision
         self.immediate = immediate
         # Range results of the ops run with an immediate acquisition.
@@ -149,21 +113,15 @@ class Hold:
     def release(self, ops=()):
         """Delete our queue key (with ``ops`` in the same txn); the txn's
         result (its range results among them), None without ``ops``."""
-        gone = lambda: self.lock.slots.give(self.slot)  # noqa: E731
         if not ops:
-            _delete(self.lock.etcd, self.key, gone)
+            _delete(self.lock.etcd, self.key)
             return None
         try:
-            res = self.txn(list(ops) + [etcdlib.op_delete(self.key)],
-                           'release')
+            return self.txn(list(ops) + [etcdlib.op_delete(self.key)],
+                            'release')
         except errors.EtcdUnavailable:
-            _delete_in_thread(self.lock.etcd, self.key, gone)
+            _delete_in_thread(self.lock.etcd, self.key)
             raise
-        except errors.LockLost:
-            gone()  # the key is gone already
-            raise
-        gone()
-        return res
 
     def __enter__(self):
         return self
@@ -182,23 +140,23 @@ class VGLock:
         self.vg = vg
         self.prefix = keys.vg_lock(vg)
         self.once = once or oncelib.Once(etcd, keys.once())
-        self.slots = _SLOTS[self.prefix]
 
     def acquire(self, op='', timeout=60.0, with_ops=()):
         """Queue up and wait until first; ``with_ops`` run atomically with
         the acquisition when the queue was empty (``Hold.immediate``)."""
         self.session.check()
         deadline = time.monotonic() + timeout
-        slot = self.slots.take()
-        key = f'{self.prefix}{self.session.id:016x}-{os.getpid():x}-{slot}'
+        # A name never used again: etcd can apply a write after its client
+        # gave up on it (coordinator.engine.once), and a late delete of a
+        # name used again would take a later holder's key.
+        key = (f'{self.prefix}{self.session.id:016x}-{os.getpid():x}-'
+               f'{uuid.uuid4().hex[:12]}')
         value = {'host': self.session.host, 'op': op, 'pid': os.getpid(),
                  'since': time.time()}
         put = etcdlib.op_put(key, value, lease=self.session.id)
         # At most once: a late second delivery of this txn (after our
         # release) would queue the key again, under our live session, and
         # block the VG for good (coordinator.engine.once).
-        # A txn that failed may still apply later (the key with it): its
-        # slot is never used again.
         res = self.once.txn(lambda cmp, once_put: (
             [cmp],
             [once_put, etcdlib.op_txn([_queue_empty(self.prefix)],
@@ -206,8 +164,7 @@ class VGLock:
                                       [put, etcdlib.op_range(key)])],
             [etcdlib.op_range(key)]))
         if res.succeeded and res.txns[0].succeeded:
-            return Hold(self, key, slot, res.revision, True,
-                        res.txns[0].ranges)
+            return Hold(self, key, res.revision, True, res.txns[0].ranges)
         # Queued behind others, or this is our own retry of a txn whose
         # first delivery applied (its answer lost): either way our key's
         # place in the queue is what counts.
@@ -220,11 +177,11 @@ class VGLock:
             self._wait_predecessors(key, revision, deadline)
         except BaseException:
             try:
-                _delete(self.etcd, key, lambda: self.slots.give(slot))
+                _delete(self.etcd, key)
             except errors.EtcdUnavailable:
                 pass  # being deleted in a thread; what we raise is below
             raise
-        return Hold(self, key, slot, revision, False, [])
+        return Hold(self, key, revision, False, [])
 
     def _wait_predecessors(self, key, revision, deadline):
         # Wait until no key created before ours remains (etcd waitDeletes).

@@ -43,20 +43,17 @@ def test_mutual_exclusion_across_processes(etcd_server, actors):
     assert_no_overlap(sections)
 
 
-def test_threads_of_one_process_exclude_each_other_on_reused_keys(
-        etcd_server):
+def test_threads_of_one_process_exclude_each_other(etcd_server):
     eng = engine(etcd_server.endpoints, 'alpha')
-    sections, keys = [], set()
+    sections = []
 
     def contend(name):
         for _ in range(15):
             hold = eng.vglock('vg0').acquire(name, timeout=30)
             start = time.monotonic()
-            keys.add(hold.key)
             time.sleep(0.002)
             sections.append((start, time.monotonic(), name))
             hold.release()
-            hold.release()  # a second release gives nothing back twice
     threads = [threading.Thread(target=contend, args=(f't{i}',))
                for i in range(4)]
     for t in threads:
@@ -65,8 +62,6 @@ def test_threads_of_one_process_exclude_each_other_on_reused_keys(
         t.join()
     assert len(sections) == 60
     assert_no_overlap(sorted(sections))
-    # Queue keys are used again: at most one per thread at a time.
-    assert 1 <= len(keys) <= 4
     assert eng.vglock('vg0').queue() == []
     eng.close(revoke=True)
 
@@ -78,7 +73,7 @@ def test_resumed_session_keeps_the_lock_of_a_live_process(etcd_server,
     state = str(tmp_path / 'session.json')
     first = engine(etcd_server.endpoints, 'alpha', ttl=10, state_file=state)
     hold = first.vglock('vg0').acquire('lvcreate vg0/x')
-    dead = f'{first.keys.vg_lock("vg0")}{first.session.id:016x}-7ffffffe-1'
+    dead = f'{first.keys.vg_lock("vg0")}{first.session.id:016x}-7ffffffe-ab'
     first.etcd.put(dead, {'host': 'alpha'}, lease=first.session.id)
     older = f'{first.keys.vg_lock("vg0")}{first.session.id:016x}-0123abcd'
     first.etcd.put(older, {'host': 'alpha'}, lease=first.session.id)

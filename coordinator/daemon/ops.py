@@ -13,6 +13,7 @@ from coordinator import errors
 from coordinator.daemon import copy
 from coordinator.daemon import grantbook
 from coordinator.daemon import metrics
+from coordinator.daemon import routing
 from coordinator.daemon import snapshots
 from coordinator.engine import modes
 from coordinator.lvm import mda
@@ -217,9 +218,11 @@ class Operations:
         self._check_ready(vg)
         self._check_fencer()
         # The recorded seqno is read in the grant's own txn (no round trip
-        # of its own) and checked before anything is mapped.
+        # of its own) and checked before anything is mapped; a routed
+        # request is claimed in it too.
         grant, new, recorded = self.leases.claim_with(
-            self.guard.recorded_reads(vg), vg, lv, mode, instance, wait)
+            self.guard.recorded_reads(vg), vg, lv, mode, instance, wait,
+            rider=routing.current_rider())
         try:
             self._check_fresh(vg, self.guard.recorded_from(recorded)[0])
             # Read under the grant (by the check just made: no read of its

@@ -12,8 +12,6 @@ while the caller's session lives, on a short lease of its own, so a reply
 nobody reads goes away. doc/security.md states what this does and does not
 protect against.
 """
-import collections
-import concurrent.futures
 import logging
 import re
 import threading
@@ -23,8 +21,10 @@ import uuid
 from coordinator import errors
 from coordinator.api import schema
 from coordinator.daemon import replies
+from coordinator.daemon import scheduler
 from coordinator.engine import etcd as etcdlib
 from coordinator.engine import once as oncelib
+from coordinator.engine import rider as riderlib
 
 LOG = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ REPLY_TTL = 30
 QUEUE_SIZE = 64
 FIELDS = frozenset({'op', 'args', 'from', 'timeout'})
 _RID = re.compile(r'[0-9a-f]{32}')
+# Claimed by the txn that grants them (engine.rider), not by a txn of
+# their own: no round trip on the path, and a request whose caller is gone
+# by then grants nothing. Nothing before the grant changes anything.
+CLAIMED_BY_GRANT = frozenset({'activate'})
 # The host-name rule of the socket's schema (its ``host`` fields).
 _host_name = dict(schema.OPS['deactivate'][1])['host']
 _serving = threading.local()
@@ -61,6 +65,12 @@ _serving = threading.local()
 
 class _Unbound(Exception):
     """A request nobody known is behind: deleted, never answered."""
+
+
+def current_rider():
+    """The claim a request being run in this thread leaves to its grant
+    (engine.rider.Rider), or None."""
+    return getattr(_serving, 'rider', None)
 
 
 class Router:
@@ -77,6 +87,10 @@ class Router:
         self._reply_lease = (0, 0.0)
         self._lease_mutex = threading.Lock()
         self._replies = None
+        # Requests admitted unclaimed (their grant claims them): the watch
+        # and a rescan may both see one; it is run once.
+        self._unclaimed = set()
+        self._unclaimed_mutex = threading.Lock()
 
     def alive(self, host):
         """The host's session record, or None if it has no live session."""
@@ -204,9 +218,8 @@ class Router:
         stop(); one caller runs at most ``per_caller`` at a time (default
         half the workers) and queues at most a quarter of ``queue_size``."""
         prefix = self.keys.requests(self.session.host)
-        self.scheduler = _Scheduler(workers,
-                                    per_caller or max(1, workers // 2),
-                                    queue_size)
+        self.scheduler = scheduler.Scheduler(
+            workers, per_caller or max(1, workers // 2), queue_size)
         try:
             while not self._stop.is_set():
                 try:
@@ -217,9 +230,9 @@ class Router:
                     self._stop.wait(0.5)
         finally:
             for job in self.scheduler.shutdown():
-                self._reply(job, {'ok': False, 'error': errors.
-                                  HostUnavailable(f'{self.session.host} is '
-                                                  f'stopping').to_dict()})
+                self._answer(job, {'ok': False, 'error': errors.
+                                   HostUnavailable(f'{self.session.host} is '
+                                                   f'stopping').to_dict()})
 
     def _serve_once(self, prefix, handler):
         # Watch first, then read: a watch from the read's revision could be
@@ -238,18 +251,47 @@ class Router:
                     self._admit(handler, event[1])
 
     def _admit(self, handler, kv):
-        """Claim one request if it proves who sent it; queue or answer."""
+        """Claim one request if it proves who sent it (or leave that to
+        its grant); queue or answer."""
         try:
             rid, req, sender = self._parse(kv)
         except _Unbound as exc:
             self._drop(kv, str(exc))
             return
-        session_key = self.keys.session(sender)
+        job = _Job(rid, sender, kv, req.get('op'), time.monotonic())
+        try:
+            job.op, job.args, job.timeout = self._validate(req)
+        except errors.CoordError as exc:
+            if self._claim(kv, sender):
+                LOG.warning('refused %s from %s: %s', _op_name(req), sender,
+                            exc)
+                self._reply(job, {'ok': False, 'error': exc.to_dict()})
+            return
+        if job.op in CLAIMED_BY_GRANT:
+            with self._unclaimed_mutex:
+                if (kv.key, kv.mod_revision) in self._unclaimed:
+                    return
+                self._unclaimed.add((kv.key, kv.mod_revision))
+            job.rider = self._rider(kv, sender)
+        elif not self._claim(kv, sender):
+            return
+        refusal = self.scheduler.submit(
+            job, lambda: self._run(handler, job))
+        if refusal:
+            LOG.warning('refused %s from %s: %s', job.op, sender, refusal)
+            self._answer(job, {'ok': False,
+                               'error': errors.Busy(refusal).to_dict()})
+
+    def _claim(self, kv, sender):
+        """Claim ``kv`` in a txn of its own; False if it is not ours to
+        run (claimed already, rewritten, or not bound to its sender: then
+        deleted)."""
         # The claim and the proof in one txn: the request is this very
         # version (mod revision: value and lease unchanged) and its lease is
         # the one sessions/<from> lives on, i.e. <from>'s live session.
         res = self.etcd.txn([etcdlib.cmp_mod(kv.key, kv.mod_revision),
-                             etcdlib.cmp_lease(session_key, kv.lease)],
+                             etcdlib.cmp_lease(self.keys.session(sender),
+                                               kv.lease)],
                             [etcdlib.op_delete(kv.key)],
                             [etcdlib.op_range(kv.key)])
         if not res.succeeded:
@@ -259,20 +301,34 @@ class Router:
                            f'session of {sender!r}')
             # Otherwise claimed already (rescan and watch both saw it) or
             # rewritten: the newer version comes as its own event.
+        return res.succeeded
+
+    def _rider(self, kv, sender):
+        """The claim of ``kv`` as a rider on the txn that grants."""
+        session_key = self.keys.session(sender)
+
+        def check(ranges):
+            current, session = ranges
+            if not current or current[0].mod_revision != kv.mod_revision:
+                return 'claimed already, withdrawn or rewritten'
+            if not session or session[0].lease != kv.lease:
+                self._drop(kv, f'its lease {kv.lease:x} is not the live '
+                           f'session of {sender!r}')
+                return f'not bound to a live session of {sender}'
+            return None
+        return riderlib.Rider(
+            [etcdlib.cmp_mod(kv.key, kv.mod_revision),
+             etcdlib.cmp_lease(session_key, kv.lease)],
+            [etcdlib.op_delete(kv.key)],
+            [etcdlib.op_range(kv.key), etcdlib.op_range(session_key)], check)
+
+    def _answer(self, job, reply):
+        """Reply to ``job``, claiming it first if its grant did not: an
+        unclaimed request is answered only once it proved its sender."""
+        if job.rider is not None and not job.rider.done and \
+                not self._claim(job.kv, job.caller):
             return
-        job = _Job(rid, sender, kv.lease, req.get('op'), time.monotonic())
-        try:
-            job.op, job.args, job.timeout = self._validate(req)
-        except errors.CoordError as exc:
-            LOG.warning('refused %s from %s: %s', _op_name(req), sender, exc)
-            self._reply(job, {'ok': False, 'error': exc.to_dict()})
-            return
-        refusal = self.scheduler.submit(
-            job, lambda: self._run(handler, job))
-        if refusal:
-            LOG.warning('refused %s from %s: %s', job.op, sender, refusal)
-            self._reply(job, {'ok': False,
-                              'error': errors.Busy(refusal).to_dict()})
+        self._reply(job, reply)
 
     def _parse(self, kv):
         prefix = self.keys.requests(self.session.host)
@@ -331,24 +387,41 @@ class Router:
         LOG.warning('ignored request %s: %s', kv.key[-40:], reason)
 
     def _run(self, handler, job):
-        if time.monotonic() > job.claimed + job.timeout:
-            # Its caller has given up: running it would act for nobody.
-            LOG.warning('dropped %s from %s: queued past its caller\'s '
-                        'timeout (%.0fs)', job.op, job.caller, job.timeout)
-            return
-        _serving.request = True
         try:
-            reply = {'ok': True, 'result': handler(job.op, job.args)}
+            if time.monotonic() > job.claimed + job.timeout:
+                # Its caller has given up: running it would act for nobody.
+                LOG.warning('dropped %s from %s: queued past its caller\'s '
+                            'timeout (%.0fs)', job.op, job.caller,
+                            job.timeout)
+                if job.rider is not None:
+                    self._claim(job.kv, job.caller)  # gone, unanswered
+                return
+            reply = self._handle(handler, job)
+        finally:
+            with self._unclaimed_mutex:
+                self._unclaimed.discard((job.kv.key, job.kv.mod_revision))
+        if reply is not None:
+            self._answer(job, reply)
+
+    @staticmethod
+    def _handle(handler, job):
+        """The reply to ``job``, None if its grant found it is not ours."""
+        _serving.request, _serving.rider = True, job.rider
+        LOG.info('running %s from %s', job.op, job.caller)
+        try:
+            return {'ok': True, 'result': handler(job.op, job.args)}
+        except riderlib.RiderLost as exc:
+            LOG.info('%s from %s not run: %s', job.op, job.caller, exc)
+            return None
         except errors.CoordError as exc:
-            reply = {'ok': False, 'error': exc.to_dict()}
+            return {'ok': False, 'error': exc.to_dict()}
         except Exception as exc:
             LOG.exception('routed %s crashed', job.op)
-            reply = {'ok': False, 'error': {
+            return {'ok': False, 'error': {
                 'code': 'error', 'message': f'internal error in {job.op}: '
                 f'{type(exc).__name__}: {exc}'}}
         finally:
-            _serving.request = False
-        self._reply(job, reply)
+            _serving.request, _serving.rider = False, None
 
     def _reply(self, job, reply):
         """Put the reply while the caller's session lives, on a short
@@ -387,80 +460,13 @@ def _op_name(req):
 
 
 class _Job:
-    """One claimed request."""
+    """One admitted request (claimed, or with the rider that claims it)."""
 
-    __slots__ = ('rid', 'caller', 'lease', 'op', 'args', 'timeout',
-                 'claimed')
+    __slots__ = ('rid', 'caller', 'kv', 'lease', 'op', 'args', 'timeout',
+                 'claimed', 'rider')
 
-    def __init__(self, rid, caller, lease, op, claimed):
-        self.rid, self.caller, self.lease = rid, caller, lease
+    def __init__(self, rid, caller, kv, op, claimed):
+        self.rid, self.caller, self.kv, self.lease = rid, caller, kv, kv.lease
         self.op, self.args, self.timeout = op, None, DEFAULT_TIMEOUT
         self.claimed = claimed
-
-
-class _Scheduler:
-    """Claimed requests run on ``workers`` threads, oldest first, at most
-    ``per_caller`` of one caller at a time; at most ``queue_size`` wait
-    (a quarter of that per caller), so no caller can take every worker
-    or every queue slot."""
-
-    def __init__(self, workers, per_caller, queue_size):
-        self.workers = workers
-        self.per_caller = min(per_caller, workers)
-        self.queue_size = queue_size
-        self.caller_queue = max(1, queue_size // 4)
-        self.pending = collections.deque()
-        self.running = collections.Counter()
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers)
-        self._mutex = threading.Lock()
-
-    def submit(self, job, fn):
-        """Queue ``fn``; a refusal message if the queue is full."""
-        with self._mutex:
-            if len(self.pending) >= self.queue_size:
-                return (f'{len(self.pending)} requests already queued here '
-                        f'(limit {self.queue_size}); retry later')
-            mine = sum(1 for j, _ in self.pending if j.caller == job.caller)
-            if mine >= self.caller_queue:
-                return (f'{mine} requests from {job.caller} already queued '
-                        f'here (limit {self.caller_queue} per caller); '
-                        f'retry later')
-            self.pending.append((job, fn))
-            self._dispatch()
-        return None
-
-    def _dispatch(self):
-        while sum(self.running.values()) < self.workers:
-            pick = next((e for e in self.pending
-                         if self.running[e[0].caller] < self.per_caller),
-                        None)
-            if pick is None:
-                return
-            self.pending.remove(pick)
-            self.running[pick[0].caller] += 1
-            self._pool.submit(self._run, *pick)
-
-    def _run(self, job, fn):
-        try:
-            fn()
-        except Exception:
-            LOG.exception('request %s from %s failed', job.op, job.caller)
-        finally:
-            with self._mutex:
-                self.running[job.caller] -= 1
-                if not self.running[job.caller]:
-                    del self.running[job.caller]
-                self._dispatch()
-
-    def busy(self):
-        """(running, queued) counts."""
-        with self._mutex:
-            return sum(self.running.values()), len(self.pending)
-
-    def shutdown(self):
-        """Stop taking work; the jobs that never started."""
-        with self._mutex:
-            left = [job for job, _ in self.pending]
-            self.pending.clear()
-        self._pool.shutdown(wait=True)
-        return left
+        self.rider = None

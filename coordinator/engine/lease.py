@@ -65,15 +65,25 @@ class LeaseTable:
         """read() from the result of read_op() in a txn at ``revision``."""
         return self._state(vg, lv, kvs, revision)
 
-    def _read(self, vg, lv, also):
+    def _read(self, vg, lv, also, rider=None):
         """read() and the results of the range requests ``also``, in one
-        round trip."""
-        if not also:
+        round trip (``rider`` on it, if not done)."""
+        if not also and (rider is None or rider.done):
             return self.read(vg, lv) + ([],)
-        res = self.etcd.txn([], [etcdlib.op_range(self.keys.lease(vg, lv),
-                                                  prefix=True)] + also)
-        return self._state(vg, lv, res.ranges[0], res.revision) + \
-            (res.ranges[1:],)
+        reads = [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)] + \
+            also
+        res, ranges = self._txn(rider, [], reads, reads)
+        return self._state(vg, lv, ranges[0], res.revision) + (ranges[1:],)
+
+    def _txn(self, rider, compare, success, failure=(), once=False):
+        """(result, range results) of a txn, ``rider`` on it."""
+        def build(*guard):
+            cmp, ok, fail = compare, success, failure
+            if guard:
+                cmp, ok = cmp + [guard[0]], ok + [guard[1]]
+            return rider.carry(cmp, ok, fail) if rider else (cmp, ok, fail)
+        res = self.once.txn(build) if once else self.etcd.txn(*build())
+        return res, rider.outcome(res) if rider else res.ranges
 
     def _state(self, vg, lv, kvs, header):
         """read()'s answer from the LV's keys as read at ``header`` (also
@@ -184,11 +194,13 @@ class LeaseTable:
         return self.claim_with((), vg, lv, mode, instance, wait, uuid)[:2]
 
     def claim_with(self, also, vg, lv, mode=modes.EXCLUSIVE, instance=None,
-                   wait=0.0, uuid=None):
+                   wait=0.0, uuid=None, rider=None):
         """As claim(), and the results of the range requests ``also``,
         read in the txn that granted (at its revision) or, for a re-grant,
         with the LV's keys: what an activation must know as of its grant
-        costs no round trip of its own."""
+        costs no round trip of its own. ``rider`` (engine.rider) rides
+        along the first txn that can carry it; RiderLost if it fails
+        there (nothing granted)."""
         modes.validate(mode, instance)
         deadline = time.monotonic() + wait
         also = list(also)
@@ -201,7 +213,7 @@ class LeaseTable:
         while True:
             self.session.check()
             holders, ledger_rev, header, extra = state or \
-                self._read(vg, lv, also)
+                self._read(vg, lv, also, rider)
             state = None
             want = modes.Holder(host=self.session.host, mode=mode,
                                 instance=instance, since=time.time(),
@@ -222,23 +234,24 @@ class LeaseTable:
                 continue
             mine = next(h for h in new if h.host == self.session.host)
             if not changed:
-                if extra is None and also:
-                    extra = self.etcd.txn([], also).ranges
+                if extra is None and (also or rider and not rider.done):
+                    extra = self._txn(rider, [], also, also)[1]
                 return mine, False, extra or []
-            res = self._write(vg, lv, ledger_rev, new, mine, also)
+            res, ranges = self._write(vg, lv, ledger_rev, new, mine, also,
+                                      rider)
             if res.succeeded:
                 mine.token = res.revision
                 # The new ledger lists no vanished holder any more.
                 self._forget_orphans(vg, lv)
                 LOG.info('granted %s/%s to %s: %s', vg, lv, mine.host,
                          mine.describe())
-                return mine, True, res.ranges
+                return mine, True, ranges
             # A lost race (another grant or release in between): decide
             # again on the keys the failed txn read.
-            state = self._state(vg, lv, res.ranges[0], res.revision) + \
-                (res.ranges[1:],)
+            state = self._state(vg, lv, ranges[0], res.revision) + \
+                (ranges[1:],)
 
-    def _write(self, vg, lv, ledger_rev, new, mine, also=()):
+    def _write(self, vg, lv, ledger_rev, new, mine, also=(), rider=None):
         entries = {h.host: h.ledger_entry() for h in new}
         holder_key = self.keys.lease_holder(vg, lv, mine.host)
         value = {'session': self.session.id, 'mode': mine.mode,
@@ -246,18 +259,16 @@ class LeaseTable:
                  'uuid': mine.uuid}
         ledger = self.keys.lease_ledger(vg, lv)
 
-        def build(once_cmp=None, once_put=None):
-            # Guarded by a once-marker when "no ledger" is the compare: it
-            # holds again once the LV is released, and a late second
-            # delivery must not grant it anew.
-            marker = ([once_cmp], [once_put]) if once_cmp else ([], [])
-            return ([etcdlib.cmp_mod(ledger, ledger_rev)] + marker[0],
-                    [etcdlib.op_put(ledger, {'holders': entries}),
-                     etcdlib.op_put(holder_key, value, lease=self.session.id)]
-                    + marker[1] + list(also),
-                    [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)]
-                    + list(also))
-        res = self.etcd.txn(*build()) if ledger_rev else self.once.txn(build)
+        # Guarded by a once-marker when "no ledger" is the compare: it
+        # holds again once the LV is released, and a late second delivery
+        # must not grant it anew.
+        res, ranges = self._txn(
+            rider, [etcdlib.cmp_mod(ledger, ledger_rev)],
+            [etcdlib.op_put(ledger, {'holders': entries}),
+             etcdlib.op_put(holder_key, value, lease=self.session.id)]
+            + list(also),
+            [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)]
+            + list(also), once=not ledger_rev)
         if res.succeeded:
             # The ledger as written, tokens included (ours is this txn's
             # revision, which wrote our holder key).
@@ -266,7 +277,7 @@ class LeaseTable:
             self._remember(vg, lv, res.revision, written)
         else:
             self._written.pop((vg, lv), None)
-        return res
+        return res, ranges
 
     def _remember(self, vg, lv, revision, holders):
         with self._written_mutex:
@@ -304,7 +315,7 @@ class LeaseTable:
             # ends too, the entry's token is then the ledger revision this
             # write makes, i.e. the new holder key's (what the book keeps).
             mine.session, mine.alive, mine.token = self.session.id, True, None
-            res = self._write(vg, lv, ledger_rev, holders, mine)
+            res, _ = self._write(vg, lv, ledger_rev, holders, mine)
             if res.succeeded:
                 mine.token = res.revision
                 LOG.warning('grant of %s/%s (token %s) carried over to '

@@ -161,3 +161,70 @@ def test_reply_written_while_the_stream_was_down_is_found(etcd_server):
     got = next(e for e in second.until(time.monotonic() + 60, 1.0) if e)
     assert got[1].json() == {'ok': True, 'result': 2}
 
+
+
+def _request_rider(eng, key, lease):
+    """A claim of request ``key`` (bound to ``lease``) as routing makes it:
+    its version unchanged, its lease still the sender's session."""
+    from coordinator.engine import rider as riderlib
+    kv = eng.etcd.get(key)
+    session_key = eng.keys.session(eng.host)
+
+    def check(ranges):
+        current, session = ranges
+        if not current or current[0].mod_revision != kv.mod_revision:
+            return 'withdrawn'
+        if not session or session[0].lease != lease:
+            return 'forged'
+        return None
+    return riderlib.Rider(
+        [etcdlib.cmp_mod(key, kv.mod_revision),
+         etcdlib.cmp_lease(session_key, lease)],
+        [etcdlib.op_delete(key)],
+        [etcdlib.op_range(key), etcdlib.op_range(session_key)], check)
+
+
+def test_a_rider_is_claimed_in_the_grant_txn(etcd_server):
+    from coordinator.engine import rider as riderlib
+    cluster = f'hp{uuid.uuid4().hex[:6]}'
+    a = engine(etcd_server.endpoints, 'host-a', cluster)
+    b = engine(etcd_server.endpoints, 'host-b', cluster)
+    try:
+        a.once.lease()
+        lease = a.session.id
+        # Granted with the claim: one txn, and the request is gone.
+        a.etcd.put('/req/1', 'x', lease=lease)
+        rider = _request_rider(a, '/req/1', lease)
+        (mine, new, _), n = requests_of(a, lambda: a.leases.claim_with(
+            [], 'vg', 'lv1', rider=rider))
+        assert new and rider.done and n == {'/kv/txn': 1}
+        assert a.etcd.get('/req/1') is None
+        # The request withdrawn before the grant: nothing granted.
+        a.etcd.put('/req/2', 'x', lease=lease)
+        rider = _request_rider(a, '/req/2', lease)
+        a.etcd.delete('/req/2')
+        with pytest.raises(riderlib.RiderLost, match='withdrawn'):
+            a.leases.claim_with([], 'vg', 'lv2', rider=rider)
+        assert b.leases.holders('vg', 'lv2') == []
+        # A lost race is decided again, the rider carried on the retry.
+        b.leases.claim('vg', 'lv3', mode='shared')
+        a.etcd.put('/req/3', 'x', lease=lease)
+        rider = _request_rider(a, '/req/3', lease)
+        mine, new, _ = a.leases.claim_with([], 'vg', 'lv3', mode='shared',
+                                           rider=rider)
+        assert new and rider.done and a.etcd.get('/req/3') is None
+        # A request not bound to its sender's session: nothing granted.
+        a.etcd.put('/req/4', 'x', lease=b.session.id)
+        rider = _request_rider(a, '/req/4', b.session.id)
+        with pytest.raises(riderlib.RiderLost, match='forged'):
+            a.leases.claim_with([], 'vg', 'lv4', rider=rider)
+        assert a.leases.holders('vg', 'lv4') == []
+        # A re-grant writes nothing but still claims.
+        a.etcd.put('/req/5', 'x', lease=lease)
+        rider = _request_rider(a, '/req/5', lease)
+        (mine, new, _), n = requests_of(a, lambda: a.leases.claim_with(
+            [], 'vg', 'lv1', rider=rider))
+        assert not new and rider.done and a.etcd.get('/req/5') is None
+    finally:
+        a.close(revoke=True)
+        b.close(revoke=True)

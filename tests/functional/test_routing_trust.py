@@ -10,6 +10,7 @@ Design under test (coordinator/daemon/routing.py, doc/security.md):
 - in both cases the handler is never called.
 """
 import json
+import os
 import threading
 import time
 import uuid
@@ -79,6 +80,11 @@ def test_hostile_request_keys_run_nothing_on_daemons(cluster):
         ('forged from', {'op': 'deactivate', 'args': deact,
                          'from': 'compute-2'}, lease_of['volume-1'],
          False, None),
+        # An activate is claimed by its grant (engine/rider.py): unbound,
+        # its grant fails and it is deleted then, nothing granted.
+        ('activate with the lease of another host',
+         {'op': 'activate', 'args': {'vg': vg, 'lv': 'spare'},
+          'from': 'volume-1'}, lease_of['compute-2'], False, None),
         ('from a host with no session', {'op': 'deactivate', 'args': deact,
                                          'from': 'ghost-1'},
          lease_of['volume-1'], False, None),
@@ -145,17 +151,65 @@ def test_hostile_request_keys_run_nothing_on_daemons(cluster):
                    host='compute-1')['released']
 
 
+def test_activate_whose_caller_is_gone_before_its_grant_grants_nothing(
+        cluster):
+    # The request waits for the LV (held elsewhere); its caller's session
+    # ends meanwhile, and the request with it. The grant that would have
+    # claimed it finds it gone: nothing is granted for nobody.
+    vg = cluster.vg.vg
+    v1 = cluster['volume-1'].client
+    v1.call('create', vg=vg, lv='contended', size=4 * MiB)
+    v1.call('activate', vg=vg, lv='contended')
+    etcd = etcdlib.Etcd(cluster.etcd.endpoints, timeout=2.0)
+    keys = keyslib.Keys('/lvmcoord', 'sandbox')
+    ghost = sessionlib.Session(etcd, keys, 'ghost-1', 10)
+    ghost.open()
+    key = keys.request('compute-2', uuid.uuid4().hex)
+    etcd.put(key, {'op': 'activate', 'from': 'ghost-1',
+                   'args': {'vg': vg, 'lv': 'contended', 'wait': 60}},
+             lease=ghost.id)
+    log = cluster['compute-2'].log
+    before = os.path.getsize(log)
+
+    def logged(text):
+        with open(log, errors='replace') as f:
+            f.seek(before)
+            return text in f.read()
+    wait_for(lambda: logged('running activate from ghost-1'),
+             what='compute-2 running the request')
+    # Running and waiting for the LV, its request unclaimed: the caller
+    # goes, then the LV is free.
+    assert etcd.get(key) is not None
+    ghost.close(revoke=True)
+    v1.call('deactivate', vg=vg, lv='contended')
+    wait_for(lambda: logged('activate from ghost-1 not run'),
+             what='compute-2 giving the request up')
+    assert c_holders(cluster, vg, 'contended') == []
+
+
+def c_holders(cluster, vg, lv):
+    shown = cluster['volume-1'].client.call('show', vg=vg, lv=lv)
+    return [h['host'] for h in shown['holders']]
+
+
 # -- in-process: a Router on real etcd with a recording handler --
 
 class Recorder:
-    """A handler that records calls; ``gate`` holds chosen callers."""
+    """A handler that records calls; ``gate`` holds chosen callers. As
+    ops.py does, what it does first is a txn that carries the claim the
+    router left to it (an activate's grant): nothing is recorded for a
+    request that fails it."""
 
     def __init__(self):
         self.calls = []
         self.mutex = threading.Lock()
         self.gates = {}
+        self.etcd = None
 
     def __call__(self, op, args):
+        rider = routing.current_rider()
+        if rider is not None:
+            rider.outcome(self.etcd.txn(*rider.carry([], [], [])))
         with self.mutex:
             self.calls.append((op, args))
         gate = self.gates.get(args.get('lv'))
@@ -178,6 +232,7 @@ class Routed:
         # alive: bound to no session).
         self.free_lease = self.etcd.lease_grant(900)
         self.handler = Recorder()
+        self.handler.etcd = self.etcd
         self.server = routing.Router(self.etcd, self.keys,
                                      self.sessions[TARGET],
                                      reply_ttl=reply_ttl)

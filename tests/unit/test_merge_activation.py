@@ -48,7 +48,7 @@ class Ops(opsmod.Operations):
         grant = types.SimpleNamespace(mode='exclusive', token=7,
                                       instance='vm')
         self.leases = types.SimpleNamespace(
-            claim_with=lambda reads, vg, lv, mode, inst, wait:
+            claim_with=lambda reads, vg, lv, mode, inst, wait, rider=None:
                 (grant, True, None),
             release=lambda vg, lv: self.released.append(lv))
         self.guard = types.SimpleNamespace(

@@ -63,6 +63,27 @@ _host_name = dict(schema.OPS['deactivate'][1])['host']
 _serving = threading.local()
 
 
+def claim_rider(keys, kv, sender, on_unbound):
+    """The claim of request ``kv`` (from ``sender``) as an engine.rider:
+    the request is this very version and its lease is ``sender``'s live
+    session; ``on_unbound()`` runs when the lease is not that session."""
+    session_key = keys.session(sender)
+
+    def check(ranges):
+        current, session = ranges
+        if not current or current[0].mod_revision != kv.mod_revision:
+            return 'claimed already, withdrawn or rewritten'
+        if not session or session[0].lease != kv.lease:
+            on_unbound()
+            return f'not bound to a live session of {sender}'
+        return None
+    return riderlib.Rider(
+        [etcdlib.cmp_mod(kv.key, kv.mod_revision),
+         etcdlib.cmp_lease(session_key, kv.lease)],
+        [etcdlib.op_delete(kv.key)],
+        [etcdlib.op_range(kv.key), etcdlib.op_range(session_key)], check)
+
+
 class _Unbound(Exception):
     """A request nobody known is behind: deleted, never answered."""
 
@@ -305,22 +326,9 @@ class Router:
 
     def _rider(self, kv, sender):
         """The claim of ``kv`` as a rider on the txn that grants."""
-        session_key = self.keys.session(sender)
-
-        def check(ranges):
-            current, session = ranges
-            if not current or current[0].mod_revision != kv.mod_revision:
-                return 'claimed already, withdrawn or rewritten'
-            if not session or session[0].lease != kv.lease:
-                self._drop(kv, f'its lease {kv.lease:x} is not the live '
-                           f'session of {sender!r}')
-                return f'not bound to a live session of {sender}'
-            return None
-        return riderlib.Rider(
-            [etcdlib.cmp_mod(kv.key, kv.mod_revision),
-             etcdlib.cmp_lease(session_key, kv.lease)],
-            [etcdlib.op_delete(kv.key)],
-            [etcdlib.op_range(kv.key), etcdlib.op_range(session_key)], check)
+        return claim_rider(self.keys, kv, sender, lambda: self._drop(
+            kv, f'its lease {kv.lease:x} is not the live session of '
+            f'{sender!r}'))
 
     def _answer(self, job, reply):
         """Reply to ``job``, claiming it first if its grant did not: an

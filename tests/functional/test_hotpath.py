@@ -17,6 +17,7 @@ import pytest
 
 from coordinator import errors
 from coordinator.daemon import replies
+from coordinator.daemon import routing
 from coordinator.engine import etcd as etcdlib
 from coordinator.engine.core import Engine
 
@@ -163,25 +164,10 @@ def test_reply_written_while_the_stream_was_down_is_found(etcd_server):
 
 
 
-def _request_rider(eng, key, lease):
-    """A claim of request ``key`` (bound to ``lease``) as routing makes it:
-    its version unchanged, its lease still the sender's session."""
-    from coordinator.engine import rider as riderlib
-    kv = eng.etcd.get(key)
-    session_key = eng.keys.session(eng.host)
-
-    def check(ranges):
-        current, session = ranges
-        if not current or current[0].mod_revision != kv.mod_revision:
-            return 'withdrawn'
-        if not session or session[0].lease != lease:
-            return 'forged'
-        return None
-    return riderlib.Rider(
-        [etcdlib.cmp_mod(key, kv.mod_revision),
-         etcdlib.cmp_lease(session_key, lease)],
-        [etcdlib.op_delete(key)],
-        [etcdlib.op_range(key), etcdlib.op_range(session_key)], check)
+def _request_rider(eng, key):
+    """The claim routing makes of request ``key`` sent by ``eng``'s host."""
+    return routing.claim_rider(eng.keys, eng.etcd.get(key), eng.host,
+                               lambda: None)
 
 
 def test_a_rider_is_claimed_in_the_grant_txn(etcd_server):
@@ -194,14 +180,14 @@ def test_a_rider_is_claimed_in_the_grant_txn(etcd_server):
         lease = a.session.id
         # Granted with the claim: one txn, and the request is gone.
         a.etcd.put('/req/1', 'x', lease=lease)
-        rider = _request_rider(a, '/req/1', lease)
+        rider = _request_rider(a, '/req/1')
         (mine, new, _), n = requests_of(a, lambda: a.leases.claim_with(
             [], 'vg', 'lv1', rider=rider))
         assert new and rider.done and n == {'/kv/txn': 1}
         assert a.etcd.get('/req/1') is None
         # The request withdrawn before the grant: nothing granted.
         a.etcd.put('/req/2', 'x', lease=lease)
-        rider = _request_rider(a, '/req/2', lease)
+        rider = _request_rider(a, '/req/2')
         a.etcd.delete('/req/2')
         with pytest.raises(riderlib.RiderLost, match='withdrawn'):
             a.leases.claim_with([], 'vg', 'lv2', rider=rider)
@@ -209,19 +195,19 @@ def test_a_rider_is_claimed_in_the_grant_txn(etcd_server):
         # A lost race is decided again, the rider carried on the retry.
         b.leases.claim('vg', 'lv3', mode='shared')
         a.etcd.put('/req/3', 'x', lease=lease)
-        rider = _request_rider(a, '/req/3', lease)
+        rider = _request_rider(a, '/req/3')
         mine, new, _ = a.leases.claim_with([], 'vg', 'lv3', mode='shared',
                                            rider=rider)
         assert new and rider.done and a.etcd.get('/req/3') is None
         # A request not bound to its sender's session: nothing granted.
         a.etcd.put('/req/4', 'x', lease=b.session.id)
-        rider = _request_rider(a, '/req/4', b.session.id)
-        with pytest.raises(riderlib.RiderLost, match='forged'):
+        rider = _request_rider(a, '/req/4')
+        with pytest.raises(riderlib.RiderLost, match='not bound'):
             a.leases.claim_with([], 'vg', 'lv4', rider=rider)
         assert a.leases.holders('vg', 'lv4') == []
         # A re-grant writes nothing but still claims.
         a.etcd.put('/req/5', 'x', lease=lease)
-        rider = _request_rider(a, '/req/5', lease)
+        rider = _request_rider(a, '/req/5')
         (mine, new, _), n = requests_of(a, lambda: a.leases.claim_with(
             [], 'vg', 'lv1', rider=rider))
         assert not new and rider.done and a.etcd.get('/req/5') is None

@@ -70,13 +70,15 @@ class Operations:
     def _alert(self, vg, message):
         self.events('out-of-band-change', vg=vg, message=message)
 
-    def _change(self, vg, op, action, also=(), into=None):
+    def _change(self, vg, op, action, also=(), into=None, after=None):
         """Run one metadata change; False if it committed but the lock was
         lost before its seqno was recorded (the caller reports what is on
-        disk: the change is there). ``also``/``into``: MetadataGuard's."""
+        disk: the change is there). ``also``/``into``/``after``:
+        MetadataGuard's."""
         try:
             with metrics.LOCK_WAIT.time():
-                self.guard.change(vg, op, action, also=also, into=into)
+                self.guard.change(vg, op, action, also=also, into=into,
+                                  after=after)
         except errors.LockLost as exc:
             if not getattr(exc, 'committed', False):
                 raise
@@ -99,16 +101,18 @@ class Operations:
         tags = list(tags) + ([MULTIATTACH_TAG] if multiattach else [])
         # The LV's holders (shown in the reply) are read in the txn that
         # records the change: no round trip of their own.
-        read = []
-        recorded = self._change(vg, f'lvcreate {vg}/{lv}',
-                                lambda: self.lvm.create_lv(vg, lv, size,
-                                                           tags),
-                                [self.leases.read_op(vg, lv)], read)
+        read, info = [], []
+        recorded = self._change(
+            vg, f'lvcreate {vg}/{lv}',
+            lambda: self.lvm.create_lv(vg, lv, size, tags),
+            [self.leases.read_op(vg, lv)], read,
+            # The metadata the guard read to record the change has the new
+            # LV: parsed while that record is on its way.
+            after=lambda: info.append(self._lv_info(vg, lv, reread=False)))
         holders = None
         if read:
             holders = self.leases.read_from(vg, lv, read[0], 0)[0]
-        # The metadata the guard read to record the change has the new LV.
-        info = self._lv_info(vg, lv, reread=False)
+        info = info[0] if info else self._lv_info(vg, lv, reread=False)
         return self._committed(self.op_show(vg, lv, info, holders), recorded)
 
     def _free(self, vg, reread=True):

@@ -8,7 +8,9 @@ command; record the new seqno, guarded by the same compare, after it.
 An *intent* key written with the lock marks a change in flight, so the next
 holder can tell a holder that died mid-command from an out-of-band change.
 """
+import concurrent.futures
 import logging
+import threading
 import time
 
 from coordinator import errors
@@ -41,6 +43,8 @@ class MetadataGuard:
         self.rescan_delay = rescan_delay
         self.on_alert = on_alert or (lambda vg, msg: None)
         self.once = once or oncelib.Once(etcd, keys.once())
+        self._helper = None
+        self._helper_mutex = threading.Lock()
 
     def recorded(self, vg):
         """(recorded seqno or None, in-flight intent or None)."""
@@ -59,11 +63,15 @@ class MetadataGuard:
         return (seq[0].json()['seqno'] if seq else None,
                 intent[0].json() if intent else None)
 
-    def change(self, vg, op, action, timeout=None, also=(), into=None):
+    def change(self, vg, op, action, timeout=None, also=(), into=None,
+               after=None):
         """Run ``action()`` as one coordinated metadata change of ``vg``;
         the range requests ``also`` ride along the txn that records the
         change and releases the lock, their results appended to ``into``
-        (nothing if that txn did not run)."""
+        (nothing if that txn did not run). ``after()``, if given, runs
+        once the change is on disk and its seqno read, while that txn is
+        in flight (a helper thread); it is waited for before change()
+        returns, and what it raised is raised then."""
         lock = vglock.VGLock(self.etcd, self.keys, self.session, vg,
                              self.once)
         seq_key, intent_key = self.keys.vg_seqno(vg), self.keys.vg_intent(vg)
@@ -96,7 +104,7 @@ class MetadataGuard:
         finally:
             if started:
                 res = self._record(hold, vg, op, seq_key, intent_key, done,
-                                   also)
+                                   also, after if done else None)
                 if into is not None:
                     into.extend(res.ranges)
             else:
@@ -132,10 +140,14 @@ class MetadataGuard:
                 self.on_alert(vg, msg)
         return disk
 
-    def _record(self, hold, vg, op, seq_key, intent_key, done, also=()):
+    def _record(self, hold, vg, op, seq_key, intent_key, done, also=(),
+                after=None):
         seqno = self.read_seqno(vg, True)
+        # The caller's own work on what was just read (the reply's parse)
+        # overlaps the round trip instead of following it.
+        pending = self._start(after) if after else None
         try:
-            return hold.release([
+            res = hold.release([
                 etcdlib.op_put(seq_key, {'seqno': seqno,
                                          'host': self.session.host,
                                          'op': op, 'at': time.time()}),
@@ -148,3 +160,19 @@ class MetadataGuard:
             # Only a command that succeeded committed anything.
             exc.committed = done
             raise
+        finally:
+            # Never left running past change(); what it raised counts only
+            # once the change is recorded.
+            failed = pending and pending.exception()
+        if failed:
+            raise failed
+        return res
+
+    def _start(self, fn):
+        # One helper thread per guard, made on first use: a guard made
+        # before a fork must not carry a pool whose thread stayed behind.
+        with self._helper_mutex:
+            if self._helper is None:
+                self._helper = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix='guard-after')
+            return self._helper.submit(fn)

@@ -105,3 +105,31 @@ def test_holder_dying_mid_change_is_adopted_not_alerted(etcd_server):
         guard.change(vg, 'b', lambda: lvm.create_lv(vg, 'b', 4 << 20))
         assert alerts == []
         assert guard.recorded(vg) == (lvm.vg(vg)['seqno'], None)
+
+
+def test_after_runs_on_the_change_and_fails_only_once_recorded(etcd_server):
+    with SharedVG(hosts=1, size=256 << 20) as shared, \
+            _guarded(etcd_server, shared) as (eng, guard):
+        vg, lvm = shared.vg, shared.hosts[0].lvm
+        seen = []
+        guard.change(vg, 'a', lambda: lvm.create_lv(vg, 'a', 4 << 20),
+                     after=lambda: seen.append(
+                         [x['name'] for x in lvm.lvs(vg)]))
+        assert seen == [['a']]
+
+        def broken():
+            raise errors.LVMError('reply not parsed')
+        with pytest.raises(errors.LVMError, match='reply not parsed'):
+            guard.change(vg, 'b', lambda: lvm.create_lv(vg, 'b', 4 << 20),
+                         after=broken)
+        # Its change is recorded and the lock released all the same.
+        assert guard.recorded(vg) == (lvm.vg(vg)['seqno'], None)
+        assert eng.vglock(vg).queue() == []
+
+        # A command that failed has no "after".
+        called = []
+        with pytest.raises(errors.LVMError):
+            guard.change(vg, 'a', lambda: lvm.create_lv(vg, 'a', 4 << 20),
+                         after=lambda: called.append(1))
+        assert called == []
+        assert eng.vglock(vg).queue() == []

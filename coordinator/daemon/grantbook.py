@@ -5,22 +5,35 @@ The fencer acts from it before asking anything of LVM or etcd (fence first,
 enumerate later), and proves a grant against it before undoing a fence: the
 LV's identity (UUID and extents, never its name) and the grant's token as
 they were when the device was made. Every process of the daemon shares the
-file; a flock serializes writers.
+book; a flock serializes writers.
+
+The book is two slot files written in turn, each a header (generation,
+length, CRC-32) and the JSON body; a reader takes the valid slot of the
+highest generation. A write overwrites the older slot in place: no rename,
+which on ext4 (auto_da_alloc) costs a flush of the new file per write, and
+a torn write (power loss, a reader in between) leaves the other slot whole.
 """
 import contextlib
 import fcntl
 import json
 import os
 import threading
+import zlib
 
 ACTIVATING, ACTIVE = 'activating', 'active'
 
+_MAGIC = b'lvmcoord-grants'
+# A reader that finds both slots torn raced two writes: it reads again.
+_READ_ATTEMPTS = 5
+
 
 class GrantBook:
-    """{(vg, lv): record} in ``<state_dir>/grants-<cluster>.json``."""
+    """{(vg, lv): record} in ``<state_dir>/grants-<cluster>.json.{0,1}``."""
 
     def __init__(self, state_dir, cluster='default'):
+        # The single file of earlier releases, read until the first write.
         self.path = os.path.join(state_dir, f'grants-{cluster}.json')
+        self.slots = (self.path + '.0', self.path + '.1')
         self._lock_path = self.path + '.lock'
         self._held = threading.local()
 
@@ -46,25 +59,48 @@ class GrantBook:
             os.close(fd)
 
     def _read(self):
-        try:
-            with open(self.path) as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return {}
-        except ValueError:
-            # A torn file cannot happen (atomic replace); an edited one
-            # must not stop the fencer: treat it as empty, the backend's
-            # own enumeration still finds every device.
-            return {}
+        return self._read_gen()[0]
 
-    def _write(self, data, durable=True):
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w') as f:
-            json.dump(data, f)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+    def _read_gen(self):
+        """(data, generation, slot index holding it)."""
+        for _ in range(_READ_ATTEMPTS):
+            found = [_slot(path) for path in self.slots]
+            # Newest first; only the one taken is decoded.
+            for gen, index in sorted(((f[1], i) for i, f in enumerate(found)
+                                      if f[0] is not None), reverse=True):
+                data = _decode(found[index][0])
+                if data is not None:
+                    return data, gen, index
+            if all(f[1] is None for f in found):
+                return _legacy(self.path), 0, 1  # no slot written yet
+            if getattr(self._held, 'depth', 0):
+                break  # under the lock no write is in flight: torn for good
+        # Both torn or edited: must not stop the fencer; the backend's own
+        # enumeration still finds every device.
+        return {}, max((f[1] or 0) for f in found), 1
+
+    def _write(self, data, gen, index, durable=True):
+        # Into the slot not holding ``gen``: the one read stays whole.
+        body = json.dumps(data).encode()
+        head = b'%s %d %d %d\n' % (_MAGIC, gen + 1, len(body),
+                                    zlib.crc32(body))
+        fd = os.open(self.slots[1 - index], os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.pwrite(fd, head + body, 0)
+            if durable or not gen:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        if not gen:
+            # The first slot is on disk: the old single file is read no more.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def _update(self, change, durable=True):
+        with self.locked():
+            data, gen, index = self._read_gen()
+            if change(data):
+                self._write(data, gen, index, durable)
 
     def all(self):
         """{(vg, lv): record} of every grant recorded here."""
@@ -77,33 +113,72 @@ class GrantBook:
     def put(self, vg, lv, durable=True, **record):
         """Record (or update) the grant of vg/lv; ``durable=False``: not
         synced to disk (what a power loss may undo)."""
-        with self.locked():
-            data = self._read()
-            data[f'{vg}/{lv}'] = dict(data.get(f'{vg}/{lv}', {}), **record)
-            self._write(data, durable)
+        key = f'{vg}/{lv}'
+
+        def change(data):
+            data[key] = dict(data.get(key, {}), **record)
+            return True
+        self._update(change, durable)
 
     def mark_fenced(self, keys):
         """Mark the records of ``keys`` fenced: an activation still making
         its device sees the mark and stops that device's I/O itself."""
-        with self.locked():
-            data = self._read()
+        def change(data):
             hit = [f'{vg}/{lv}' for vg, lv in keys if f'{vg}/{lv}' in data]
             for key in hit:
                 data[key]['fenced'] = True
-            if hit:
-                self._write(data)
+            return hit
+        self._update(change)
 
     def unmark_fenced(self, vg, lv):
         """The fence of vg/lv was undone by proof."""
-        with self.locked():
-            data = self._read()
+        def change(data):
             record = data.get(f'{vg}/{lv}')
-            if record and record.pop('fenced', None):
-                self._write(data)
+            return record and record.pop('fenced', None)
+        self._update(change)
 
     def drop(self, vg, lv):
         """Forget vg/lv (its device is gone)."""
-        with self.locked():
-            data = self._read()
-            if data.pop(f'{vg}/{lv}', None) is not None:
-                self._write(data)
+        self._update(lambda data: data.pop(f'{vg}/{lv}', None) is not None)
+
+
+def _slot(path):
+    """(body or None, generation or None if the slot was never written)
+    of one slot file; body None when torn or not ours."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, None
+    try:
+        raw = b''.join(iter(lambda: os.read(fd, 1 << 16), b''))
+    finally:
+        os.close(fd)
+    head, sep, rest = raw.partition(b'\n')
+    fields = head.split(b' ')
+    if not sep or len(fields) != 4 or fields[0] != _MAGIC:
+        return None, 0
+    try:
+        gen, length, crc = (int(x) for x in fields[1:])
+    except ValueError:
+        return None, 0
+    body = rest[:length]
+    if len(body) != length or zlib.crc32(body) != crc:
+        return None, gen
+    return body, gen
+
+
+def _decode(body):
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _legacy(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -29,6 +29,7 @@ import time
 
 from coordinator import errors
 from coordinator.activation import loop as looplib
+from coordinator.daemon import grantbook
 
 LOG = logging.getLogger(__name__)
 
@@ -254,17 +255,18 @@ class SimulatedWatchdog:
     def _tokens(self):
         """{'vg/lv': token} from the daemon's grant book."""
         out = {}
-        for name in _listdir(self.daemon.state_dir):
-            if not (name.startswith('grants-') and name.endswith('.json')):
-                continue
+        clusters = {name[len('grants-'):].split('.json')[0]
+                    for name in _listdir(self.daemon.state_dir)
+                    if name.startswith('grants-') and '.json' in name}
+        for cluster in clusters:
             try:
-                with open(os.path.join(self.daemon.state_dir, name)) as f:
-                    book = json.load(f)
-            except (OSError, ValueError):
+                book = grantbook.GrantBook(self.daemon.state_dir,
+                                           cluster).all()
+            except OSError:
                 continue
-            for key, rec in book.items():
+            for (vg, lv), rec in book.items():
                 if isinstance(rec, dict) and rec.get('token'):
-                    out[key] = rec['token']
+                    out[f'{vg}/{lv}'] = rec['token']
         return out
 
     def _links(self):

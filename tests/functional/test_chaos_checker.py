@@ -15,6 +15,7 @@ import time
 import pytest
 
 from coordinator.activation import loop as looplib
+from coordinator.daemon import grantbook
 from coordinator.sandbox import watchdog
 from coordinator.sandbox.chaos import history as historylib
 from coordinator.sandbox.chaos import invariants
@@ -209,9 +210,8 @@ def test_simulated_watchdog_resets_a_host_that_stops_petting(vg_with_lv):
         json.dump({f'{shared.vg}/vol': {
             'loop': loop, 'offset': offset, 'tag': 'lvmcoord:test',
             'uuid': uuid}}, f)
-    with open(os.path.join(daemon.state_dir, 'grants-sandbox.json'),
-              'w') as f:
-        json.dump({f'{shared.vg}/vol': {'token': 10}}, f)
+    grantbook.GrantBook(daemon.state_dir, 'sandbox').put(shared.vg, 'vol',
+                                                       token=10)
     vm = os.open(loop, os.O_RDWR | os.O_DIRECT)  # a VM's open descriptor
     buf = mmap.mmap(-1, writerlib.BLOCK)
     dog = watchdog.SimulatedWatchdog(daemon, timeout=1)

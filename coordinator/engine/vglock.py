@@ -156,19 +156,27 @@ class VGLock:
         put = etcdlib.op_put(key, value, lease=self.session.id)
         # At most once: a late second delivery of this txn (after our
         # release) would queue the key again, under our live session, and
-        # block the VG for good (coordinator.engine.once).
+        # block the VG for good (coordinator.engine.once). Both branches put
+        # the marker: a delivery that found the queue busy must not apply
+        # once it is empty. Flat, not a nested "queue empty?" txn: the
+        # uncontended acquire is cheaper for etcd; a contended one queues
+        # in a second round trip, spent while the holder still holds.
         res = self.once.txn(lambda cmp, once_put: (
-            [cmp],
-            [once_put, etcdlib.op_txn([_queue_empty(self.prefix)],
-                                      [put] + list(with_ops),
-                                      [put, etcdlib.op_range(key)])],
-            [etcdlib.op_range(key)]))
-        if res.succeeded and res.txns[0].succeeded:
-            return Hold(self, key, res.revision, True, res.txns[0].ranges)
+            [cmp, _queue_empty(self.prefix)],
+            [once_put, put] + list(with_ops),
+            [once_put, etcdlib.op_range(key)]))
+        if res.succeeded:
+            return Hold(self, key, res.revision, True, res.ranges)
+        kvs = res.ranges[0]
+        if not kvs:
+            # Others hold or wait: queue up behind them.
+            res = self.once.txn(lambda cmp, once_put: (
+                [cmp], [once_put, put, etcdlib.op_range(key)],
+                [etcdlib.op_range(key)]))
+            kvs = res.ranges[0]
         # Queued behind others, or this is our own retry of a txn whose
         # first delivery applied (its answer lost): either way our key's
         # place in the queue is what counts.
-        kvs = res.txns[0].ranges[0] if res.succeeded else res.ranges[0]
         if not kvs:
             raise errors.LockLost(f'VG {self.vg} lock queue entry vanished '
                                   f'while queueing (session expired?)')
@@ -188,7 +196,7 @@ class VGLock:
         # One read returns our own key and up to two predecessors: ours
         # missing means the session expired while we queued.
         while True:
-            kvs, header = self.etcd.range(
+            kvs, _ = self.etcd.range(
                 self.prefix, prefix=True, last_created=True, limit=3,
                 max_create_revision=revision)
             if not kvs or kvs[0].key != key:
@@ -199,21 +207,22 @@ class VGLock:
                 return
             # No key older than ours can appear later, so when a sole
             # predecessor goes we are first: no need to read again.
-            if self._await_delete(kvs[1].key, header, deadline) and \
+            if self._await_delete(kvs[1].key, deadline) and \
                     len(kvs) == 2:
                 self.session.check()
                 return
 
-    def _await_delete(self, pred, header, deadline):
+    def _await_delete(self, pred, deadline):
         """True on the predecessor's DELETE event, False if it is found
         gone by a re-check (the event may have been missed)."""
         # Watch from now, not from the read: a watch that starts in the
         # past is "unsynced" in etcd, and its events (even later ones) wait
-        # for etcd's 100 ms catch-up loop. What happened between the read
-        # and the watch's creation, a re-read sees.
+        # for etcd's 100 ms catch-up loop. "Now" is the revision etcd read
+        # just before registering the watch, and a write in between makes
+        # it unsynced all the same: a read once the watch exists sees what
+        # it may hold back.
         with self.etcd.watch(pred, 0) as watch:
-            if watch.created_revision != header and \
-                    self.etcd.get(pred) is None:
+            if self.etcd.get(pred) is None:
                 return True
             for event in watch.until(deadline, RECHECK):
                 if event and event[0] == 'DELETE':

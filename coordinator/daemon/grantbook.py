@@ -23,7 +23,8 @@ import zlib
 ACTIVATING, ACTIVE = 'activating', 'active'
 
 _MAGIC = b'lvmcoord-grants'
-# A reader that finds both slots torn raced two writes: it reads again.
+# A lock-free reader that catches a slot mid-write reads again, this many
+# times, then under the lock.
 _READ_ATTEMPTS = 5
 
 
@@ -63,21 +64,33 @@ class GrantBook:
 
     def _read_gen(self):
         """(data, generation, slot index holding it)."""
+        held = getattr(self._held, 'depth', 0)
         for _ in range(_READ_ATTEMPTS):
             found = [_slot(path) for path in self.slots]
+            if all(gen is None for _, gen in found):
+                return _legacy(self.path), 0, 1  # no slot written yet
+            # Lock-free, a slot caught mid-write means the other one may
+            # be older than the book was when we began (two writes can
+            # pass between our two reads): read again. Under the lock no
+            # write is in flight, and a torn slot is one for good.
+            if not held and any(body is None and gen is not None
+                                for body, gen in found):
+                continue
             # Newest first; only the one taken is decoded.
             for gen, index in sorted(((f[1], i) for i, f in enumerate(found)
                                       if f[0] is not None), reverse=True):
                 data = _decode(found[index][0])
                 if data is not None:
                     return data, gen, index
-            if all(f[1] is None for f in found):
-                return _legacy(self.path), 0, 1  # no slot written yet
-            if getattr(self._held, 'depth', 0):
-                break  # under the lock no write is in flight: torn for good
+            break
+        else:
+            # Writes kept passing by (or one slot is torn for good): read
+            # once no write is in flight.
+            with self.locked():
+                return self._read_gen()
         # Both torn or edited: must not stop the fencer; the backend's own
         # enumeration still finds every device.
-        return {}, max((f[1] or 0) for f in found), 1
+        return {}, max((gen or 0) for _, gen in found), 1
 
     def _write(self, data, gen, index, durable=True):
         # Into the slot not holding ``gen``: the one read stays whole.

@@ -212,7 +212,7 @@ class LeaseTable:
         state = None if (vg, lv) in self._written else ([], 0, 0, None)
         while True:
             self.session.check()
-            holders, ledger_rev, header, extra = state or \
+            holders, ledger_rev, _, extra = state or \
                 self._read(vg, lv, also, rider)
             state = None
             want = modes.Holder(host=self.session.host, mode=mode,
@@ -230,7 +230,7 @@ class LeaseTable:
                 if isinstance(exc, errors.LeaseFenceWait):
                     pause = min(pause, max(0.01, max(
                         self.grace_left(vg, lv, h) for h in exc.holders)))
-                self._wait_change(vg, lv, header, pause)
+                self._wait_change(vg, lv, (holders, ledger_rev), pause)
                 continue
             mine = next(h for h in new if h.host == self.session.host)
             if not changed:
@@ -384,7 +384,7 @@ class LeaseTable:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                holders, _, header = self.read(vg, lv)
+                holders, ledger_rev, _ = self.read(vg, lv)
             except errors.LeaseConflict:
                 return True
             if not any(h.host == host for h in holders):
@@ -392,7 +392,8 @@ class LeaseTable:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            self._wait_change(vg, lv, header, min(left, RECHECK))
+            self._wait_change(vg, lv, (holders, ledger_rev),
+                              min(left, RECHECK))
 
     def reserve(self, vg, lv, op):
         """Keep vg/lv from being granted while ``op`` (delete, rename)
@@ -460,9 +461,20 @@ class LeaseTable:
         for key in [k for k in self._orphans if k[:2] == (vg, lv)]:
             del self._orphans[key]
 
-    def _wait_change(self, vg, lv, header, timeout):
-        with self.etcd.watch(self.keys.lease(vg, lv), header + 1,
+    def _wait_change(self, vg, lv, seen, timeout):
+        """Return once vg/lv may differ from ``seen`` (holders and ledger
+        revision as read), at the latest after ``timeout``."""
+        # From now, then a look: a watch from the read's revision is
+        # "unsynced" in etcd once anything was written since (its events
+        # held up to 100 ms), and so is one "from now" if a write lands
+        # while etcd registers it.
+        with self.etcd.watch(self.keys.lease(vg, lv), 0,
                              prefix=True) as watch:
+            try:
+                if self.read(vg, lv)[:2] != seen:
+                    return
+            except errors.LeaseConflict:
+                return  # reserved meanwhile: the caller reads it
             watch.get(timeout)
 
     def mine(self):

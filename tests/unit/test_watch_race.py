@@ -1,13 +1,15 @@
-"""A waiter's watch on its predecessor: etcd registers a watch "from now"
-at the revision it read just before, so a delete landing in between is
-held back (the watch is "unsynced", up to 100 ms). The waiter must see
-that delete by a read once its watch exists, whatever revision the watch
-reports."""
+"""Waiting on a watch: etcd registers a watch "from now" at the revision it
+read just before, so a write landing in between is held back (the watch
+is "unsynced", up to 100 ms), and a watch from an older revision is held
+back whenever anything was written since. A VG lock waiter and a lease
+waiter must see such a write by a read once their watch exists."""
 import contextlib
 import time
 
 from coordinator.engine import etcd as etcdlib
 from coordinator.engine import keys as keyslib
+from coordinator.engine import lease as leaselib
+from coordinator.engine import modes
 from coordinator.engine import vglock
 
 
@@ -61,3 +63,33 @@ def test_a_delete_during_the_watch_creation_is_seen_by_a_read():
     lock._wait_predecessors(etcd.ours.key, etcd.ours.create_revision,
                             time.monotonic() + 5)
     assert etcd.deleted
+
+
+class _HeldBackLeaseWatch(_HeldBackWatch):
+
+    def get(self, timeout):
+        raise AssertionError('waited for an event etcd held back')
+
+
+class _LeaseEtcd:
+    """The holder releases while the lease waiter's watch is made."""
+
+    def __init__(self):
+        self.released = False
+
+    @contextlib.contextmanager
+    def watch(self, key, start_revision, prefix=False):
+        assert start_revision == 0 and prefix
+        self.released = True
+        yield _HeldBackLeaseWatch()
+
+
+def test_a_release_during_the_lease_watch_creation_is_seen_by_a_read():
+    etcd = _LeaseEtcd()
+    table = leaselib.LeaseTable(etcd, keyslib.Keys('/t', 'c'), _Session(),
+                                once=object())
+    other = modes.Holder(host='h2', mode=modes.EXCLUSIVE, token=5)
+    table.read = lambda vg, lv: (([], 7, 12) if etcd.released
+                                 else ([other], 6, 10))
+    table._wait_change('vg0', 'lv0', ([other], 6), 5.0)
+    assert etcd.released

@@ -10,6 +10,7 @@ never made writable on its way out: a detach of an open loop device is
 only deferred by the kernel, so it stays read-only until really gone.
 """
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -25,8 +26,14 @@ from coordinator.lvm import mda
 _LOOP_SET_STATUS64 = 0x4C04
 _LOOP_GET_STATUS64 = 0x4C05
 _LOOP_SET_CAPACITY = 0x4C07
+_LOOP_CONFIGURE = 0x4C0A
+_LOOP_CTL_GET_FREE = 0x4C82
+_LO_FLAGS_READ_ONLY = 1
 _BLKROSET = 0x125D
 _INFO64 = struct.Struct('5Q4I64s64s32s2Q')
+# struct loop_config: fd, block_size, loop_info64, 8 reserved u64.
+_CONFIG = struct.Struct('II5Q4I64s64s32s2Q8Q')
+_ATTACH_ATTEMPTS = 16
 
 
 def _run(*args):
@@ -36,6 +43,60 @@ def _run(*args):
         raise errors.LVMError(f'{args[0]} {" ".join(args[1:])}: '
                               f'{out.stderr.strip()}', stderr=out.stderr)
     return out.stdout.strip()
+
+
+def _attach(device, offset, size, tag, read_only):
+    """A free loop device over ``size`` bytes of ``device`` from
+    ``offset``, stamped with ``tag``, born read-only (made writable by
+    the caller once it is recorded)."""
+    for _ in range(_ATTACH_ATTEMPTS):
+        ctl = os.open('/dev/loop-control', os.O_RDWR | os.O_CLOEXEC)
+        try:
+            loop = f'/dev/loop{fcntl.ioctl(ctl, _LOOP_CTL_GET_FREE)}'
+        finally:
+            os.close(ctl)
+        try:
+            # Exclusive: nobody else can attach this minor while we hold
+            # it, so the read-only flag set below is on our device only.
+            fd = os.open(loop, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.EBUSY, errno.ENOENT):
+                continue  # taken, or not made yet: another minor
+            raise
+        try:
+            if _bound(fd):
+                continue  # attached before our claim
+            # Read-only before it maps anything: a daemon killed before
+            # the device is recorded leaves nothing writable behind.
+            fcntl.ioctl(fd, _BLKROSET, struct.pack('i', 1))
+            backing = os.open(device, (os.O_RDONLY if read_only else
+                                       os.O_RDWR) | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(fd, _LOOP_CONFIGURE, _CONFIG.pack(
+                    backing, 0, 0, 0, 0, offset, size, 0, 0, 0,
+                    _LO_FLAGS_READ_ONLY if read_only else 0,
+                    tag.encode(), b'', b'', 0, 0, *([0] * 8)))
+            finally:
+                os.close(backing)
+            return loop
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise errors.LVMError(f'cannot attach {loop} over {device}: '
+                                      f'{exc}', kind='failed') from exc
+        finally:
+            os.close(fd)
+    raise errors.LVMError(f'no free loop device over {device} after '
+                          f'{_ATTACH_ATTEMPTS} attempts', kind='failed')
+
+
+def _bound(fd):
+    try:
+        fcntl.ioctl(fd, _LOOP_GET_STATUS64, bytearray(_INFO64.size))
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return False
+        raise
+    return True
 
 
 def _sys(loop, name):
@@ -225,17 +286,8 @@ class LoopBackend(base.Backend):
             _check_mappable(vg, lv, info, read_only)
             geo = self._extent_range(vg, lv, info)
             device, offset, size = geo['pv'], geo['offset'], geo['size']
-            args = ['losetup', '-f', '--show', '--offset', str(offset),
-                    '--sizelimit', str(size)]
-            loop = _run(*(args + (['-r'] if read_only else []) + [device]))
             tag = f'lvmcoord:{uuidlib.uuid4().hex[:16]}'
-
-            def stamp(info):
-                info[_FILE_NAME] = tag.encode()
-            _status(loop, stamp)
-            # The kernel keeps a minor's read-only flag across detach and
-            # attach: set it explicitly, never inherit a past fence.
-            _set_ro(loop, read_only)
+            loop = _attach(device, offset, size, tag, read_only)
             link = self._link(vg, lv)
             os.makedirs(os.path.dirname(link), exist_ok=True)
             if os.path.lexists(link):
@@ -244,6 +296,9 @@ class LoopBackend(base.Backend):
             state[key] = dict(geo, loop=loop, path=link, tag=tag,
                               read_only=read_only, uuid=info['uuid'])
             self._save(state)
+            # Writable only now that it is recorded and named.
+            if not read_only:
+                _set_ro(loop, False)
             return link
 
     def deactivate(self, vg, lv):

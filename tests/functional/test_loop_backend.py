@@ -4,6 +4,8 @@ taken for ours, and our name for it goes. Real LVM, real loop devices."""
 import os
 import subprocess
 
+import pytest
+
 from coordinator.activation import loop as looplib
 from coordinator.sandbox.cluster import detach_stacked
 from coordinator.sandbox.lvm import SharedVG
@@ -43,5 +45,48 @@ def test_a_lost_device_is_neither_detached_nor_linked_again(tmp_path):
             assert _attached(mine)
             with open(f'/sys/block/{os.path.basename(mine)}/ro') as f:
                 assert f.read().strip() == '0'    # not fenced by mistake
+        finally:
+            detach_stacked(shared.device)
+
+
+def _read_only(loop):
+    with open(f'/sys/block/{os.path.basename(loop)}/ro') as f:
+        return f.read().strip() == '1'
+
+
+def test_a_device_is_born_read_only_and_writable_once_recorded(tmp_path):
+    with SharedVG(hosts=1, size=64 * MiB) as shared:
+        try:
+            lvm = shared.hosts[0].lvm
+            lvm.create_lv(shared.vg, 'vol', 8 * MiB)
+            # What a daemon killed right after the attach leaves behind.
+            loop = looplib._attach(shared.device, MiB, 4 * MiB,
+                                   'lvmcoord:test', False)
+            try:
+                assert _read_only(loop)
+                assert looplib._tag(loop) == 'lvmcoord:test'
+                fd = os.open(loop, os.O_WRONLY)
+                try:
+                    with pytest.raises(PermissionError):
+                        os.write(fd, b'x' * 512)
+                finally:
+                    os.close(fd)
+            finally:
+                subprocess.run(['losetup', '-d', loop], check=True)
+            backend = looplib.LoopBackend(lvm, str(tmp_path / 'state'),
+                                          str(tmp_path / 'dev'))
+            path = backend.activate(shared.vg, 'vol')
+            mine = os.readlink(path)
+            assert not _read_only(mine)
+            assert backend.active()[(shared.vg, 'vol')]['suspended'] is False
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                assert os.write(fd, b'y' * 512) == 512
+            finally:
+                os.close(fd)
+            backend.deactivate(shared.vg, 'vol')
+            ro_path = backend.activate(shared.vg, 'vol', read_only=True)
+            assert _read_only(os.readlink(ro_path))
+            backend.deactivate(shared.vg, 'vol')
         finally:
             detach_stacked(shared.device)

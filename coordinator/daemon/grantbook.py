@@ -18,14 +18,17 @@ import fcntl
 import json
 import os
 import threading
+import time
 import zlib
 
 ACTIVATING, ACTIVE = 'activating', 'active'
 
 _MAGIC = b'lvmcoord-grants'
 # A lock-free reader that catches a slot mid-write reads again, this many
-# times, then under the lock.
+# times, then under the lock, waiting this long for it at most: the fencer
+# reads the book and must not wait on a frozen writer (SIGSTOP, D state).
 _READ_ATTEMPTS = 5
+_READ_LOCK_WAIT = 0.25
 
 
 class GrantBook:
@@ -39,22 +42,26 @@ class GrantBook:
         self._held = threading.local()
 
     @contextlib.contextmanager
-    def locked(self):
+    def locked(self, wait=None):
         """The book's lock, across the daemon's processes (re-entrant in
-        one thread): what is decided under it sees no write in between."""
+        one thread): what is decided under it sees no write in between.
+        Yields False, lock not taken, if ``wait`` seconds pass first."""
         if getattr(self._held, 'depth', 0):
             self._held.depth += 1
             try:
-                yield
+                yield True
             finally:
                 self._held.depth -= 1
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not _flock(fd, wait):
+                yield False
+                return
             self._held.depth = 1
-            yield
+            yield True
         finally:
             self._held.depth = 0
             os.close(fd)
@@ -85,9 +92,17 @@ class GrantBook:
             break
         else:
             # Writes kept passing by (or one slot is torn for good): read
-            # once no write is in flight.
-            with self.locked():
-                return self._read_gen()
+            # once no write is in flight, if that comes soon.
+            with self.locked(wait=_READ_LOCK_WAIT) as taken:
+                if taken:
+                    return self._read_gen()
+            # The writer is stuck holding the lock: the newest whole slot,
+            # as the last write left it.
+            whole = [(f[1], i) for i, f in enumerate(found)
+                     if f[0] is not None and _decode(f[0]) is not None]
+            if whole:
+                gen, index = max(whole)
+                return _decode(found[index][0]), gen, index
         # Both torn or edited: must not stop the fencer; the backend's own
         # enumeration still finds every device.
         return {}, max((gen or 0) for _, gen in found), 1
@@ -153,6 +168,23 @@ class GrantBook:
     def drop(self, vg, lv):
         """Forget vg/lv (its device is gone)."""
         self._update(lambda data: data.pop(f'{vg}/{lv}', None) is not None)
+
+
+def _flock(fd, wait):
+    """Take the flock on ``fd``; with ``wait``, give up after that long."""
+    if wait is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    deadline, pause = time.monotonic() + wait, 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
 
 
 def _slot(path):

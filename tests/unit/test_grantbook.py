@@ -1,8 +1,11 @@
 """GrantBook on a real filesystem: two slots written in turn, a torn one
 never read, the single file of earlier releases read until replaced."""
+import fcntl
 import json
 import multiprocessing
 import os
+import signal
+import threading
 
 from coordinator.daemon import grantbook
 
@@ -67,6 +70,46 @@ def test_both_slots_unreadable_is_an_empty_book(tmp_path):
     assert book.all() == {}
     book.put('vg', 'c', token=3)
     assert book.all() == {('vg', 'c'): {'token': 3}}
+
+
+def _hold_lock_frozen(lock_path, ready):
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(ready, b'x')
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def test_a_writer_frozen_under_the_lock_does_not_stop_a_reader(tmp_path):
+    # A slot torn for good sends a lock-free reader to the lock; a writer
+    # stopped while holding it (SIGSTOP, D state) must not stop the
+    # fencer, which reads the book before it fences.
+    book = _book(tmp_path)
+    book.put('vg', 'a', token=1)
+    book.put('vg', 'a', token=2)
+    with open(book.slots[0], 'r+b') as f:
+        f.seek(40)
+        f.write(b'\0' * 8)
+    ready_r, ready_w = os.pipe()
+    proc = multiprocessing.get_context('fork').Process(
+        target=_hold_lock_frozen, args=(book._lock_path, ready_w))
+    proc.start()
+    try:
+        assert os.read(ready_r, 1) == b'x'
+        seen = []
+        reader = threading.Thread(target=lambda: seen.append(book.all()),
+                                  daemon=True)
+        reader.start()
+        reader.join(30)
+        assert not reader.is_alive(), 'the reader waits on a frozen writer'
+        assert seen == [{('vg', 'a'): {'token': 2}}]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)
+        os.close(ready_r)
+        os.close(ready_w)
+    # The writer gone, the next write takes the lock and mends the slot.
+    book.put('vg', 'a', token=3)
+    assert grantbook._slot(book.slots[0])[1] == 3
 
 
 def test_the_single_file_of_earlier_releases_is_read_then_replaced(

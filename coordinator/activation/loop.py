@@ -8,6 +8,8 @@ Fencing sets the loop device read-only: the kernel then fails every write,
 including writes through descriptors that were already open. A device is
 never made writable on its way out: a detach of an open loop device is
 only deferred by the kernel, so it stays read-only until really gone.
+The flag outlives the binding, though: once the minor is free again it is
+cleared, or the next user of that minor would get a read-only disk.
 """
 import contextlib
 import errno
@@ -30,6 +32,7 @@ _LOOP_CONFIGURE = 0x4C0A
 _LOOP_CTL_GET_FREE = 0x4C82
 _LO_FLAGS_READ_ONLY = 1
 _BLKROSET = 0x125D
+_BLKROGET = 0x125E
 _INFO64 = struct.Struct('5Q4I64s64s32s2Q')
 # struct loop_config: fd, block_size, loop_info64, 8 reserved u64.
 _CONFIG = struct.Struct('II5Q4I64s64s32s2Q8Q')
@@ -66,18 +69,26 @@ def _attach(device, offset, size, tag, read_only):
         try:
             if _bound(fd):
                 continue  # attached before our claim
+            was = _ro_flag(fd)
             # Read-only before it maps anything: a daemon killed before
             # the device is recorded leaves nothing writable behind.
             fcntl.ioctl(fd, _BLKROSET, struct.pack('i', 1))
-            backing = os.open(device, (os.O_RDONLY if read_only else
-                                       os.O_RDWR) | os.O_CLOEXEC)
             try:
-                fcntl.ioctl(fd, _LOOP_CONFIGURE, _CONFIG.pack(
-                    backing, 0, 0, 0, 0, offset, size, 0, 0, 0,
-                    _LO_FLAGS_READ_ONLY if read_only else 0,
-                    tag.encode(), b'', b'', 0, 0, *([0] * 8)))
-            finally:
-                os.close(backing)
+                backing = os.open(device, (os.O_RDONLY if read_only else
+                                           os.O_RDWR) | os.O_CLOEXEC)
+                try:
+                    fcntl.ioctl(fd, _LOOP_CONFIGURE, _CONFIG.pack(
+                        backing, 0, 0, 0, 0, offset, size, 0, 0, 0,
+                        _LO_FLAGS_READ_ONLY if read_only else 0,
+                        tag.encode(), b'', b'', 0, 0, *([0] * 8)))
+                finally:
+                    os.close(backing)
+            except BaseException:
+                # Not attached by us (EBUSY: by another since our look):
+                # the minor's flag as we found it.
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(fd, _BLKROSET, struct.pack('i', was))
+                raise
             return loop
         except OSError as exc:
             if exc.errno != errno.EBUSY:
@@ -89,14 +100,49 @@ def _attach(device, offset, size, tag, read_only):
                           f'{_ATTACH_ATTEMPTS} attempts', kind='failed')
 
 
-def _bound(fd):
+def _release_ro(loop, tag):
+    """Clear the read-only flag left on ``loop`` once our device (``tag``)
+    is no longer bound to it; False while it still is (a deferred detach:
+    the device is open)."""
     try:
-        fcntl.ioctl(fd, _LOOP_GET_STATUS64, bytearray(_INFO64.size))
+        # Exclusive: an attach in progress holds the minor so (and sets
+        # the flag itself); a mount on our device too.
+        fd = os.open(loop, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc.errno != errno.EBUSY or _tag(loop) != tag
+    try:
+        info = _info(fd)
+        if info is not None:
+            # Still ours, or the minor's new owner's business.
+            return _tag_of(info) != tag
+        fcntl.ioctl(fd, _BLKROSET, struct.pack('i', 0))
+        return True
+    except OSError:
+        return True  # nothing more we can do for this minor
+    finally:
+        os.close(fd)
+
+
+def _ro_flag(fd):
+    buf = bytearray(4)
+    fcntl.ioctl(fd, _BLKROGET, buf)
+    return struct.unpack('i', buf)[0]
+
+
+def _info(fd):
+    """The bound loop device's status fields, or None when unbound."""
+    buf = bytearray(_INFO64.size)
+    try:
+        fcntl.ioctl(fd, _LOOP_GET_STATUS64, buf)
     except OSError as exc:
         if exc.errno == errno.ENXIO:
-            return False
+            return None
         raise
-    return True
+    return list(_INFO64.unpack(buf))
+
+
+def _bound(fd):
+    return _info(fd) is not None
 
 
 def _sys(loop, name):
@@ -128,9 +174,13 @@ _FILE_NAME = 9
 def _tag(loop):
     """The owner tag we stamped in the loop device's status."""
     try:
-        return _status(loop)[_FILE_NAME].rstrip(b'\0').decode()
+        return _tag_of(_status(loop))
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def _tag_of(info):
+    return info[_FILE_NAME].rstrip(b'\0').decode(errors='replace')
 
 
 def _set_ro(loop, read_only):
@@ -182,6 +232,8 @@ class LoopBackend(base.Backend):
     def __init__(self, lvm, state_dir, dev_dir=None):
         self.lvm = lvm
         self.state_file = os.path.join(state_dir, 'loop-devices.json')
+        # {minor: tag} detached by us while open: read-only until freed.
+        self.retired_file = os.path.join(state_dir, 'loop-retired.json')
         self.dev_dir = dev_dir or '/run/lvmcoord/dev'
         # metadata(vg) -> mda.VGInfo or None, set by the host context.
         self.metadata = None
@@ -232,12 +284,28 @@ class LoopBackend(base.Backend):
         except OSError:
             return False
 
-    def _save(self, state):
-        os.makedirs(os.path.dirname(self.state_file), exist_ok=True)
-        tmp = self.state_file + '.tmp'
+    def _save(self, state, path=None):
+        path = path or self.state_file
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + '.tmp'
         with open(tmp, 'w') as f:
             json.dump(state, f)
-        os.replace(tmp, self.state_file)
+        os.replace(tmp, path)
+
+    def _sweep(self, detached=None):
+        """Clear the read-only flag of the minors our devices have left
+        (``detached``: {minor: tag} just now); remember the ones still
+        bound until a later call finds them free."""
+        try:
+            with open(self.retired_file) as f:
+                stored = json.load(f)
+        except FileNotFoundError:
+            stored = {}
+        pending = {loop: tag for loop, tag in
+                   dict(stored, **(detached or {})).items()
+                   if not _release_ro(loop, tag)}
+        if pending != stored:
+            self._save(pending, self.retired_file)
 
     def _extent_range(self, vg, lv, info=None):
         info = info or self._lv(vg, lv)
@@ -284,6 +352,7 @@ class LoopBackend(base.Backend):
                 _set_ro(state[key]['loop'], True)
                 self._detach(state, vg, lv)
             _check_mappable(vg, lv, info, read_only)
+            self._sweep()
             geo = self._extent_range(vg, lv, info)
             device, offset, size = geo['pv'], geo['offset'], geo['size']
             tag = f'lvmcoord:{uuidlib.uuid4().hex[:16]}'
@@ -348,6 +417,7 @@ class LoopBackend(base.Backend):
         if os.path.lexists(entry['path']):
             os.unlink(entry['path'])
         self._save(state)
+        self._sweep({entry['loop']: entry.get('tag')})
 
     def refresh(self, vg, lv):
         with self._mutex():

@@ -1,11 +1,15 @@
 """The loop backend when its device went without it (a reboot, an admin,
 or on a shared kernel another simulated host): a reused minor is never
 taken for ours, and our name for it goes. Real LVM, real loop devices."""
+import json
 import os
+import re
 import subprocess
+import time
 
 import pytest
 
+from coordinator import errors
 from coordinator.activation import loop as looplib
 from coordinator.sandbox.cluster import detach_stacked
 from coordinator.sandbox.lvm import SharedVG
@@ -88,5 +92,67 @@ def test_a_device_is_born_read_only_and_writable_once_recorded(tmp_path):
             ro_path = backend.activate(shared.vg, 'vol', read_only=True)
             assert _read_only(os.readlink(ro_path))
             backend.deactivate(shared.vg, 'vol')
+        finally:
+            detach_stacked(shared.device)
+
+
+def _wait_detached(loop, timeout=30):
+    # The kernel detaches on last close, maybe from a work queue.
+    deadline = time.monotonic() + timeout
+    while _attached(loop):
+        assert time.monotonic() < deadline, f'{loop} still attached'
+        time.sleep(0.01)
+
+
+def test_a_minor_our_device_left_is_writable_again(tmp_path):
+    # The read-only flag outlives the binding: left set, the next user of
+    # the minor (losetup, another service) would get a read-only disk.
+    with SharedVG(hosts=1, size=64 * MiB) as shared:
+        try:
+            lvm = shared.hosts[0].lvm
+            for name in ('vol', 'other'):
+                lvm.create_lv(shared.vg, name, 8 * MiB)
+            backend = looplib.LoopBackend(lvm, str(tmp_path / 'state'),
+                                          str(tmp_path / 'dev'))
+            loop = os.readlink(backend.activate(shared.vg, 'vol'))
+            backend.deactivate(shared.vg, 'vol')
+            assert not _attached(loop) and not _read_only(loop)
+            # Retired while open: read-only until the last close, then
+            # cleared by the backend's next change.
+            path = backend.activate(shared.vg, 'vol')
+            loop = os.readlink(path)
+            other = os.readlink(backend.activate(shared.vg, 'other'))
+            fd = os.open(path, os.O_RDWR)
+            try:
+                backend.retire(shared.vg, 'vol')
+                assert _attached(loop) and _read_only(loop)
+                with pytest.raises(PermissionError):
+                    os.pwrite(fd, b'x' * 512, 0)
+            finally:
+                os.close(fd)
+            _wait_detached(loop)
+            backend.deactivate(shared.vg, 'other')
+            assert not _read_only(loop) and not _read_only(other)
+            with open(backend.retired_file) as f:
+                assert json.load(f) == {}
+        finally:
+            detach_stacked(shared.device)
+
+
+def test_a_failed_attach_leaves_the_minor_as_it_found_it():
+    with SharedVG(hosts=1, size=64 * MiB) as shared:
+        try:
+            before = {f'/dev/{name}': _read_only(f'/dev/{name}')
+                      for name in os.listdir('/sys/block')
+                      if name.startswith('loop')}
+            # An offset the kernel refuses (EOVERFLOW), after the minor was
+            # set read-only for the attach.
+            with pytest.raises(errors.LVMError) as caught:
+                looplib._attach(shared.device, 1 << 63, MiB,
+                                'lvmcoord:test', False)
+            loop = re.search(r'cannot attach (/dev/loop\d+)',
+                             str(caught.value)).group(1)
+            assert not _attached(loop)
+            assert _read_only(loop) == before.get(loop, False)
         finally:
             detach_stacked(shared.device)

@@ -7,11 +7,14 @@ LV's identity (UUID and extents, never its name) and the grant's token as
 they were when the device was made. Every process of the daemon shares the
 book; a flock serializes writers.
 
-The book is two slot files written in turn, each a header (generation,
-length, CRC-32) and the JSON body; a reader takes the valid slot of the
-highest generation. A write overwrites the older slot in place: no rename,
-which on ext4 (auto_da_alloc) costs a flush of the new file per write, and
-a torn write (power loss, a reader in between) leaves the other slot whole.
+The book is two slot files, each a header (generation, length, CRC-32,
+the last synced generation) and the JSON body; a reader takes the valid
+slot of the highest generation. A write overwrites a slot in place: no
+rename, which on ext4 (auto_da_alloc) costs a flush of the new file per
+write. It never overwrites the slot of the last synced generation unless
+the other slot holds a synced one too, so a torn write (power loss, a
+reader in between) leaves a slot whole, and a power loss undoes at most the
+writes not synced.
 """
 import contextlib
 import fcntl
@@ -24,11 +27,9 @@ import zlib
 ACTIVATING, ACTIVE = 'activating', 'active'
 
 _MAGIC = b'lvmcoord-grants'
-# A lock-free reader that catches a slot mid-write reads again, this many
-# times, then under the lock, waiting this long for it at most: the fencer
-# reads the book and must not wait on a frozen writer (SIGSTOP, D state).
-_READ_ATTEMPTS = 5
-_READ_LOCK_WAIT = 0.25
+# A lock-free reader that finds a slot being written waits this long at
+# most for the writer to finish.
+_READ_WAIT = 0.25
 
 
 class GrantBook:
@@ -70,52 +71,65 @@ class GrantBook:
         return self._read_gen()[0]
 
     def _read_gen(self):
-        """(data, generation, slot index holding it)."""
+        """(data, generation, slot index holding it, last synced
+        generation when it was written)."""
         held = getattr(self._held, 'depth', 0)
-        for _ in range(_READ_ATTEMPTS):
+        deadline, pause = None, 0.001
+        while True:
             found = [_slot(path) for path in self.slots]
-            if all(gen is None for _, gen in found):
-                return _legacy(self.path), 0, 1  # no slot written yet
-            # Lock-free, a slot caught mid-write means the other one may
-            # be older than the book was when we began (two writes can
-            # pass between our two reads): read again. Under the lock no
-            # write is in flight, and a torn slot is one for good.
-            if not held and any(body is None and gen is not None
-                                for body, gen in found):
-                continue
-            # Newest first; only the one taken is decoded.
-            for gen, index in sorted(((f[1], i) for i, f in enumerate(found)
-                                      if f[0] is not None), reverse=True):
-                data = _decode(found[index][0])
-                if data is not None:
-                    return data, gen, index
-            break
-        else:
-            # Writes kept passing by (or one slot is torn for good): read
-            # once no write is in flight, if that comes soon.
-            with self.locked(wait=_READ_LOCK_WAIT) as taken:
-                if taken:
+            # No slot written yet; or the first write died before its
+            # slot was whole (the single file goes only once it is).
+            if all(gen is None for _, gen, _ in found) or (
+                    all(body is None for body, _, _ in found) and
+                    os.path.exists(self.path)):
+                return _legacy(self.path), 0, 1, 0
+            torn = any(body is None and gen is not None
+                       for body, gen, _ in found)
+            if held or not torn:
+                break
+            # Lock-free, a torn slot may be one being written, and the
+            # other then older than the book (overwritten in place): with
+            # the lock free, no write is in flight and it is torn for good.
+            with self.locked(wait=0) as free:
+                if free:
                     return self._read_gen()
-            # The writer is stuck holding the lock: the newest whole slot,
-            # as the last write left it.
-            whole = [(f[1], i) for i, f in enumerate(found)
-                     if f[0] is not None and _decode(f[0]) is not None]
-            if whole:
-                gen, index = max(whole)
-                return _decode(found[index][0]), gen, index
+            # A writer is at it: read again once it is done; one stuck
+            # (SIGSTOP, D state) must not stop the fencer, which reads the
+            # book before it fences: the newest whole slot then.
+            now = time.monotonic()
+            deadline = deadline or now + _READ_WAIT
+            if now >= deadline:
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        taken = _newest(found)
+        if taken:
+            return taken
         # Both torn or edited: must not stop the fencer; the backend's own
         # enumeration still finds every device.
-        return {}, max((gen or 0) for _, gen in found), 1
+        gen = max((gen or 0) for _, gen, _ in found)
+        return {}, gen, 1, gen
 
-    def _write(self, data, gen, index, durable=True):
-        # Into the slot not holding ``gen``: the one read stays whole.
+    def _write(self, data, gen, index, synced, durable=True):
+        # Into the slot not holding ``gen``, unless that one holds the
+        # last synced generation and ``gen`` was not synced: then over
+        # ``gen`` in place, so a power loss finds the synced one whole.
+        target = 1 - index
+        if synced != gen:
+            other = _slot(self.slots[target])
+            if other[0] is not None and other[1] == synced:
+                target = index
+            else:
+                durable = True   # no synced slot left to fall back to
+        durable = durable or not gen
         body = json.dumps(data).encode()
-        head = b'%s %d %d %d\n' % (_MAGIC, gen + 1, len(body),
-                                    zlib.crc32(body))
-        fd = os.open(self.slots[1 - index], os.O_WRONLY | os.O_CREAT, 0o600)
+        head = b'%s %d %d %d %d\n' % (_MAGIC, gen + 1, len(body),
+                                       zlib.crc32(body),
+                                       gen + 1 if durable else synced)
+        fd = os.open(self.slots[target], os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             os.pwrite(fd, head + body, 0)
-            if durable or not gen:
+            if durable:
                 os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -126,9 +140,9 @@ class GrantBook:
 
     def _update(self, change, durable=True):
         with self.locked():
-            data, gen, index = self._read_gen()
+            data, gen, index, synced = self._read_gen()
             if change(data):
-                self._write(data, gen, index, durable)
+                self._write(data, gen, index, synced, durable)
 
     def all(self):
         """{(vg, lv): record} of every grant recorded here."""
@@ -170,6 +184,26 @@ class GrantBook:
         self._update(lambda data: data.pop(f'{vg}/{lv}', None) is not None)
 
 
+def made(book, backend, vg, lv, path):
+    """Record the device just made for vg/lv active and let it take
+    writes, unless the fencer marked its grant fenced meanwhile: then it
+    stays stopped, for the fence's proof to resume or retire. False when
+    the record is gone (the grant retired while the device was made): the
+    device is retired. Under the book's lock, which the fencer marks
+    under: a device is never writable behind a mark."""
+    with book.locked():
+        record = book.get(vg, lv)
+        if record is None:
+            backend.retire(vg, lv)
+            return False
+        if record.get('fenced'):
+            backend.suspend(vg, lv)
+        else:
+            backend.admit(vg, lv)
+        book.put(vg, lv, state=ACTIVE, path=path)
+        return True
+
+
 def _flock(fd, wait):
     """Take the flock on ``fd``; with ``wait``, give up after that long."""
     if wait is None:
@@ -188,28 +222,42 @@ def _flock(fd, wait):
 
 
 def _slot(path):
-    """(body or None, generation or None if the slot was never written)
-    of one slot file; body None when torn or not ours."""
+    """(body or None, generation or None if the slot was never written,
+    last synced generation when it was written) of one slot file; body
+    None when torn or not ours."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None, None
+        return None, None, None
     try:
         raw = b''.join(iter(lambda: os.read(fd, 1 << 16), b''))
     finally:
         os.close(fd)
     head, sep, rest = raw.partition(b'\n')
     fields = head.split(b' ')
-    if not sep or len(fields) != 4 or fields[0] != _MAGIC:
-        return None, 0
+    # Four fields: written before the last synced generation was kept
+    # (every write was synced then).
+    if not sep or len(fields) not in (4, 5) or fields[0] != _MAGIC:
+        return None, 0, 0
     try:
-        gen, length, crc = (int(x) for x in fields[1:])
+        gen, length, crc, *synced = (int(x) for x in fields[1:])
     except ValueError:
-        return None, 0
+        return None, 0, 0
+    synced = synced[0] if synced else gen
     body = rest[:length]
     if len(body) != length or zlib.crc32(body) != crc:
-        return None, gen
-    return body, gen
+        return None, gen, synced
+    return body, gen, synced
+
+
+def _newest(found):
+    """(data, gen, index, synced) of the newest whole slot, or None."""
+    for gen, index in sorted(((f[1], i) for i, f in enumerate(found)
+                              if f[0] is not None), reverse=True):
+        data = _decode(found[index][0])
+        if data is not None:
+            return data, gen, index, found[index][2]
+    return None
 
 
 def _decode(body):

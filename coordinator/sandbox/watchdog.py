@@ -188,6 +188,12 @@ class SimulatedWatchdog:
                 d['writable'] = _writable(d['loop'])
                 _read_only(d['loop'])
                 devices.append(d)
+        # Only now the grant book: a reader may wait on its lock, and a
+        # reset does not wait before it stops writes.
+        tokens = self._tokens()
+        for d in devices:
+            if 'token' not in d:
+                d['token'] = tokens.get(f'{d["vg"]}/{d["lv"]}')
         at = self.clock()
         for fn in self.on_reset:
             try:
@@ -227,7 +233,6 @@ class SimulatedWatchdog:
         """This host's loop devices: its backend's state (minors checked
         against their tag, as the backend does) and its device links."""
         out = {}
-        tokens = self._tokens()
         try:
             with open(os.path.join(self.daemon.state_dir,
                                    'loop-devices.json')) as f:
@@ -239,11 +244,10 @@ class SimulatedWatchdog:
                 vg, lv = key.split('/', 1)
                 out[entry['loop']] = dict(
                     vg=vg, lv=lv, uuid=entry.get('uuid'),
-                    loop=entry['loop'], token=tokens.get(key))
+                    loop=entry['loop'])
         for vg, lv, target in self._links():
             if target not in out and _attached(target):
-                out[target] = dict(vg=vg, lv=lv, uuid=None, loop=target,
-                                   token=tokens.get(f'{vg}/{lv}'))
+                out[target] = dict(vg=vg, lv=lv, uuid=None, loop=target)
         for fn in self.also_devices:
             for d in fn(self.host):
                 if d['loop'] not in out and _attached(d['loop']):

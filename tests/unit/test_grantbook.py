@@ -56,8 +56,61 @@ def test_a_torn_slot_leaves_the_previous_book(tmp_path):
     book.put('vg', 'b', token=4)
     assert book.get('vg', 'a')['token'] == 2
     assert book.get('vg', 'b')['token'] == 4
-    body, gen = grantbook._slot(book.slots[0])
+    body, gen, _ = grantbook._slot(book.slots[0])
     assert gen == 3 and json.loads(body)['vg/b']['token'] == 4
+
+
+def _snapshot(book):
+    out = []
+    for path in book.slots:
+        with open(path, 'rb') as f:
+            out.append(f.read())
+    return out
+
+
+def _lose_power(book, synced):
+    """Tear every slot written since the ``synced`` snapshot."""
+    for path, before, now in zip(book.slots, synced, _snapshot(book),
+                                 strict=True):
+        if now != before:
+            with open(path, 'r+b') as f:
+                f.write(b'\0' * (len(now) // 2))
+
+
+def test_a_power_loss_undoes_only_the_writes_not_synced(tmp_path):
+    book = _book(tmp_path)
+    book.put('vg', 'a', token=1)
+    book.put('vg', 'a', token=2, state=grantbook.ACTIVE)   # synced
+    synced = _snapshot(book)
+    # Two activations record themselves without a sync.
+    book.put('vg', 'b', durable=False, token=3)
+    book.put('vg', 'c', durable=False, token=4)
+    # Power lost: any slot written since the sync may be torn.
+    _lose_power(book, synced)
+    after = grantbook.GrantBook(str(tmp_path), 'c1')
+    assert after.get('vg', 'a') == {'token': 2, 'state': grantbook.ACTIVE}
+    # A synced write after unsynced ones leaves the synced one whole too.
+    book = after
+    book.put('vg', 'b', durable=False, token=5)
+    book.put('vg', 'a', token=6)                           # synced
+    synced = _snapshot(book)
+    book.put('vg', 'b', durable=False, token=7)
+    _lose_power(book, synced)
+    assert book.get('vg', 'a')['token'] == 6
+    assert book.get('vg', 'b')['token'] == 5
+
+
+def test_an_upgrade_whose_first_write_died_reads_the_single_file(
+        tmp_path):
+    book = _book(tmp_path)
+    with open(book.path, 'w') as f:
+        json.dump({'vg/old': {'token': 9, 'state': grantbook.ACTIVE}}, f)
+    # Killed between creating slot 0 and writing it.
+    open(book.slots[0], 'wb').close()
+    assert book.get('vg', 'old')['token'] == 9
+    book.put('vg', 'new', token=10)
+    assert set(book.all()) == {('vg', 'old'), ('vg', 'new')}
+    assert not os.path.exists(book.path)
 
 
 def test_both_slots_unreadable_is_an_empty_book(tmp_path):

@@ -17,6 +17,13 @@ class Backend(abc.ABC):
         ``poll`` False: LVM leaves no background transformation running
         (a pending merge is then finished under the VG lock)."""
 
+    def admit(self, vg, lv):
+        """Let the device activate() just made take writes: called once
+        its grant is recorded and not fenced (under the grant book's
+        lock). Nothing to do where the device is writable as made and a
+        fence is undone by resume() only (device-mapper)."""
+        return None
+
     @abc.abstractmethod
     def deactivate(self, vg, lv):
         """Remove the block device (no-op when not active); refuses with
@@ -48,6 +55,11 @@ class Backend(abc.ABC):
     def identity(self, vg, lv):
         """What the device maps now: {'uuid': LV uuid or None,
         'extents': [[pv, first_pe, last_pe], ...]}; None if not active."""
+
+    def tidy(self):
+        """Undo what this backend's past devices left on the host for
+        others (called at start)."""
+        return None
 
     def devices(self):
         """[(vg, lv)] with a device here, as cheaply as the backend can

@@ -9,7 +9,9 @@ including writes through descriptors that were already open. A device is
 never made writable on its way out: a detach of an open loop device is
 only deferred by the kernel, so it stays read-only until really gone.
 The flag outlives the binding, though: once the minor is free again it is
-cleared, or the next user of that minor would get a read-only disk.
+cleared (at the daemon's start and each change of ours), or the next user
+of that minor would get a read-only disk; one who attached it in between
+gets it cleared then.
 """
 import contextlib
 import errno
@@ -25,6 +27,7 @@ from coordinator import errors
 from coordinator.activation import base
 from coordinator.lvm import mda
 
+_LOOP_CLR_FD = 0x4C01
 _LOOP_SET_STATUS64 = 0x4C04
 _LOOP_GET_STATUS64 = 0x4C05
 _LOOP_SET_CAPACITY = 0x4C07
@@ -51,7 +54,7 @@ def _run(*args):
 def _attach(device, offset, size, tag, read_only):
     """A free loop device over ``size`` bytes of ``device`` from
     ``offset``, stamped with ``tag``, born read-only (made writable by
-    the caller once it is recorded)."""
+    admit() once its grant is recorded and not fenced)."""
     for _ in range(_ATTACH_ATTEMPTS):
         ctl = os.open('/dev/loop-control', os.O_RDWR | os.O_CLOEXEC)
         try:
@@ -89,6 +92,13 @@ def _attach(device, offset, size, tag, read_only):
                 with contextlib.suppress(OSError):
                     fcntl.ioctl(fd, _BLKROSET, struct.pack('i', was))
                 raise
+            try:
+                # Kernels before 5.12 keep one flag for both and reset it
+                # on configure: set it again (a no-op on later kernels).
+                fcntl.ioctl(fd, _BLKROSET, struct.pack('i', 1))
+            except OSError:
+                fcntl.ioctl(fd, _LOOP_CLR_FD, 0)
+                raise
             return loop
         except OSError as exc:
             if exc.errno != errno.EBUSY:
@@ -113,8 +123,13 @@ def _release_ro(loop, tag):
     try:
         info = _info(fd)
         if info is not None:
-            # Still ours, or the minor's new owner's business.
-            return _tag_of(info) != tag
+            owner = _tag_of(info)
+            if owner == tag:
+                return False  # still ours, detached on last close
+            if owner.startswith('lvmcoord:') or \
+                    info[_FLAGS] & _LO_FLAGS_READ_ONLY:
+                return True  # a daemon's (it sets the flag), or read-only
+            # Attached by another since our device went: it got our flag.
         fcntl.ioctl(fd, _BLKROSET, struct.pack('i', 0))
         return True
     except OSError:
@@ -166,6 +181,7 @@ def _status(loop, change=None):
         os.close(fd)
 
 
+_FLAGS = 8  # lo_flags
 # lo_file_name: informational only (sysfs and losetup show the real
 # backing file), so it can carry our owner tag; the kernel keeps it as set.
 _FILE_NAME = 9
@@ -292,6 +308,10 @@ class LoopBackend(base.Backend):
             json.dump(state, f)
         os.replace(tmp, path)
 
+    def tidy(self):
+        with self._mutex():
+            self._sweep()
+
     def _sweep(self, detached=None):
         """Clear the read-only flag of the minors our devices have left
         (``detached``: {minor: tag} just now); remember the ones still
@@ -365,10 +385,25 @@ class LoopBackend(base.Backend):
             state[key] = dict(geo, loop=loop, path=link, tag=tag,
                               read_only=read_only, uuid=info['uuid'])
             self._save(state)
-            # Writable only now that it is recorded and named.
-            if not read_only:
-                _set_ro(loop, False)
+            # Still read-only: the fencer may find and stop it from now on,
+            # and only admit() (under the grant book's lock, the grant not
+            # fenced) may undo that.
             return link
+
+    def admit(self, vg, lv):
+        if not self._writable(vg, lv):
+            raise errors.LVMError(f'{vg}/{lv}: its device here is gone '
+                                  f'(detached by hand?)', kind='not-found')
+
+    def _writable(self, vg, lv):
+        """Clear the read-only flag of our device for vg/lv, unless its
+        grant is read-only; False when we have no device for it."""
+        entry = self._entry(vg, lv)
+        if entry is None:
+            return False
+        if not entry['read_only']:
+            _set_ro(entry['loop'], False)
+        return True
 
     def deactivate(self, vg, lv):
         with self._mutex():
@@ -448,9 +483,7 @@ class LoopBackend(base.Backend):
             _set_ro(entry['loop'], True)
 
     def resume(self, vg, lv):
-        entry = self._entry(vg, lv)
-        if entry and not entry['read_only']:
-            _set_ro(entry['loop'], False)
+        self._writable(vg, lv)
 
     def identity(self, vg, lv):
         entry = self._entry(vg, lv)

@@ -316,23 +316,14 @@ class Operations:
             armed = self.watchdog_armed()
 
     def _made(self, vg, lv, path):
-        """The device is made: recorded active, unless the fencer fenced
-        the grant meanwhile (it had no device to stop then)."""
+        """The device is made: recorded active and writable, unless the
+        fencer fenced the grant meanwhile (grantbook.made)."""
         if self.book is None:
-            return
-        with self.book.locked():
-            record = self.book.get(vg, lv)
-            if record is None:
-                # Retired while being made: its grant went with it.
-                self.backend.retire(vg, lv)
-                raise errors.HostUnavailable(
-                    f'{self.host} fenced {vg}/{lv} while its device was '
-                    f'being made; the device was retired')
-            if record.get('fenced'):
-                # Stopped here, under the lock the fencer marks under; its
-                # proof resumes it or retires it.
-                self.backend.suspend(vg, lv)
-            self.book.put(vg, lv, state=grantbook.ACTIVE, path=path)
+            self.backend.admit(vg, lv)
+        elif not grantbook.made(self.book, self.backend, vg, lv, path):
+            raise errors.HostUnavailable(
+                f'{self.host} fenced {vg}/{lv} while its device was '
+                f'being made; the device was retired')
 
     def _forget(self, vg, lv):
         if self.book is not None:

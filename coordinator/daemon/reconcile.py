@@ -21,6 +21,10 @@ def at_start(leases, lvm, backend, book, fencer, emit, started=None):
     when this daemon started (wall clock), if known."""
     devices = backend.active()
     fencer.fence_existing(list(devices), 'daemon start: proving grants')
+    try:
+        backend.tidy()
+    except errors.CoordError as exc:
+        LOG.warning('backend: %s', exc)
     if started is not None:
         _orphans(leases, book, started, emit)
     for (vg, lv), record in book.all().items():
@@ -102,13 +106,16 @@ def _restore(leases, lvm, backend, book, vg, lv, record, emit, fencer):
         poll = {'poll': False} if info.get('merging') else {}
         path = backend.activate(vg, lv, record.get('read_only', False),
                                 info, **poll)
+        # Writable once recorded active, unless fenced meanwhile.
+        if not grantbook.made(book, backend, vg, lv, path):
+            raise errors.HostUnavailable('its device was retired while '
+                                         'being made (grant gone)')
     except errors.CoordError as exc:
         book.drop(vg, lv)
         leases.release(vg, lv)
         LOG.error('%s/%s not restored: %s; grant released', vg, lv, exc)
         emit('restore-failed', vg=vg, lv=lv, error=str(exc))
         return
-    book.put(vg, lv, state=grantbook.ACTIVE, path=path)
     LOG.warning('%s/%s restored at %s (token %s)', vg, lv, path,
                 holder.token)
     emit('restored', vg=vg, lv=lv, path=path, token=holder.token,

@@ -11,6 +11,8 @@ import pytest
 
 from coordinator import errors
 from coordinator.activation import loop as looplib
+from coordinator.daemon import fence
+from coordinator.daemon import grantbook
 from coordinator.sandbox.cluster import detach_stacked
 from coordinator.sandbox.lvm import SharedVG
 
@@ -29,6 +31,7 @@ def test_a_lost_device_is_neither_detached_nor_linked_again(tmp_path):
             backend = looplib.LoopBackend(lvm, str(tmp_path / 'state'),
                                           str(tmp_path / 'dev'))
             path = backend.activate(shared.vg, 'vol')
+            backend.admit(shared.vg, 'vol')
             loop = os.readlink(path)
             # Detached behind our back, its minor reused by another owner.
             subprocess.run(['losetup', '-d', loop], check=True)
@@ -40,6 +43,7 @@ def test_a_lost_device_is_neither_detached_nor_linked_again(tmp_path):
             assert _attached(loop)                # theirs is untouched
             # The same for a retire.
             path = backend.activate(shared.vg, 'vol')
+            backend.admit(shared.vg, 'vol')
             mine = os.readlink(path)
             subprocess.run(['losetup', '-d', mine], check=True)
             subprocess.run(['losetup', '--sizelimit', str(MiB), mine,
@@ -58,7 +62,7 @@ def _read_only(loop):
         return f.read().strip() == '1'
 
 
-def test_a_device_is_born_read_only_and_writable_once_recorded(tmp_path):
+def test_a_device_is_born_read_only_and_writable_once_admitted(tmp_path):
     with SharedVG(hosts=1, size=64 * MiB) as shared:
         try:
             lvm = shared.hosts[0].lvm
@@ -81,6 +85,10 @@ def test_a_device_is_born_read_only_and_writable_once_recorded(tmp_path):
                                           str(tmp_path / 'dev'))
             path = backend.activate(shared.vg, 'vol')
             mine = os.readlink(path)
+            # Recorded, still read-only: until admitted, a fence that
+            # stopped it stays.
+            assert _read_only(mine)
+            backend.admit(shared.vg, 'vol')
             assert not _read_only(mine)
             assert backend.active()[(shared.vg, 'vol')]['suspended'] is False
             fd = os.open(path, os.O_WRONLY)
@@ -90,6 +98,7 @@ def test_a_device_is_born_read_only_and_writable_once_recorded(tmp_path):
                 os.close(fd)
             backend.deactivate(shared.vg, 'vol')
             ro_path = backend.activate(shared.vg, 'vol', read_only=True)
+            backend.admit(shared.vg, 'vol')
             assert _read_only(os.readlink(ro_path))
             backend.deactivate(shared.vg, 'vol')
         finally:
@@ -115,6 +124,7 @@ def test_a_minor_our_device_left_is_writable_again(tmp_path):
             backend = looplib.LoopBackend(lvm, str(tmp_path / 'state'),
                                           str(tmp_path / 'dev'))
             loop = os.readlink(backend.activate(shared.vg, 'vol'))
+            backend.admit(shared.vg, 'vol')
             backend.deactivate(shared.vg, 'vol')
             assert not _attached(loop) and not _read_only(loop)
             # Retired while open: read-only until the last close, then
@@ -122,6 +132,8 @@ def test_a_minor_our_device_left_is_writable_again(tmp_path):
             path = backend.activate(shared.vg, 'vol')
             loop = os.readlink(path)
             other = os.readlink(backend.activate(shared.vg, 'other'))
+            for name in ('vol', 'other'):
+                backend.admit(shared.vg, name)
             fd = os.open(path, os.O_RDWR)
             try:
                 backend.retire(shared.vg, 'vol')
@@ -131,6 +143,11 @@ def test_a_minor_our_device_left_is_writable_again(tmp_path):
             finally:
                 os.close(fd)
             _wait_detached(loop)
+            # Another user attaches the minor before our next change: it
+            # gets the flag, until that change clears it.
+            subprocess.run(['losetup', '--sizelimit', str(MiB), loop,
+                            shared.device], check=True)
+            assert _read_only(loop)
             backend.deactivate(shared.vg, 'other')
             assert not _read_only(loop) and not _read_only(other)
             with open(backend.retired_file) as f:
@@ -154,5 +171,45 @@ def test_a_failed_attach_leaves_the_minor_as_it_found_it():
                              str(caught.value)).group(1)
             assert not _attached(loop)
             assert _read_only(loop) == before.get(loop, False)
+        finally:
+            detach_stacked(shared.device)
+
+
+def test_a_fence_while_the_device_is_made_outlives_the_activation(tmp_path):
+    # The fencer finds and stops the device as soon as it is recorded;
+    # the activation dies before it records the device active: nothing
+    # may make the device writable again behind the fence.
+    with SharedVG(hosts=1, size=64 * MiB) as shared:
+        try:
+            vg, lvm = shared.vg, shared.hosts[0].lvm
+            lvm.create_lv(vg, 'vol', 8 * MiB)
+            state = str(tmp_path / 'state')
+            backend = looplib.LoopBackend(lvm, state, str(tmp_path / 'dev'))
+            book = grantbook.GrantBook(state)
+            book.put(vg, 'vol', state=grantbook.ACTIVATING, token=7,
+                     uuid=lvm.lv(vg, 'vol')['uuid'], pid=os.getpid())
+            # Session expired: its last keepalive is 100 s old.
+            fencer = fence.Fencer(lambda: 100.0, lambda lease: 10, backend,
+                                  ttl=10, clock=lambda: 200.0, book=book,
+                                  background=False,
+                                  prove=lambda vg, lv: fence.KEEP)
+            save, ticks = backend._save, []
+
+            def save_then_fence(data, path=None):
+                save(data, path)
+                if path is None and data and not ticks:
+                    ticks.append(fencer.tick())
+            backend._save = save_then_fence
+            path = backend.activate(vg, 'vol')
+            loop = os.readlink(path)
+            assert ticks == [fence.FENCED]
+            assert book.get(vg, 'vol')['fenced'] is True
+            # The activation died here: the device stays stopped.
+            assert _read_only(loop)
+            # And had it lived on, recording it active keeps it stopped.
+            assert grantbook.made(book, backend, vg, 'vol', path)
+            assert _read_only(loop)
+            assert book.get(vg, 'vol')['state'] == grantbook.ACTIVE
+            backend.retire(vg, 'vol')
         finally:
             detach_stacked(shared.device)

@@ -36,6 +36,10 @@ class Backend:
         self.calls.append(('resume', lv))
         self.devices_[(vg, lv)] = 'rw'
 
+    def admit(self, vg, lv):
+        self.calls.append(('admit', lv))
+        self.devices_[(vg, lv)] = 'rw'
+
     def retire(self, vg, lv):
         self.calls.append(('retire', lv))
         self.devices_.pop((vg, lv), None)
@@ -64,8 +68,9 @@ def activating(book, pid=None):
 
 
 def made(backend, book):
-    """What op_activate does once the backend made the device."""
-    backend.devices_[KEY] = 'rw'
+    """What op_activate does once the backend made the device (born
+    read-only)."""
+    backend.devices_.setdefault(KEY, 'ro')
     stub = types.SimpleNamespace(book=book, backend=backend, host='h1')
     ops.Operations._made(stub, *KEY, '/dev/x')
 

@@ -152,6 +152,12 @@ def test_a_restore_after_a_restart_never_polls_a_pending_merge(tmp_path):
             calls.append((lv, kw))
             return f'/dev/{vg}/{lv}'
 
+        def admit(self, vg, lv):
+            calls.append((lv, 'admit'))
+
+        def tidy(self):
+            pass
+
     holder = types.SimpleNamespace(token=5, session='s2', instance='vm',
                                    host='h1')
     leases = types.SimpleNamespace(
@@ -167,4 +173,7 @@ def test_a_restore_after_a_restart_never_polls_a_pending_merge(tmp_path):
     lvm = types.SimpleNamespace(lvs=lambda vg: lvs)
     reconcile.at_start(leases, lvm, Backend(), book, fencer,
                        lambda kind, **kw: None)
-    assert sorted(calls) == [('m', {'poll': False}), ('p', {})]
+    assert calls == [('m', {'poll': False}), ('m', 'admit'), ('p', {}),
+                     ('p', 'admit')] or \
+        calls == [('p', {}), ('p', 'admit'), ('m', {'poll': False}),
+                  ('m', 'admit')]

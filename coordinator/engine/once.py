@@ -11,7 +11,9 @@ Once adds to such a txn a compare on a fresh key and the put of that key,
 bound to a short lease of its own: a second delivery finds the key and
 fails its compare; after the lease has expired it fails whole, because it
 puts a key on a lease that no longer exists. Nothing has to delete the
-keys, and no horizon is assumed.
+keys, and no horizon is assumed. A txn given up unanswered may still
+apply (or have applied): with ``withdraw`` ops, its marker is put with
+them until etcd takes it, so it either fails when it comes or is undone.
 """
 import logging
 import threading
@@ -74,13 +76,26 @@ class Once:
                 self._lease, self._granted = lease
             self._renewing = False
 
-    def txn(self, build):
+    def txn(self, build, withdraw=()):
         """``etcd.txn(*build(compare, put))``: a txn made at most once by
-        the guard it is built with; its result."""
+        the guard it is built with; its result. ``withdraw``: ops that
+        undo its success branch, run if etcd does not answer (below)."""
         for attempt in (1, 2):
             lease = self.lease()
+            guard = self._guard(lease)
             try:
-                return self.etcd.txn(*build(*self._guard(lease)))
+                return self.etcd.txn(*build(*guard))
+            except errors.EtcdUnavailable:
+                # Given up, the txn may still apply (or have applied): put
+                # its marker, so a delivery in flight fails its compare,
+                # and undo one that applied, in one txn, until etcd takes
+                # it.
+                if withdraw:
+                    threading.Thread(target=self._withdraw,
+                                     args=(guard[1], list(withdraw)),
+                                     name='once-withdraw',
+                                     daemon=True).start()
+                raise
             except errors.SessionLost:
                 # "lease not found": the caller's session, or our lease
                 # gone early (revoked by hand, etcd restored). Nothing
@@ -90,6 +105,19 @@ class Once:
                 with self._mutex:
                     if self._lease == lease:
                         self._lease = None
+
+    def _withdraw(self, put, undo, pause=0.5):
+        ops = [put] + undo
+        while True:
+            try:
+                self.etcd.txn([], ops)
+                return
+            except errors.SessionLost:
+                ops = undo  # the marker's lease is gone: nothing can apply
+            except errors.EtcdUnavailable as exc:
+                LOG.warning('once: a txn given up is not withdrawn yet: %s',
+                            exc)
+                time.sleep(pause)
 
     def _guard(self, lease):
         key = f'{self.prefix}{uuid.uuid4().hex}'

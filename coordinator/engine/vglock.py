@@ -161,10 +161,14 @@ class VGLock:
         # once it is empty. Flat, not a nested "queue empty?" txn: the
         # uncontended acquire is cheaper for etcd; a contended one queues
         # in a second round trip, spent while the holder still holds.
+        # Given up unanswered, a txn may apply later: withdrawn then (our
+        # key deleted, its delivery fenced off), or it would hold the VG
+        # under our live session for good.
+        withdraw = [etcdlib.op_delete(key)]
         res = self.once.txn(lambda cmp, once_put: (
             [cmp, _queue_empty(self.prefix)],
             [once_put, put] + list(with_ops),
-            [once_put, etcdlib.op_range(key)]))
+            [once_put, etcdlib.op_range(key)]), withdraw)
         if res.succeeded:
             return Hold(self, key, res.revision, True, res.ranges)
         kvs = res.ranges[0]
@@ -172,7 +176,7 @@ class VGLock:
             # Others hold or wait: queue up behind them.
             res = self.once.txn(lambda cmp, once_put: (
                 [cmp], [once_put, put, etcdlib.op_range(key)],
-                [etcdlib.op_range(key)]))
+                [etcdlib.op_range(key)]), withdraw)
             kvs = res.ranges[0]
         # Queued behind others, or this is our own retry of a txn whose
         # first delivery applied (its answer lost): either way our key's

@@ -183,3 +183,56 @@ def test_once_lease_revoked_by_hand_costs_a_retry_not_an_error(engines):
     eng.etcd.lease_revoke(eng.session.id)
     with pytest.raises(errors.SessionLost):
         eng.leases.grant('vg0', 'lv3')
+
+
+def _given_up(eng, apply_first):
+    """Make the next txn's caller give up unanswered (EtcdUnavailable);
+    the txn applied already if ``apply_first``, else kept to deliver late.
+    Returns the kept bodies."""
+    real, kept = eng.etcd.txn, []
+
+    def unanswered(compare, success, failure=()):
+        eng.etcd.txn = real
+        if apply_first:
+            real(compare, success, failure)
+        else:
+            kept.append((list(compare), list(success), list(failure)))
+        raise errors.EtcdUnavailable('no answer (injected)')
+    eng.etcd.txn = unanswered
+    return kept
+
+
+def _settle(predicate, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_an_acquire_given_up_then_delivered_leaves_the_vg_free(engines):
+    # The acquire gives up; its txn reaches etcd only afterwards (a
+    # proposal that waited out an election): it must not queue a key
+    # nobody will release under our live session.
+    eng = engines('h1')
+    kept = _given_up(eng, apply_first=False)
+    with pytest.raises(errors.EtcdUnavailable):
+        eng.vglock('vg0').acquire('lvcreate', timeout=5)
+    for thread in threading.enumerate():     # the withdrawal, if any
+        if thread.name == 'once-withdraw':
+            thread.join(30)
+    late = etcdlib.Etcd.txn(eng.etcd, *kept[0])
+    assert not late.succeeded
+    assert under(eng, eng.keys.vg_lock('vg0')) == []
+    assert engines('h2').vglock('vg0').acquire('lvextend',
+                                               timeout=5).immediate
+
+
+def test_an_acquire_applied_but_unanswered_is_withdrawn(engines):
+    eng = engines('h1')
+    _given_up(eng, apply_first=True)
+    with pytest.raises(errors.EtcdUnavailable):
+        eng.vglock('vg0').acquire('lvcreate', timeout=5)
+    _settle(lambda: under(eng, eng.keys.vg_lock('vg0')) == [],
+            'the key of an acquire given up still holds the VG')
+    assert engines('h2').vglock('vg0').acquire('lvextend',
+                                               timeout=5).immediate

@@ -95,6 +95,11 @@ def _restore(leases, lvm, backend, book, vg, lv, record, emit, fencer):
             leases.release(vg, lv)
         return
     book.put(vg, lv, token=holder.token, session=holder.session)
+    # A fence mark from before the restart: the grant was just proven ours
+    # (rebind), and no fence of this daemon's has run yet (the fencer
+    # ticks once reconcile is done); kept, it would leave the device
+    # stopped with nothing left to prove it.
+    book.unmark_fenced(vg, lv)
     try:
         # Recorded first, then watched: no device is made unwatched.
         if not fencer.arm():

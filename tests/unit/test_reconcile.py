@@ -23,7 +23,7 @@ class Fencer:
 
 class Backend:
     def __init__(self):
-        self.made = []
+        self.made, self.admitted, self.suspended = [], [], []
 
     def active(self):
         return {}
@@ -34,6 +34,10 @@ class Backend:
 
     def admit(self, vg, lv):
         assert self.made[-1] == lv   # what was just made, nothing else
+        self.admitted.append(lv)
+
+    def suspend(self, vg, lv):
+        self.suspended.append(lv)
 
     def tidy(self):
         pass
@@ -56,9 +60,9 @@ class Leases:
         self.released.append(lv)
 
 
-def run(tmp_path, can_arm):
+def run(tmp_path, can_arm, **record):
     book = grantbook.GrantBook(str(tmp_path))
-    book.put(*KEY, state=grantbook.ACTIVE, token=5, uuid='U')
+    book.put(*KEY, state=grantbook.ACTIVE, token=5, uuid='U', **record)
     lvm = types.SimpleNamespace(lvs=lambda vg: [{'uuid': 'U', 'name': 'a'}])
     backend, leases, events = Backend(), Leases(), []
     reconcile.at_start(leases, lvm, backend, book, Fencer(can_arm),
@@ -71,6 +75,17 @@ def test_restored_once_the_watchdog_is_armed(tmp_path):
     assert backend.made == ['a']
     assert events == ['restored']
     assert book.get(*KEY)['state'] == grantbook.ACTIVE
+
+
+def test_a_fence_mark_from_before_the_restart_does_not_stop_a_restore(
+        tmp_path):
+    # Fenced, then rebooted: the grant proven ours again (rebind), the
+    # restored device takes writes; nothing is left to prove the mark.
+    book, backend, leases, events = run(tmp_path, can_arm=True,
+                                        fenced=True)
+    assert events == ['restored']
+    assert backend.admitted == ['a'] and backend.suspended == []
+    assert 'fenced' not in book.get(*KEY)
 
 
 def test_not_restored_unwatched(tmp_path):

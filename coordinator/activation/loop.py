@@ -383,7 +383,8 @@ class LoopBackend(base.Backend):
                 os.unlink(link)
             os.symlink(loop, link)
             state[key] = dict(geo, loop=loop, path=link, tag=tag,
-                              read_only=read_only, uuid=info['uuid'])
+                              read_only=read_only, uuid=info['uuid'],
+                              admitted=False)
             self._save(state)
             # Still read-only: the fencer may find and stop it from now on,
             # and only admit() (under the grant book's lock, the grant not
@@ -391,9 +392,21 @@ class LoopBackend(base.Backend):
             return link
 
     def admit(self, vg, lv):
-        if not self._writable(vg, lv):
-            raise errors.LVMError(f'{vg}/{lv}: its device here is gone '
-                                  f'(detached by hand?)', kind='not-found')
+        # Once per device: an activation that finds it made already must
+        # not lift a fence that stopped it since (only resume() does).
+        with self._mutex():
+            state = self._load()
+            entry = state.get(f'{vg}/{lv}')
+            if entry is None:
+                raise errors.LVMError(f'{vg}/{lv}: its device here is gone '
+                                      f'(detached by hand?)',
+                                      kind='not-found')
+            if entry.get('admitted', True):
+                return
+            # Recorded first: killed in between, it stays read-only.
+            entry['admitted'] = True
+            self._save(state)
+        self._writable(vg, lv)
 
     def _writable(self, vg, lv):
         """Clear the read-only flag of our device for vg/lv, unless its

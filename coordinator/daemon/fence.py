@@ -188,7 +188,10 @@ class Fencer:
                 results = pool.map(self._stop_io, batch)
                 done = [k for k, ok in zip(batch, results, strict=True)
                         if ok]
-                self._catch_up(done, before)
+                # Unmarked, an activation would not know: fenced again on
+                # the next tick (and no watchdog pet meanwhile).
+                done = [k for k in done if k not in
+                        self._catch_up(done, before)]
                 self.fenced += done
                 for k in done:
                     self._gen[k] = self._gen.get(k, 0) + 1
@@ -216,8 +219,9 @@ class Fencer:
         # nothing. Marked (under the book's lock), a record tells the
         # activation, which checks it under that lock, to stop its device
         # itself; a device made before the mark is stopped here again.
+        # The keys it could not mark.
         if not (self.book and keys):
-            return
+            return set()
         try:
             with self.book.locked():
                 now = self.book.all()
@@ -225,13 +229,14 @@ class Fencer:
         except Exception:
             LOG.exception('fencer: could not mark %d fenced grants',
                           len(keys))
-            now = {}
+            return set(keys)
         for key in keys:
             record = now.get(key) or {}
             if record.get('state') == grantbook.ACTIVATING:
                 continue  # its activation sees the mark
             if record and _grant(record) != _grant(before.get(key) or {}):
                 self._stop_io(key)
+        return set()
 
     def _stop_io(self, key):
         vg, lv = key

@@ -199,6 +199,9 @@ def made(book, backend, vg, lv, path):
         if record.get('fenced'):
             backend.suspend(vg, lv)
         else:
+            # Before the record says active: a fencer whose lock-free look
+            # found it active stops it after this, and one that found it
+            # activating stops it again once it sees it active.
             backend.admit(vg, lv)
         book.put(vg, lv, state=ACTIVE, path=path)
         return True

@@ -19,6 +19,13 @@ LOG = logging.getLogger(__name__)
 def at_start(leases, lvm, backend, book, fencer, emit, started=None):
     """Bring the book, the devices and etcd into agreement; ``started``:
     when this daemon started (wall clock), if known."""
+    # Fence marks are the fencer's word to activations in flight; those
+    # in the book now are from before this start (the fencer ticks once
+    # reconcile is done). Kept, a mark would stop the device a restore or
+    # a later activation makes, with no fence of this daemon's to prove
+    # it; what has a device is fenced and marked again just below.
+    for vg, lv in [k for k, r in book.all().items() if r.get('fenced')]:
+        book.unmark_fenced(vg, lv)
     devices = backend.active()
     fencer.fence_existing(list(devices), 'daemon start: proving grants')
     try:
@@ -95,11 +102,6 @@ def _restore(leases, lvm, backend, book, vg, lv, record, emit, fencer):
             leases.release(vg, lv)
         return
     book.put(vg, lv, token=holder.token, session=holder.session)
-    # A fence mark from before the restart: the grant was just proven ours
-    # (rebind), and no fence of this daemon's has run yet (the fencer
-    # ticks once reconcile is done); kept, it would leave the device
-    # stopped with nothing left to prove it.
-    book.unmark_fenced(vg, lv)
     try:
         # Recorded first, then watched: no device is made unwatched.
         if not fencer.arm():

@@ -213,3 +213,43 @@ def test_a_fence_while_the_device_is_made_outlives_the_activation(tmp_path):
             backend.retire(vg, 'vol')
         finally:
             detach_stacked(shared.device)
+
+
+def test_an_activation_of_a_device_made_already_does_not_lift_a_fence(
+        tmp_path):
+    # The fencer stops the device, then marks its record; an activation of
+    # the same grant that finds the device made already and records it in
+    # between must leave it stopped.
+    with SharedVG(hosts=1, size=64 * MiB) as shared:
+        try:
+            vg, lvm = shared.vg, shared.hosts[0].lvm
+            lvm.create_lv(vg, 'vol', 8 * MiB)
+            state = str(tmp_path / 'state')
+            backend = looplib.LoopBackend(lvm, state, str(tmp_path / 'dev'))
+            book = grantbook.GrantBook(state)
+            book.put(vg, 'vol', state=grantbook.ACTIVATING, token=7,
+                     uuid=lvm.lv(vg, 'vol')['uuid'], pid=os.getpid())
+            path = backend.activate(vg, 'vol')
+            assert grantbook.made(book, backend, vg, 'vol', path)
+            loop = os.readlink(path)
+            assert not _read_only(loop)
+            fencer = fence.Fencer(lambda: 100.0, lambda lease: 10, backend,
+                                  ttl=10, clock=lambda: 200.0, book=book,
+                                  background=False,
+                                  prove=lambda vg, lv: fence.KEEP)
+            suspend, again = backend.suspend, []
+
+            def suspend_then_activate_again(vg_, lv_):
+                suspend(vg_, lv_)
+                if not again:
+                    again.append(backend.activate(vg, 'vol'))
+                    grantbook.made(book, backend, vg, 'vol', again[0])
+            backend.suspend = suspend_then_activate_again
+            assert fencer.tick() == fence.FENCED
+            assert again == [path]
+            assert (vg, 'vol') in fencer.fenced
+            assert _read_only(loop)
+            backend.suspend = suspend
+            backend.retire(vg, 'vol')
+        finally:
+            detach_stacked(shared.device)

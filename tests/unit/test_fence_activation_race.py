@@ -137,3 +137,23 @@ def test_activation_whose_record_was_retired_retires_its_device(book):
     with pytest.raises(errors.HostUnavailable, match='retired'):
         made(backend, book)
     assert KEY not in backend.devices_
+
+
+def test_a_grant_not_marked_fenced_is_fenced_again(book):
+    # Unmarked, an activation in flight would not stop its device: the
+    # key does not count as fenced until its mark is written.
+    backend = Backend()
+    activating(book)
+    mark, failures = book.mark_fenced, []
+
+    def failing_once(keys):
+        if not failures:
+            failures.append(keys)
+            raise OSError('disk full')
+        mark(keys)
+    book.mark_fenced = failing_once
+    f = fencer(backend, book)
+    assert f.tick() == fence.FENCED
+    assert f.fenced == [] and 'fenced' not in book.get(*KEY)
+    f.tick()
+    assert f.fenced == [KEY] and book.get(*KEY)['fenced'] is True

@@ -3,6 +3,7 @@ device only once the watchdog is armed for it. Real grant book, fakes for
 etcd, LVM and the backend."""
 import types
 
+from coordinator import errors
 from coordinator.daemon import grantbook
 from coordinator.daemon import reconcile
 
@@ -85,6 +86,23 @@ def test_a_fence_mark_from_before_the_restart_does_not_stop_a_restore(
                                         fenced=True)
     assert events == ['restored']
     assert backend.admitted == ['a'] and backend.suspended == []
+    assert 'fenced' not in book.get(*KEY)
+
+
+def test_a_failed_restore_leaves_no_fence_mark_behind(tmp_path):
+    # Not restored now (etcd not reachable yet): a later activation makes
+    # the device, and a mark kept from before would stop it for good.
+    book = grantbook.GrantBook(str(tmp_path))
+    book.put(*KEY, state=grantbook.ACTIVE, token=5, uuid='U', fenced=True)
+    leases, events = Leases(), []
+
+    def unreachable(*args):
+        raise errors.EtcdUnavailable('no answer')
+    leases.rebind = unreachable
+    lvm = types.SimpleNamespace(lvs=lambda vg: [{'uuid': 'U', 'name': 'a'}])
+    reconcile.at_start(leases, lvm, Backend(), book, Fencer(True),
+                       lambda kind, **kw: events.append(kind))
+    assert events == ['reconcile-failed']
     assert 'fenced' not in book.get(*KEY)
 
 

@@ -175,24 +175,29 @@ def test_a_failed_attach_leaves_the_minor_as_it_found_it():
             detach_stacked(shared.device)
 
 
+def _activating(shared, tmp_path):
+    """vg, a loop backend, a grant book recording vg/vol's activation, and
+    a fencer whose session expired (last keepalive 100 s old)."""
+    vg, lvm = shared.vg, shared.hosts[0].lvm
+    lvm.create_lv(vg, 'vol', 8 * MiB)
+    state = str(tmp_path / 'state')
+    backend = looplib.LoopBackend(lvm, state, str(tmp_path / 'dev'))
+    book = grantbook.GrantBook(state)
+    book.put(vg, 'vol', state=grantbook.ACTIVATING, token=7,
+             uuid=lvm.lv(vg, 'vol')['uuid'], pid=os.getpid())
+    fencer = fence.Fencer(lambda: 100.0, lambda lease: 10, backend, ttl=10,
+                          clock=lambda: 200.0, book=book, background=False,
+                          prove=lambda vg, lv: fence.KEEP)
+    return vg, backend, book, fencer
+
+
 def test_a_fence_while_the_device_is_made_outlives_the_activation(tmp_path):
     # The fencer finds and stops the device as soon as it is recorded;
     # the activation dies before it records the device active: nothing
     # may make the device writable again behind the fence.
     with SharedVG(hosts=1, size=64 * MiB) as shared:
         try:
-            vg, lvm = shared.vg, shared.hosts[0].lvm
-            lvm.create_lv(vg, 'vol', 8 * MiB)
-            state = str(tmp_path / 'state')
-            backend = looplib.LoopBackend(lvm, state, str(tmp_path / 'dev'))
-            book = grantbook.GrantBook(state)
-            book.put(vg, 'vol', state=grantbook.ACTIVATING, token=7,
-                     uuid=lvm.lv(vg, 'vol')['uuid'], pid=os.getpid())
-            # Session expired: its last keepalive is 100 s old.
-            fencer = fence.Fencer(lambda: 100.0, lambda lease: 10, backend,
-                                  ttl=10, clock=lambda: 200.0, book=book,
-                                  background=False,
-                                  prove=lambda vg, lv: fence.KEEP)
+            vg, backend, book, fencer = _activating(shared, tmp_path)
             save, ticks = backend._save, []
 
             def save_then_fence(data, path=None):
@@ -222,21 +227,11 @@ def test_an_activation_of_a_device_made_already_does_not_lift_a_fence(
     # between must leave it stopped.
     with SharedVG(hosts=1, size=64 * MiB) as shared:
         try:
-            vg, lvm = shared.vg, shared.hosts[0].lvm
-            lvm.create_lv(vg, 'vol', 8 * MiB)
-            state = str(tmp_path / 'state')
-            backend = looplib.LoopBackend(lvm, state, str(tmp_path / 'dev'))
-            book = grantbook.GrantBook(state)
-            book.put(vg, 'vol', state=grantbook.ACTIVATING, token=7,
-                     uuid=lvm.lv(vg, 'vol')['uuid'], pid=os.getpid())
+            vg, backend, book, fencer = _activating(shared, tmp_path)
             path = backend.activate(vg, 'vol')
             assert grantbook.made(book, backend, vg, 'vol', path)
             loop = os.readlink(path)
             assert not _read_only(loop)
-            fencer = fence.Fencer(lambda: 100.0, lambda lease: 10, backend,
-                                  ttl=10, clock=lambda: 200.0, book=book,
-                                  background=False,
-                                  prove=lambda vg, lv: fence.KEEP)
             suspend, again = backend.suspend, []
 
             def suspend_then_activate_again(vg_, lv_):

@@ -7,16 +7,16 @@ LV's identity (UUID and extents, never its name) and the grant's token as
 they were when the device was made. Every process of the daemon shares the
 book; a flock serializes writers.
 
-The book is two slot files, each a header (generation, length, CRC-32,
+The book is three slot files, each a header (generation, length, CRC-32,
 the last synced generation) and the JSON body; a reader takes the valid
 slot of the highest generation. A write overwrites a slot in place: no
 rename, which on ext4 (auto_da_alloc) costs a flush of the new file per
-write. It never overwrites the slot of the last synced generation unless
-the other slot holds a synced one too, so a torn write (power loss, a
-reader in between) leaves a slot whole, and a power loss undoes at most the
-writes not synced.
+write. It never overwrites the newest slot (a write torn by a kill would
+lose what that held) nor the one of the last synced generation (a power
+loss would): a power loss undoes at most the writes not synced.
 """
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -33,12 +33,12 @@ _READ_WAIT = 0.25
 
 
 class GrantBook:
-    """{(vg, lv): record} in ``<state_dir>/grants-<cluster>.json.{0,1}``."""
+    """{(vg, lv): record} in ``<state_dir>/grants-<cluster>.json.{0,1,2}``."""
 
     def __init__(self, state_dir, cluster='default'):
         # The single file of earlier releases, read until the first write.
         self.path = os.path.join(state_dir, f'grants-{cluster}.json')
-        self.slots = (self.path + '.0', self.path + '.1')
+        self.slots = tuple(f'{self.path}.{i}' for i in range(3))
         self._lock_path = self.path + '.lock'
         self._held = threading.local()
 
@@ -111,24 +111,23 @@ class GrantBook:
         return {}, gen, 1, gen
 
     def _write(self, data, gen, index, synced, durable=True):
-        # Into the slot not holding ``gen``, unless that one holds the
-        # last synced generation and ``gen`` was not synced: then over
-        # ``gen`` in place, so a power loss finds the synced one whole.
-        target = 1 - index
-        if synced != gen:
-            other = _slot(self.slots[target])
-            if other[0] is not None and other[1] == synced:
-                target = index
-            else:
-                durable = True   # no synced slot left to fall back to
+        found = [_slot(path) for path in self.slots]
+        keep = {index} | {i for i, f in enumerate(found)
+                          if f[0] is not None and f[1] == synced}
+        if len(keep) == 1 and synced != gen:
+            durable = True  # no synced generation left to fall back to
         durable = durable or not gen
+        target = min((i for i in range(len(self.slots)) if i not in keep),
+                     key=lambda i: found[i][1] or 0)
         body = json.dumps(data).encode()
         head = b'%s %d %d %d %d\n' % (_MAGIC, gen + 1, len(body),
                                        zlib.crc32(body),
                                        gen + 1 if durable else synced)
         fd = os.open(self.slots[target], os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            os.pwrite(fd, head + body, 0)
+            if os.pwrite(fd, head + body, 0) != len(head) + len(body):
+                raise OSError(errno.EIO, f'short write to '
+                                         f'{self.slots[target]}')
             if durable:
                 os.fdatasync(fd)
         finally:

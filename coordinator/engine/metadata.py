@@ -79,7 +79,8 @@ class MetadataGuard:
                  etcdlib.op_put(intent_key, {'host': self.session.host,
                                              'op': op, 'at': time.time()})]
         hold = lock.acquire(op, self.lock_timeout if timeout is None
-                            else timeout, with_ops=claim)
+                            else timeout, with_ops=claim,
+                            undo_with=[etcdlib.op_delete(intent_key)])
         proven = time.monotonic()
         if not hold.immediate:
             seq_kvs, intent_kvs = hold.txn(claim, 'claiming the VG').ranges

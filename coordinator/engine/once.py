@@ -76,10 +76,11 @@ class Once:
                 self._lease, self._granted = lease
             self._renewing = False
 
-    def txn(self, build, withdraw=()):
+    def txn(self, build, withdraw=None):
         """``etcd.txn(*build(compare, put))``: a txn made at most once by
-        the guard it is built with; its result. ``withdraw``: ops that
-        undo its success branch, run if etcd does not answer (below)."""
+        the guard it is built with; its result. ``withdraw``: (compare,
+        ops) that undo its success branch where the compare holds, run
+        if etcd does not answer (below)."""
         for attempt in (1, 2):
             lease = self.lease()
             guard = self._guard(lease)
@@ -92,7 +93,7 @@ class Once:
                 # it.
                 if withdraw:
                     threading.Thread(target=self._withdraw,
-                                     args=(guard[1], list(withdraw)),
+                                     args=(guard[1], *withdraw),
                                      name='once-withdraw',
                                      daemon=True).start()
                 raise
@@ -106,15 +107,16 @@ class Once:
                     if self._lease == lease:
                         self._lease = None
 
-    def _withdraw(self, put, undo, pause=0.5):
-        ops = [put] + undo
+    def _withdraw(self, put, compare, undo, pause=0.5):
+        success, failure = [put] + list(undo), [put]
         while True:
             try:
-                self.etcd.txn([], ops)
+                self.etcd.txn(list(compare), success, failure)
                 return
             except errors.SessionLost:
-                ops = undo  # the marker's lease is gone: nothing can apply
-            except errors.EtcdUnavailable as exc:
+                # The marker's lease is gone: nothing can apply any more.
+                success, failure = list(undo), []
+            except Exception as exc:  # etcd away, or refusing for a while
                 LOG.warning('once: a txn given up is not withdrawn yet: %s',
                             exc)
                 time.sleep(pause)

@@ -141,9 +141,10 @@ class VGLock:
         self.prefix = keys.vg_lock(vg)
         self.once = once or oncelib.Once(etcd, keys.once())
 
-    def acquire(self, op='', timeout=60.0, with_ops=()):
+    def acquire(self, op='', timeout=60.0, with_ops=(), undo_with=()):
         """Queue up and wait until first; ``with_ops`` run atomically with
-        the acquisition when the queue was empty (``Hold.immediate``)."""
+        the acquisition when the queue was empty (``Hold.immediate``);
+        ``undo_with`` undo them, should that acquisition be withdrawn."""
         self.session.check()
         deadline = time.monotonic() + timeout
         # A name never used again: etcd can apply a write after its client
@@ -161,14 +162,16 @@ class VGLock:
         # once it is empty. Flat, not a nested "queue empty?" txn: the
         # uncontended acquire is cheaper for etcd; a contended one queues
         # in a second round trip, spent while the holder still holds.
-        # Given up unanswered, a txn may apply later: withdrawn then (our
-        # key deleted, its delivery fenced off), or it would hold the VG
-        # under our live session for good.
-        withdraw = [etcdlib.op_delete(key)]
+        # Given up unanswered, a txn may apply later: withdrawn then (its
+        # delivery fenced off, or our key deleted, with what it put while
+        # ours), or it would hold the VG under our live session for good.
+        ours = [{'key': etcdlib.b64(key), 'target': 'VERSION',
+                 'result': 'GREATER', 'version': 0}]
         res = self.once.txn(lambda cmp, once_put: (
             [cmp, _queue_empty(self.prefix)],
             [once_put, put] + list(with_ops),
-            [once_put, etcdlib.op_range(key)]), withdraw)
+            [once_put, etcdlib.op_range(key)]),
+            (ours, [etcdlib.op_delete(key)] + list(undo_with)))
         if res.succeeded:
             return Hold(self, key, res.revision, True, res.ranges)
         kvs = res.ranges[0]
@@ -176,7 +179,7 @@ class VGLock:
             # Others hold or wait: queue up behind them.
             res = self.once.txn(lambda cmp, once_put: (
                 [cmp], [once_put, put, etcdlib.op_range(key)],
-                [etcdlib.op_range(key)]), withdraw)
+                [etcdlib.op_range(key)]), (ours, [etcdlib.op_delete(key)]))
             kvs = res.ranges[0]
         # Queued behind others, or this is our own retry of a txn whose
         # first delivery applied (its answer lost): either way our key's

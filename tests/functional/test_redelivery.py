@@ -236,3 +236,17 @@ def test_an_acquire_applied_but_unanswered_is_withdrawn(engines):
             'the key of an acquire given up still holds the VG')
     assert engines('h2').vglock('vg0').acquire('lvextend',
                                                timeout=5).immediate
+
+
+def test_a_change_applied_but_unanswered_leaves_no_intent(engines):
+    # The acquire of a metadata change also marks the change in flight
+    # (its intent); withdrawn, it takes the mark with it, or the next
+    # holder would take an out-of-band change for a holder that died.
+    eng = engines('h1')
+    guard = eng.guard(lambda vg, fresh: 7)
+    _given_up(eng, apply_first=True)
+    with pytest.raises(errors.EtcdUnavailable):
+        guard.change('vg0', 'lvcreate', lambda: 'never run')
+    _settle(lambda: under(eng, eng.keys.vg_lock('vg0')) == [],
+            'the key of an acquire given up still holds the VG')
+    assert eng.etcd.get(eng.keys.vg_intent('vg0')) is None

@@ -115,11 +115,9 @@ def _release_ro(loop, tag):
     is no longer bound to it; False while it still is (a deferred detach:
     the device is open)."""
     try:
-        # Exclusive: an attach in progress holds the minor so (and sets
-        # the flag itself); a mount on our device too.
-        fd = os.open(loop, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
-    except OSError as exc:
-        return exc.errno != errno.EBUSY or _tag(loop) != tag
+        fd = os.open(loop, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True  # the minor is gone
     try:
         info = _info(fd)
         if info is not None:
@@ -130,10 +128,24 @@ def _release_ro(loop, tag):
                     info[_FLAGS] & _LO_FLAGS_READ_ONLY:
                 return True  # a daemon's (it sets the flag), or read-only
             # Attached by another since our device went: it got our flag.
-        fcntl.ioctl(fd, _BLKROSET, struct.pack('i', 0))
-        return True
+            fcntl.ioctl(fd, _BLKROSET, struct.pack('i', 0))
+            return True
     except OSError:
         return True  # nothing more we can do for this minor
+    finally:
+        os.close(fd)
+    try:
+        # Free: exclusive, or an attach in progress (which holds it so and
+        # sets the flag itself) could lose its flag to us.
+        fd = os.open(loop, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError:
+        return True  # being attached: its owner's business now
+    try:
+        if not _bound(fd):
+            fcntl.ioctl(fd, _BLKROSET, struct.pack('i', 0))
+        return True
+    except OSError:
+        return True
     finally:
         os.close(fd)
 

@@ -110,10 +110,11 @@ def _attach(device, offset, size, tag, read_only):
                           f'{_ATTACH_ATTEMPTS} attempts', kind='failed')
 
 
-def _release_ro(loop, tag):
+def release_ro(loop, tag=None):
     """Clear the read-only flag left on ``loop`` once our device (``tag``)
     is no longer bound to it; False while it still is (a deferred detach:
-    the device is open)."""
+    the device is open). The flag outlives the binding: whoever detaches a
+    loop device it made read-only calls this."""
     try:
         fd = os.open(loop, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -335,7 +336,7 @@ class LoopBackend(base.Backend):
             stored = {}
         pending = {loop: tag for loop, tag in
                    dict(stored, **(detached or {})).items()
-                   if not _release_ro(loop, tag)}
+                   if not release_ro(loop, tag)}
         if pending != stored:
             self._save(pending, self.retired_file)
 

@@ -1,9 +1,11 @@
 """Cluster: private etcd + loop-backed shared VG + one daemon per host."""
 import contextlib
+import json
 import os
 import subprocess
 import tempfile
 
+from coordinator.activation import loop as looplib
 from coordinator.sandbox.daemons import Daemon
 from coordinator.sandbox.etcd import EtcdCluster
 from coordinator.sandbox.lvm import SharedVG
@@ -41,6 +43,9 @@ class Cluster:
                 EtcdCluster(self.etcd_members))
             self.vg = self.stack.enter_context(
                 SharedVG(hosts=len(self.names), size=self.vg_size))
+            # Runs last: minors the daemons detached while open, read-only
+            # until their last close, keep the flag once free.
+            self.stack.callback(_release_retired, self.dir)
             # Runs after the daemons stop: LV devices they left active
             # (a stopped daemon keeps them, on purpose) sit on our PV.
             self.stack.callback(detach_stacked, self.vg.device)
@@ -89,6 +94,17 @@ def detach_stacked(device):
                          capture_output=True, text=True, check=False)
     for loop in out.stdout.split():
         subprocess.run(['losetup', '-d', loop], check=False)
+        looplib.release_ro(loop)  # a fenced one's flag outlives it
+
+
+def _release_retired(root):
+    """release_ro every minor a daemon under ``root`` left pending."""
+    for top, _, files in os.walk(root):
+        if 'loop-retired.json' in files:
+            with contextlib.suppress(OSError, ValueError):
+                with open(os.path.join(top, 'loop-retired.json')) as f:
+                    for loop, tag in json.load(f).items():
+                        looplib.release_ro(loop, tag)
 
 
 def _rmtree(path):

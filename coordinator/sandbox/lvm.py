@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from coordinator import activation
 from coordinator import errors
+from coordinator.activation import loop as looplib
 from coordinator.lvm.executor import LVM
 
 GiB = 2 ** 30
@@ -114,6 +115,9 @@ def attach(backing, attempts=8):
                              check=False)
         device = out.stdout.strip()
         if out.returncode == 0 and _is_ours(device, backing):
+            # A minor keeps a read-only flag set before (a fence) that
+            # was not cleared: the LU is written to.
+            looplib.release_ro(device)
             return device
         err = out.stderr.strip() or f'{device} is not backed by {backing}'
         # A missing node for the free device: make it, then retry; a

@@ -62,6 +62,9 @@ class SimulatedWatchdog:
         self.timeout = timeout
         self.clock = clock
         self.resets = []
+        # {minor: tag} a reset detached while open: read-only until its
+        # last close, its flag cleared at stop().
+        self._pending = {}
         # Called as fn(host) right after the devices went read-only and
         # the daemon was killed: the harness kills the host's VMs.
         self.on_reset = []
@@ -99,6 +102,9 @@ class SimulatedWatchdog:
             if fd is not None:
                 os.close(fd)
         self._stop_r = self._stop_w = None
+        for loop, tag in list(self._pending.items()):
+            if looplib.release_ro(loop, tag):
+                del self._pending[loop]
 
     def _run(self):
         ino = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
@@ -208,6 +214,10 @@ class SimulatedWatchdog:
                 continue
             subprocess.run(['losetup', '-d', d['loop']], check=False,
                            capture_output=True)
+            # A reboot leaves no flag behind (an open one stays read-only
+            # until its last close).
+            if not looplib.release_ro(d['loop'], d.get('tag')):
+                self._pending[d['loop']] = d.get('tag')
         self._clear_links()
         self.armed = False
         self._offset = os.path.getsize(self.path)

@@ -190,8 +190,8 @@ class Fencer:
                         if ok]
                 # Unmarked, an activation would not know: fenced again on
                 # the next tick (and no watchdog pet meanwhile).
-                done = [k for k in done if k not in
-                        self._catch_up(done, before)]
+                unmarked = self._catch_up(done, before)
+                done = [k for k in done if k not in unmarked]
                 self.fenced += done
                 for k in done:
                     self._gen[k] = self._gen.get(k, 0) + 1

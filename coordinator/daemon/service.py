@@ -279,7 +279,11 @@ def build(conf):
 
 
 def _started(pid):
-    """Wall-clock start of process ``pid`` (the daemon's master)."""
+    """Wall-clock start of process ``pid`` (the daemon's master): as it
+    noted it, else from /proc."""
+    noted = os.environ.get('LVMCOORD_MASTER_STARTED')
+    if noted:
+        return float(noted)
     with open(f'/proc/{pid}/stat') as f:
         # Field 22, after the parenthesised command name (which may hold
         # spaces): clock ticks after boot.

@@ -157,3 +157,16 @@ def test_a_grant_not_marked_fenced_is_fenced_again(book):
     assert f.fenced == [] and 'fenced' not in book.get(*KEY)
     f.tick()
     assert f.fenced == [KEY] and book.get(*KEY)['fenced'] is True
+
+
+def test_a_fence_marks_the_book_once(book):
+    # One mark for the whole batch: the fence's time is the margin's.
+    backend = Backend()
+    for lv in ('a', 'b', 'c'):
+        book.put('vg', lv, state=grantbook.ACTIVE, token=7, uuid='U')
+    mark, calls = book.mark_fenced, []
+    book.mark_fenced = lambda keys: (calls.append(keys), mark(keys))
+    f = fencer(backend, book)
+    assert f.tick() == fence.FENCED
+    assert len(calls) == 1 and sorted(calls[0]) == \
+        [('vg', 'a'), ('vg', 'b'), ('vg', 'c')]

@@ -287,7 +287,11 @@ class SimulatedWatchdog:
         root = self.daemon.dev_dir
         for vg in _listdir(root):
             for lv in _listdir(os.path.join(root, vg)):
-                target = os.path.realpath(os.path.join(root, vg, lv))
+                try:
+                    target = os.path.realpath(os.path.join(root, vg, lv),
+                                              strict=True)
+                except OSError:  # removed while we read it
+                    continue
                 if target.startswith('/dev/loop'):
                     yield vg, lv, target
 

@@ -181,6 +181,36 @@ def test_stale_writes_and_stamps_are_violations(vg_with_lv):
         [('compute-1', offset + writerlib.BLOCK)]
 
 
+def test_a_grant_carried_over_to_a_new_session_is_not_a_new_grant(
+        vg_with_lv):
+    # compute-2 holds vm-1 (token 10), compute-1 its migration target
+    # (token 12) writes; compute-2's daemon restarts and carries its grant
+    # over (token 30, same holder, instance and since): compute-1's writes
+    # are no stale writes. A grant to compute-2 for another instance is.
+    shared, uuid, _, _, tmp = vg_with_lv
+    now = time.time()
+    history = FakeHistory()
+    history.grants = [
+        historylib.Grant(shared.vg, 'vol', 'compute-2', 10, now - 60,
+                         'exclusive', 'vm-1', uuid),
+        historylib.Grant(shared.vg, 'vol', 'compute-1', 12, now - 59,
+                         'migration', 'vm-1', uuid),
+        historylib.Grant(shared.vg, 'vol', 'compute-2', 30, now - 60,
+                         'exclusive', 'vm-1', uuid)]
+    target = FakeWriter('compute-1', uuid, 12, 'vm-1', [
+        (1, now - 50, now - 50, 'ok'), (2, now - 40, now - 40, 'ok')])
+    checker = _checker(shared, tmp, history, [target])
+    checker.check_writes()
+    assert checker.violations() == []
+    history.grants.append(historylib.Grant(
+        shared.vg, 'vol', 'compute-2', 40, now - 45, 'exclusive', 'vm-2',
+        uuid))
+    checker.check_writes()
+    [v] = checker.violations()
+    assert (v['kind'], v['writes'], v['grant']['token']) == \
+        ('stale-write-acked', 1, 40)
+
+
 class FakeDaemon:
     """What the SIMULATED watchdog needs of a sandbox daemon."""
 

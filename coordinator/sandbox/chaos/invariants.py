@@ -243,8 +243,16 @@ class Checker:
         grants = by_uuid.get(uuid, ())
         migrations = {(g.host, g.instance, g.since) for g in grants
                       if g.mode == 'migration'}
+        # A grant carried over to a restarted daemon's session keeps its
+        # holder, instance and ``since`` under a new token: it is the
+        # grant it continues (still in the ledger, so nobody took the LV
+        # since), not a new one. Its first token orders it.
+        first = {}
+        for g in sorted(grants, key=lambda g: g.token):
+            first.setdefault((g.host, g.instance, g.since), g.token)
         return [g for g in grants
-                if g.token > token and g.host != host and
+                if first[(g.host, g.instance, g.since)] > token and
+                g.host != host and
                 not (g.instance == instance and
                      (g.mode == 'migration' or
                       (g.host, g.instance, g.since) in migrations))]

@@ -66,7 +66,13 @@ def links(dev_dirs):
             except OSError:
                 continue
             for lv in names:
-                target = os.path.realpath(os.path.join(root, vg, lv))
+                try:
+                    # strict: a link removed while it is resolved is gone,
+                    # not a mapping (realpath's readlink would raise anyway)
+                    target = os.path.realpath(os.path.join(root, vg, lv),
+                                              strict=True)
+                except OSError:
+                    continue
                 out.setdefault(target, set()).add((host, lv))
     return out
 

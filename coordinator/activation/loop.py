@@ -408,9 +408,10 @@ class LoopBackend(base.Backend):
         # Once per device: an activation that finds it made already must
         # not lift a fence that stopped it since (only resume() does).
         with self._mutex():
-            state = self._load()
+            # This LV's checks only: admit is on every activation's path.
+            state = self._raw()
             entry = state.get(f'{vg}/{lv}')
-            if entry is None:
+            if entry is None or not self._intact(entry):
                 raise errors.LVMError(f'{vg}/{lv}: its device here is gone '
                                       f'(detached by hand?)',
                                       kind='not-found')
@@ -419,7 +420,9 @@ class LoopBackend(base.Backend):
             # Recorded first: killed in between, it stays read-only.
             entry['admitted'] = True
             self._save(state)
-        self._writable(vg, lv)
+            # Under the mutex: a detach cannot hand the minor on meanwhile.
+            if not entry['read_only']:
+                _set_ro(entry['loop'], False)
 
     def _writable(self, vg, lv):
         """Clear the read-only flag of our device for vg/lv, unless its

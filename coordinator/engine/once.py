@@ -15,6 +15,7 @@ keys, and no horizon is assumed. A txn given up unanswered may still
 apply (or have applied): with ``withdraw`` ops, its marker is put with
 them until etcd takes it, so it either fails when it comes or is undone.
 """
+import collections
 import logging
 import threading
 import time
@@ -44,6 +45,10 @@ class Once:
         self._granted = 0.0
         self._renewing = False
         self._mutex = threading.Lock()
+        # Withdrawals etcd has not taken yet, oldest first, and the one
+        # thread that sends them (however many txns were given up).
+        self._withdrawals = collections.deque()
+        self._withdrawer = None
 
     def lease(self):
         """The lease new markers go on now (granted when none is usable)."""
@@ -92,10 +97,7 @@ class Once:
                 # and undo one that applied, in one txn, until etcd takes
                 # it.
                 if withdraw:
-                    threading.Thread(target=self._withdraw,
-                                     args=(guard[1], *withdraw),
-                                     name='once-withdraw',
-                                     daemon=True).start()
+                    self._queue_withdrawal(guard[1], *withdraw)
                 raise
             except errors.SessionLost:
                 # "lease not found": the caller's session, or our lease
@@ -107,19 +109,47 @@ class Once:
                     if self._lease == lease:
                         self._lease = None
 
-    def _withdraw(self, put, compare, undo, pause=0.5):
-        success, failure = [put] + list(undo), [put]
+    def _queue_withdrawal(self, put, compare, undo):
+        with self._mutex:
+            self._withdrawals.append(
+                [list(compare), [put] + list(undo), [put], list(undo)])
+            if self._withdrawer is None:
+                self._withdrawer = threading.Thread(
+                    target=self._withdraw, name='once-withdraw', daemon=True)
+                self._withdrawer.start()
+
+    def _withdraw(self, pause=0.5):
+        """Send the queued withdrawals until etcd has taken each."""
         while True:
-            try:
-                self.etcd.txn(list(compare), success, failure)
-                return
-            except errors.SessionLost:
-                # The marker's lease is gone: nothing can apply any more.
-                success, failure = list(undo), []
-            except Exception as exc:  # etcd away, or refusing for a while
-                LOG.warning('once: a txn given up is not withdrawn yet: %s',
-                            exc)
+            with self._mutex:
+                if not self._withdrawals:
+                    self._withdrawer = None
+                    return
+                batch = list(self._withdrawals)
+            failed = None
+            for item in batch:
+                try:
+                    self._send(item)
+                except Exception as exc:  # etcd away, or refusing this one
+                    failed = exc
+                    if isinstance(exc, errors.EtcdUnavailable):
+                        break  # the rest would wait out the same outage
+                    continue
+                with self._mutex:
+                    self._withdrawals.remove(item)
+            if failed is not None:
+                LOG.warning('once: %d txn(s) given up not withdrawn yet: %s',
+                            len(self._withdrawals), failed)
                 time.sleep(pause)
+
+    def _send(self, item):
+        compare, success, failure, undo = item
+        try:
+            self.etcd.txn(compare, success, failure)
+        except errors.SessionLost:
+            # The marker's lease is gone: nothing can apply any more.
+            item[1], item[2] = undo, []
+            self.etcd.txn(compare, undo, [])
 
     def _guard(self, lease):
         key = f'{self.prefix}{uuid.uuid4().hex}'

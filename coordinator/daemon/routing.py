@@ -396,6 +396,16 @@ class Router:
 
     def _run(self, handler, job):
         try:
+            self._serve(handler, job)
+        except errors.CoordError as exc:
+            # Claiming or answering it needs etcd: away, the caller times
+            # out. Its request key stays only if nothing claimed it, i.e.
+            # its grant did not apply: nothing was done in its name.
+            LOG.warning('%s from %s not answered: %s', job.op, job.caller,
+                        exc)
+
+    def _serve(self, handler, job):
+        try:
             if time.monotonic() > job.claimed + job.timeout:
                 # Its caller has given up: running it would act for nobody.
                 LOG.warning('dropped %s from %s: queued past its caller\'s '

@@ -140,6 +140,9 @@ class HostContext:
         # Outside the mutex: a caller meanwhile gets the current view.
         try:
             self._refresh()
+        except errors.CoordError as exc:  # etcd or LVM said why
+            LOG.warning('readiness: refresh failed (the next use retries): '
+                        '%s', exc)
         except Exception:
             LOG.exception('readiness: refresh failed (the next use retries)')
         finally:

@@ -202,8 +202,10 @@ class FenceWorker(_Worker):
             reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book, fencer, ctx.emit,
                                started=_started(os.getppid()))
-        except Exception:
+        except errors.CoordError as exc:  # etcd away: expected, no trace
             # Devices found stay fenced until proven; fencing goes on.
+            LOG.warning('fencer: reconcile at start incomplete: %s', exc)
+        except Exception:
             LOG.exception('fencer: reconcile at start incomplete')
         watch = grantwatch.GrantWatch(ctx.etcd, ctx.keys, ctx.engine.leases,
                                       ctx.book, fencer)

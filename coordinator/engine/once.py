@@ -73,8 +73,11 @@ class Once:
     def _renew(self):
         try:
             lease = self._grant()
-        except Exception:  # the next txn() grants in line
-            LOG.warning('once-lease not renewed ahead of time', exc_info=True)
+        except errors.CoordError as exc:  # the next txn() grants in line
+            LOG.warning('once-lease not renewed ahead of time: %s', exc)
+            lease = None
+        except Exception:
+            LOG.exception('once-lease not renewed ahead of time')
             lease = None
         with self._mutex:
             if lease:

@@ -399,8 +399,9 @@ class Router:
             self._serve(handler, job)
         except errors.CoordError as exc:
             # Claiming or answering it needs etcd: away, the caller times
-            # out. Its request key stays only if nothing claimed it, i.e.
-            # its grant did not apply: nothing was done in its name.
+            # out. Its request key stays only if nothing claimed it: its
+            # grant has not applied, or not yet (one given up may apply
+            # late).
             LOG.warning('%s from %s not answered: %s', job.op, job.caller,
                         exc)
 

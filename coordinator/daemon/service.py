@@ -202,7 +202,7 @@ class FenceWorker(_Worker):
             reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book, fencer, ctx.emit,
                                started=_started(os.getppid()))
-        except errors.CoordError as exc:  # etcd away: expected, no trace
+        except errors.CoordError as exc:  # etcd away, LVM refusing: said
             # Devices found stay fenced until proven; fencing goes on.
             LOG.warning('fencer: reconcile at start incomplete: %s', exc)
         except Exception:

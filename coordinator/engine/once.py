@@ -117,15 +117,26 @@ class Once:
             self._withdrawals.append(
                 [list(compare), [put] + list(undo), [put], list(undo)])
             if self._withdrawer is None:
-                self._withdrawer = threading.Thread(
+                thread = threading.Thread(
                     target=self._withdraw, name='once-withdraw', daemon=True)
-                self._withdrawer.start()
+                thread.start()
+                self._withdrawer = thread  # only once it runs
 
     def _withdraw(self, pause=0.5):
         """Send the queued withdrawals until etcd has taken each."""
+        try:
+            self._drain(pause)
+        except BaseException:
+            # Died: the next give-up starts a thread again.
+            with self._mutex:
+                self._withdrawer = None
+            raise
+
+    def _drain(self, pause):
         while True:
             with self._mutex:
                 if not self._withdrawals:
+                    # In the lock a new item takes: it starts a thread.
                     self._withdrawer = None
                     return
                 batch = list(self._withdrawals)
@@ -138,8 +149,9 @@ class Once:
                     if isinstance(exc, errors.EtcdUnavailable):
                         break  # the rest would wait out the same outage
                     continue
-                with self._mutex:
-                    self._withdrawals.remove(item)
+                with self._mutex:  # by identity: items are lists
+                    self._withdrawals = collections.deque(
+                        x for x in self._withdrawals if x is not item)
             if failed is not None:
                 LOG.warning('once: %d txn(s) given up not withdrawn yet: %s',
                             len(self._withdrawals), failed)

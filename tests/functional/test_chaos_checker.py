@@ -211,6 +211,28 @@ def test_a_grant_carried_over_to_a_new_session_is_not_a_new_grant(
         ('stale-write-acked', 1, 40)
 
 
+def test_a_grant_brought_back_after_a_takeover_is_a_new_grant(vg_with_lv):
+    # compute-2 held vm-1 (token 10); compute-1 took the LV over (token
+    # 20) and writes; compute-2's grant comes back (token 30, its old
+    # holder, instance and since): a split brain, not a continuation.
+    shared, uuid, _, _, tmp = vg_with_lv
+    now = time.time()
+    history = FakeHistory()
+    history.grants = [
+        historylib.Grant(shared.vg, 'vol', 'compute-2', 10, now - 60,
+                         'exclusive', 'vm-1', uuid),
+        historylib.Grant(shared.vg, 'vol', 'compute-1', 20, now - 50,
+                         'exclusive', 'vm-2', uuid),
+        historylib.Grant(shared.vg, 'vol', 'compute-2', 30, now - 60,
+                         'exclusive', 'vm-1', uuid)]
+    taker = FakeWriter('compute-1', uuid, 20, 'vm-2', [
+        (1, now - 40, now - 40, 'ok')])
+    checker = _checker(shared, tmp, history, [taker])
+    checker.check_writes()
+    [v] = checker.violations()
+    assert (v['kind'], v['grant']['token']) == ('stale-write-acked', 30)
+
+
 class FakeDaemon:
     """What the SIMULATED watchdog needs of a sandbox daemon."""
 

@@ -243,15 +243,25 @@ class Checker:
         grants = by_uuid.get(uuid, ())
         migrations = {(g.host, g.instance, g.since) for g in grants
                       if g.mode == 'migration'}
+        def companion(g, of):
+            # A grant that may live beside ``of``'s: its migration pair.
+            return g.host == of.host or (g.instance == of.instance and (
+                g.mode == 'migration' or
+                (g.host, g.instance, g.since) in migrations))
+
         # A grant carried over to a restarted daemon's session keeps its
         # holder, instance and ``since`` under a new token: it is the
-        # grant it continues (still in the ledger, so nobody took the LV
-        # since), not a new one. Its first token orders it.
-        first = {}
+        # grant it continues, ordered by its first token, unless another
+        # host was granted the LV in between (then it is no continuation,
+        # whatever the daemon claims: exactly what must be caught).
+        first, origin = {}, {}
         for g in sorted(grants, key=lambda g: g.token):
-            first.setdefault((g.host, g.instance, g.since), g.token)
+            f = first.setdefault((g.host, g.instance, g.since), g)
+            taken = any(f.token < o.token < g.token and
+                        not companion(o, g) for o in grants)
+            origin[g.token] = g.token if taken else f.token
         return [g for g in grants
-                if first[(g.host, g.instance, g.since)] > token and
+                if origin[g.token] > token and
                 g.host != host and
                 not (g.instance == instance and
                      (g.mode == 'migration' or

@@ -264,11 +264,14 @@ class Operations:
         # released only once nothing here can write.
         self.backend.deactivate(vg, lv)
         self._forget(vg, lv)
-        released = self.leases.release(vg, lv)
-        if released:
+        result = {'vg': vg, 'lv': lv, 'host': self.host, 'released': True}
+        # Routed: the reply rides on the release (no write of its own).
+        result['released'] = self.leases.release(
+            vg, lv, rider=routing.reply_rider(result))
+        if result['released']:
             metrics.RELEASES.inc()
             self.events('release', vg=vg, lv=lv)
-        return {'vg': vg, 'lv': lv, 'host': self.host, 'released': released}
+        return result
 
     def op_refresh(self, vg, lv, host=None):
         if host and host != self.host:

@@ -9,9 +9,10 @@ answered: nobody we know sent it. A bound request is checked with the local
 socket's schema, limited to the operations that make sense remotely, queued
 (bounded, per-caller limits, oldest first) and run; its reply is put only
 while the caller's session lives, on a short lease of its own, so a reply
-nobody reads goes away. doc/security.md states what this does and does not
+nobody reads goes away. A deactivate's reply rides on its release txn. doc/security.md states what this does and does not
 protect against.
 """
+import functools
 import logging
 import re
 import threading
@@ -92,6 +93,14 @@ def current_rider():
     """The claim a request being run in this thread leaves to its grant
     (engine.rider.Rider), or None."""
     return getattr(_serving, 'rider', None)
+
+
+def reply_rider(result):
+    """The successful reply ``result`` to the request being run in this
+    thread, as an engine.rider for the txn that completes it (its reply is
+    then not put again), or None outside a routed request."""
+    ride = getattr(_serving, 'reply', None)
+    return ride(result) if ride is not None else None
 
 
 class Router:
@@ -419,13 +428,14 @@ class Router:
         finally:
             with self._unclaimed_mutex:
                 self._unclaimed.discard((job.kv.key, job.kv.mod_revision))
-        if reply is not None:
+        if reply is not None and not (job.reply_rider and
+                                      job.reply_rider.done):
             self._answer(job, reply)
 
-    @staticmethod
-    def _handle(handler, job):
+    def _handle(self, handler, job):
         """The reply to ``job``, None if its grant found it is not ours."""
         _serving.request, _serving.rider = True, job.rider
+        _serving.reply = functools.partial(self._ride_reply, job)
         LOG.info('running %s from %s', job.op, job.caller)
         try:
             return {'ok': True, 'result': handler(job.op, job.args)}
@@ -441,15 +451,31 @@ class Router:
                 f'{type(exc).__name__}: {exc}'}}
         finally:
             _serving.request, _serving.rider = False, None
+            _serving.reply = None
 
-    def _reply(self, job, reply):
-        """Put the reply while the caller's session lives, on a short
-        lease: a reply nobody will read does not stay."""
-        try:
-            res = self.etcd.txn(
-                [etcdlib.cmp_lease(self.keys.session(job.caller), job.lease)],
+    def _reply_txn(self, job, reply):
+        """(compare, success) that put the reply while the caller's
+        session lives, on a short lease: a reply nobody will read does not
+        stay."""
+        return ([etcdlib.cmp_lease(self.keys.session(job.caller),
+                                   job.lease)],
                 [etcdlib.op_put(self.keys.reply(job.caller, job.rid), reply,
                                 lease=self._lease_for_replies())])
+
+    def _ride_reply(self, job, result):
+        if job.rider is not None and not job.rider.done:
+            return None  # unclaimed: answered once it proved its sender
+        # A nested txn: a caller gone by then fails only the reply, never
+        # the txn it rides on.
+        job.reply_rider = riderlib.Rider(
+            [], [etcdlib.op_txn(*self._reply_txn(
+                job, {'ok': True, 'result': result}))], [], None)
+        return job.reply_rider
+
+    def _reply(self, job, reply):
+        """Put the reply (_reply_txn)."""
+        try:
+            res = self.etcd.txn(*self._reply_txn(job, reply))
         except errors.CoordError as exc:
             LOG.warning('reply to %s for %s not sent: %s', job.caller,
                         job.op, exc)
@@ -482,10 +508,11 @@ class _Job:
     """One admitted request (claimed, or with the rider that claims it)."""
 
     __slots__ = ('rid', 'caller', 'kv', 'lease', 'op', 'args', 'timeout',
-                 'claimed', 'rider')
+                 'claimed', 'rider', 'reply_rider')
 
     def __init__(self, rid, caller, kv, op, claimed):
         self.rid, self.caller, self.kv, self.lease = rid, caller, kv, kv.lease
         self.op, self.args, self.timeout = op, None, DEFAULT_TIMEOUT
         self.claimed = claimed
         self.rider = None
+        self.reply_rider = None

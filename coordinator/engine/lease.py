@@ -322,8 +322,10 @@ class LeaseTable:
                             'session %x', vg, lv, token, self.session.id)
                 return mine
 
-    def release(self, vg, lv, host=None):
-        """Drop ``host``'s (default: our) grant on vg/lv; True if held."""
+    def release(self, vg, lv, host=None, rider=None):
+        """Drop ``host``'s (default: our) grant on vg/lv; True if held.
+        ``rider`` (engine.rider, without compares) rides along the txn that
+        drops the grant, if there is one."""
         host = host or self.session.host
         # Our own grant as we wrote it: the compare on its revision stands
         # for the read (what else wrote the ledger since fails it).
@@ -335,11 +337,12 @@ class LeaseTable:
             if not any(h.host == host for h in holders):
                 self.etcd.delete(self.keys.lease_holder(vg, lv, host))
                 return False
-            res = self._commit_without(vg, lv, ledger_rev, holders, host)
+            res, ranges = self._commit_without(vg, lv, ledger_rev, holders,
+                                               host, rider)
             if res.succeeded:
                 LOG.info('released %s/%s from %s', vg, lv, host)
                 return True
-            state = self._state(vg, lv, res.ranges[0], res.revision)
+            state = self._state(vg, lv, ranges[0], res.revision)
 
     def break_(self, vg, lv, host, token, force=False):
         """Admin override: drop ``host``'s grant, proven by its token."""
@@ -371,7 +374,7 @@ class LeaseTable:
             ).succeeded
         else:
             done = self._commit_without(vg, lv, ledger_rev, holders,
-                                        host).succeeded
+                                        host)[0].succeeded
         if not done:
             raise errors.LeaseConflict(f'{vg}/{lv} changed while breaking; '
                                        f'read it again', holders)
@@ -436,7 +439,8 @@ class LeaseTable:
             etcdlib.cmp_lease(ledger, self.session.id)
         self.etcd.txn([cmp], [etcdlib.op_delete(ledger)])
 
-    def _commit_without(self, vg, lv, ledger_rev, holders, host):
+    def _commit_without(self, vg, lv, ledger_rev, holders, host,
+                        rider=None):
         rest = modes.after_release(holders, host)
         ledger = self.keys.lease_ledger(vg, lv)
         ops = [etcdlib.op_delete(self.keys.lease_holder(vg, lv, host))]
@@ -446,14 +450,14 @@ class LeaseTable:
                                      for h in rest}}))
         else:
             ops.append(etcdlib.op_delete(ledger))
-        res = self.etcd.txn([etcdlib.cmp_mod(ledger, ledger_rev)], ops,
-                            [etcdlib.op_range(self.keys.lease(vg, lv),
-                                              prefix=True)])
+        res, ranges = self._txn(
+            rider, [etcdlib.cmp_mod(ledger, ledger_rev)], ops,
+            [etcdlib.op_range(self.keys.lease(vg, lv), prefix=True)])
         if res.succeeded:
             self._written.pop((vg, lv), None)
             if not rest:
                 self._forget_orphans(vg, lv)
-        return res
+        return res, ranges
 
     def _forget_orphans(self, vg, lv):
         # Grace clocks of holders no ledger lists any more: a long-lived

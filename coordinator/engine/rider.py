@@ -4,7 +4,9 @@ A routed request is claimed by a txn that deletes it and proves its lease
 is its sender's live session (coordinator/daemon/routing.py). An activation
 writes anyway (its grant): the claim rides along that write instead of
 costing a round trip of its own, and a request whose caller is gone by
-then is never acted on: the grant fails with it.
+then is never acted on: the grant fails with it. A deactivation's reply
+rides along its release the same way; it has no compares, so it never
+fails the txn it rides on.
 """
 from coordinator import errors
 
@@ -20,10 +22,12 @@ class Rider:
     def __init__(self, compare, ops, reads, check):
         self.compare = list(compare)
         self.ops = list(ops)  # writes only: no range results of their own
-        # Ranges read in a carrying txn's failure branch (at least one),
-        # and check(their results) -> why the compares fail, or None.
+        # Ranges read in a carrying txn's failure branch (at least one if
+        # there are compares), and check(their results) -> why the
+        # compares fail, or None.
         self.reads = list(reads)
-        assert self.reads, 'a rider reads what tells its failure'
+        assert self.reads or not self.compare, \
+            'a rider with compares reads what tells its failure'
         self.check = check
         self.done = False
 
@@ -42,6 +46,8 @@ class Rider:
         if res.succeeded:
             self.done = True
             return res.ranges
+        if not self.reads:
+            return res.ranges  # no compares: not why it failed
         why = self.check(res.ranges[-len(self.reads):])
         if why:
             raise RiderLost(why)

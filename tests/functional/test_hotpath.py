@@ -6,7 +6,8 @@ paths gave, counted in etcd requests where that is the point.
   reads an activation needs ride along the grant (claim_with).
 - LeaseTable.list (lean decode) equals read() of every LV.
 - Routed replies: one stream per process; a reply written while it was
-  down is found when it comes back.
+  down is found when it comes back. A deactivate's reply rides on its
+  release; a caller gone by then costs the reply, never the release.
 """
 import collections
 import threading
@@ -214,3 +215,104 @@ def test_a_rider_is_claimed_in_the_grant_txn(etcd_server):
     finally:
         a.close(revoke=True)
         b.close(revoke=True)
+
+
+class _Releasing:
+    """A target's handler that releases as op_deactivate does, its reply
+    riding on the release; a gate holds it before the release."""
+
+    def __init__(self, eng):
+        self.eng, self.gate = eng, threading.Event()
+        self.gate.set()
+        self.released = []
+
+    def __call__(self, op, args):
+        self.gate.wait(60)
+        result = {'lv': args['lv'], 'released': True}
+        result['released'] = self.eng.leases.release(
+            args['vg'], args['lv'], rider=routing.reply_rider(result))
+        self.released.append((args['lv'], result['released']))
+        return result
+
+
+@pytest.fixture
+def routed_pair(etcd_server):
+    """(caller engine, target engine, target's handler, target's router)
+    with the target serving; all stopped after the test."""
+    cluster = f'hp{uuid.uuid4().hex[:6]}'
+    caller = engine(etcd_server.endpoints, 'host-a', cluster)
+    target = engine(etcd_server.endpoints, 'host-b', cluster)
+    handler = _Releasing(target)
+    server = routing.Router(target.etcd, target.keys, target.session)
+    serving = threading.Thread(target=server.serve, args=(handler, 2),
+                               daemon=True)
+    serving.start()
+    try:
+        yield caller, target, handler, server
+    finally:
+        handler.gate.set()
+        server.stop()
+        serving.join(30)
+        caller.close(revoke=True)
+        target.close(revoke=True)
+    assert not serving.is_alive()
+
+
+def test_a_routed_deactivate_replies_in_its_release_txn(routed_pair):
+    caller, target, _, _ = routed_pair
+    target.once.lease()
+    target.leases.claim('vg', 'lv1')
+    client = routing.Router(caller.etcd, caller.keys, caller.session)
+    # Warm: the reply stream and the replies' lease exist.
+    assert client.call('host-b', 'deactivate',
+                       {'vg': 'vg', 'lv': 'warm'}) == \
+        {'lv': 'warm', 'released': False}
+    target.etcd.paths.clear()
+    got = client.call('host-b', 'deactivate', {'vg': 'vg', 'lv': 'lv1'})
+    assert got == {'lv': 'lv1', 'released': True}
+    # The claim and the release: no txn of the reply's own (it was
+    # three before it rode on the release).
+    assert target.etcd.paths['/kv/txn'] == 2, dict(target.etcd.paths)
+    assert target.leases.holders('vg', 'lv1') == []
+    # Not held: no release txn to ride on, the reply is put on its own.
+    assert client.call('host-b', 'deactivate',
+                       {'vg': 'vg', 'lv': 'lv1'}) == \
+        {'lv': 'lv1', 'released': False}
+
+
+def test_a_caller_gone_before_the_release_costs_only_its_reply(
+        routed_pair):
+    caller, target, handler, server = routed_pair
+    outcome = []
+    target.leases.claim('vg', 'lv1')
+    client = routing.Router(caller.etcd, caller.keys, caller.session)
+    handler.gate.clear()
+
+    def call():
+        try:
+            client.call('host-b', 'deactivate', {'vg': 'vg', 'lv': 'lv1'})
+        except errors.CoordError as exc:
+            outcome.append(exc)
+    calling = threading.Thread(target=call, daemon=True)
+    calling.start()
+    # Claimed (the request is gone) and held at the gate; then the
+    # caller's session ends.
+    requests = target.keys.requests('host-b')
+    deadline = time.monotonic() + 30
+    while caller.etcd.range(requests, prefix=True)[0] or \
+            server.scheduler.busy() == (0, 0):
+        assert time.monotonic() < deadline, 'request never claimed'
+        time.sleep(0.01)
+    caller.close(revoke=True)
+    calling.join(60)
+    assert isinstance(outcome[0], errors.SessionLost), outcome
+    handler.gate.set()
+    deadline = time.monotonic() + 30
+    while not handler.released:
+        assert time.monotonic() < deadline, 'release never ran'
+        time.sleep(0.01)
+    # Released all the same; no reply was left for nobody.
+    assert handler.released == [('lv1', True)]
+    assert target.leases.holders('vg', 'lv1') == []
+    assert target.etcd.range(target.keys.replies('host-a'),
+                             prefix=True)[0] == []

@@ -9,9 +9,10 @@ answered: nobody we know sent it. A bound request is checked with the local
 socket's schema, limited to the operations that make sense remotely, queued
 (bounded, per-caller limits, oldest first) and run; its reply is put only
 while the caller's session lives, on a short lease of its own, so a reply
-nobody reads goes away. A deactivate's reply rides on its release txn. doc/security.md states what this does and does not
-protect against.
+nobody reads goes away. A deactivate's reply rides on its release txn.
+doc/security.md states what this does and does not protect against.
 """
+import collections
 import functools
 import logging
 import re
@@ -55,6 +56,9 @@ REPLY_TTL = 30
 QUEUE_SIZE = 64
 FIELDS = frozenset({'op', 'args', 'from', 'timeout'})
 _RID = re.compile(r'[0-9a-f]{32}')
+# Unclaimed requests whose first admission is remembered (the oldest
+# are forgotten first; the entry of one claimed goes at once).
+FIRST_ADMITTED_MAX = 1024
 # Claimed by the txn that grants them (engine.rider), not by a txn of
 # their own: no round trip on the path, and a request whose caller is gone
 # by then grants nothing. Nothing before the grant changes anything.
@@ -120,6 +124,9 @@ class Router:
         # Requests admitted unclaimed (their grant claims them): the watch
         # and a rescan may both see one; it is run once.
         self._unclaimed = set()
+        # When this process first admitted each: one whose grant never
+        # applied is admitted again, no younger than it is.
+        self._first_admitted = collections.OrderedDict()
         self._unclaimed_mutex = threading.Lock()
 
     def alive(self, host):
@@ -298,10 +305,16 @@ class Router:
                 self._reply(job, {'ok': False, 'error': exc.to_dict()})
             return
         if job.op in CLAIMED_BY_GRANT:
+            ident = (kv.key, kv.mod_revision)
             with self._unclaimed_mutex:
-                if (kv.key, kv.mod_revision) in self._unclaimed:
+                if ident in self._unclaimed:
                     return
-                self._unclaimed.add((kv.key, kv.mod_revision))
+                self._unclaimed.add(ident)
+                # Its caller's timeout counts from its first admission.
+                job.claimed = self._first_admitted.setdefault(
+                    ident, job.claimed)
+                while len(self._first_admitted) > FIRST_ADMITTED_MAX:
+                    self._first_admitted.popitem(last=False)
             job.rider = self._rider(kv, sender)
         elif not self._claim(kv, sender):
             return
@@ -426,8 +439,11 @@ class Router:
                 return
             reply = self._handle(handler, job)
         finally:
+            ident = (job.kv.key, job.kv.mod_revision)
             with self._unclaimed_mutex:
-                self._unclaimed.discard((job.kv.key, job.kv.mod_revision))
+                self._unclaimed.discard(ident)
+                if job.rider is not None and job.rider.done:
+                    self._first_admitted.pop(ident, None)
         if reply is not None and not (job.reply_rider and
                                       job.reply_rider.done):
             self._answer(job, reply)

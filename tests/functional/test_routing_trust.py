@@ -574,6 +574,66 @@ def test_reply_after_the_caller_gave_up_does_not_stay(etcd_module):
         r.close()
 
 
+def test_an_activate_admitted_again_keeps_its_first_admission_time(
+        etcd_module):
+    # Its grant and its claim both fail (etcd away for this target's
+    # writes): the request stays. Admitted again once its caller's timeout
+    # has passed since its first admission, it is claimed, not run.
+    away = threading.Event()
+
+    class Away(etcdlib.Etcd):
+        def txn(self, compare, success, failure=()):
+            if away.is_set():
+                raise errors.EtcdUnavailable('etcd away (test)')
+            return super().txn(compare, success, failure)
+
+    r = Routed(etcd_module.endpoints)
+    runs = []
+
+    def handler(op, args):
+        runs.append(op)
+        # As ops.py: the grant carries the claim, here etcd is away.
+        rider = routing.current_rider()
+        rider.outcome(server.etcd.txn(*rider.carry([], [], [])))
+        return {'ran': op}
+    server = routing.Router(
+        Away([u.geturl() for u in r.etcd.endpoints], timeout=2.0), r.keys,
+        r.sessions[OTHER])
+    serving = threading.Thread(target=server.serve, args=(handler, 2),
+                               daemon=True)
+    serving.start()
+    try:
+        wait_for(lambda: server.scheduler is not None, what='serving')
+        away.set()
+        key = r.keys.requests(OTHER) + uuid.uuid4().hex
+        r.etcd.put(key, {'op': 'activate', 'from': CALLER, 'timeout': 1,
+                         'args': {'vg': VG, 'lv': 'late'}},
+                   lease=r.lease(CALLER))
+        first = time.monotonic()
+        wait_for(lambda: runs, what='first run')
+        # Its caller has given up (1 s). Until then it may have run again
+        # (the watch and the first read both saw it: its grant is still to
+        # apply, and its caller waits); from then on it never does.
+        time.sleep(max(0.0, first + 1.2 - time.monotonic()))
+        wait_for(lambda: server.scheduler.busy() == (0, 0), what='idle')
+        ran = len(runs)
+        assert r.etcd.get(key) is not None
+        # etcd is back; the request is seen again.
+        away.clear()
+        server._admit(handler, r.etcd.get(key))
+        wait_for(lambda: r.etcd.get(key) is None, what='claimed unrun')
+        wait_for(lambda: server.scheduler.busy() == (0, 0), what='done')
+        assert len(runs) == ran
+        assert r.etcd.get(r.keys.reply(CALLER, key.rsplit('/', 1)[1])) \
+            is None
+    finally:
+        away.clear()
+        server.stop()
+        serving.join(30)
+        r.close()
+    assert not serving.is_alive()
+
+
 def test_etcd_refusing_an_expired_lease_is_session_lost(etcd_module):
     """Not "Not Found": a write on a lease etcd no longer has, and a VG
     lock taken by a session that just expired, say session-lost."""

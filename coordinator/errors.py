@@ -1,4 +1,5 @@
 """Errors the coordinator raises; each names what was wrong."""
+import contextlib
 
 
 class CoordError(Exception):
@@ -124,3 +125,16 @@ def from_dict(body, context=''):
     exc.kind = body.get('kind', 'failed')
     exc.holders, exc.cmd, exc.stderr = body.get('holders', []), None, ''
     return exc
+
+
+@contextlib.contextmanager
+def logged(log, what):
+    """Log what the block raises and go on: a CoordError (a fault that
+    says why, such as etcd away) as a warning, anything else with its
+    traceback (a bug)."""
+    try:
+        yield
+    except CoordError as exc:
+        log.warning('%s: %s', what, exc)
+    except Exception:
+        log.exception(what)

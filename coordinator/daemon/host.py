@@ -139,12 +139,9 @@ class HostContext:
     def _refresh_ahead(self):
         # Outside the mutex: a caller meanwhile gets the current view.
         try:
-            self._refresh()
-        except errors.CoordError as exc:  # etcd or LVM said why
-            LOG.warning('readiness: refresh failed (the next use retries): '
-                        '%s', exc)
-        except Exception:
-            LOG.exception('readiness: refresh failed (the next use retries)')
+            with errors.logged(LOG, 'readiness: refresh failed (the next '
+                               'use retries)'):
+                self._refresh()
         finally:
             self._refreshing = False
 

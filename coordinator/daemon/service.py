@@ -198,15 +198,12 @@ class FenceWorker(_Worker):
             prove=proof.Prover(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book, ctx.vg_metadata),
             book=ctx.book, on_retired=self._retired, watchdog=dog)
-        try:
+        # Incomplete, devices found stay fenced until proven; fencing goes
+        # on.
+        with errors.logged(LOG, 'fencer: reconcile at start incomplete'):
             reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book, fencer, ctx.emit,
                                started=_started(os.getppid()))
-        except errors.CoordError as exc:  # etcd away, LVM refusing: said
-            # Devices found stay fenced until proven; fencing goes on.
-            LOG.warning('fencer: reconcile at start incomplete: %s', exc)
-        except Exception:
-            LOG.exception('fencer: reconcile at start incomplete')
         watch = grantwatch.GrantWatch(ctx.etcd, ctx.keys, ctx.engine.leases,
                                       ctx.book, fencer)
         threading.Thread(target=watch.run, args=(self.stopping,),

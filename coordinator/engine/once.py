@@ -71,14 +71,9 @@ class Once:
         return self.etcd.lease_grant(self.ttl), granted
 
     def _renew(self):
-        try:
+        lease = None  # then the next txn() grants in line
+        with errors.logged(LOG, 'once-lease not renewed ahead of time'):
             lease = self._grant()
-        except errors.CoordError as exc:  # the next txn() grants in line
-            LOG.warning('once-lease not renewed ahead of time: %s', exc)
-            lease = None
-        except Exception:
-            LOG.exception('once-lease not renewed ahead of time')
-            lease = None
         with self._mutex:
             if lease:
                 self._lease, self._granted = lease
@@ -114,8 +109,7 @@ class Once:
 
     def _queue_withdrawal(self, put, compare, undo):
         with self._mutex:
-            self._withdrawals.append(
-                [list(compare), [put] + list(undo), [put], list(undo)])
+            self._withdrawals.append(_Withdrawal(compare, put, undo))
             if self._withdrawer is None:
                 thread = threading.Thread(
                     target=self._withdraw, name='once-withdraw', daemon=True)
@@ -149,25 +143,37 @@ class Once:
                     if isinstance(exc, errors.EtcdUnavailable):
                         break  # the rest would wait out the same outage
                     continue
-                with self._mutex:  # by identity: items are lists
-                    self._withdrawals = collections.deque(
-                        x for x in self._withdrawals if x is not item)
+                with self._mutex:
+                    self._withdrawals.remove(item)  # by identity
             if failed is not None:
                 LOG.warning('once: %d txn(s) given up not withdrawn yet: %s',
                             len(self._withdrawals), failed)
                 time.sleep(pause)
 
     def _send(self, item):
-        compare, success, failure, undo = item
+        marker = [item.put] if item.put else []
         try:
-            self.etcd.txn(compare, success, failure)
+            self.etcd.txn(item.compare, marker + item.undo, marker)
         except errors.SessionLost:
+            if not marker:
+                raise
             # The marker's lease is gone: nothing can apply any more.
-            item[1], item[2] = undo, []
-            self.etcd.txn(compare, undo, [])
+            item.put = None
+            self.etcd.txn(item.compare, item.undo, [])
 
     def _guard(self, lease):
         key = f'{self.prefix}{uuid.uuid4().hex}'
         return ({'key': etcdlib.b64(key), 'target': 'VERSION',
                  'result': 'EQUAL', 'version': 0},
                 etcdlib.op_put(key, '', lease=lease))
+
+
+class _Withdrawal:
+    """A txn given up: its marker's put (None once its lease is gone: no
+    delivery can apply then) and the undo of its success branch where
+    ``compare`` holds."""
+
+    __slots__ = ('compare', 'put', 'undo')
+
+    def __init__(self, compare, put, undo):
+        self.compare, self.put, self.undo = list(compare), put, list(undo)

@@ -30,6 +30,7 @@ import time
 from coordinator import errors
 from coordinator.activation import loop as looplib
 from coordinator.daemon import grantbook
+from coordinator.sandbox import links as linkslib
 
 LOG = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ class SimulatedWatchdog:
         """{'vg/lv': token} from the daemon's grant book."""
         out = {}
         clusters = {name[len('grants-'):].split('.json')[0]
-                    for name in _listdir(self.daemon.state_dir)
+                    for name in linkslib.listdir(self.daemon.state_dir)
                     if name.startswith('grants-') and '.json' in name}
         for cluster in clusters:
             try:
@@ -284,32 +285,18 @@ class SimulatedWatchdog:
         return out
 
     def _links(self):
-        root = self.daemon.dev_dir
-        for vg in _listdir(root):
-            for lv in _listdir(os.path.join(root, vg)):
-                try:
-                    target = os.path.realpath(os.path.join(root, vg, lv),
-                                              strict=True)
-                except OSError:  # removed while we read it
-                    continue
-                if target.startswith('/dev/loop'):
-                    yield vg, lv, target
+        for vg, lv, target in linkslib.device_links(self.daemon.dev_dir):
+            if target.startswith('/dev/loop'):
+                yield vg, lv, target
 
     def _clear_links(self):
         root = self.daemon.dev_dir
-        for vg in _listdir(root):
-            for lv in _listdir(os.path.join(root, vg)):
+        for vg in linkslib.listdir(root):
+            for lv in linkslib.listdir(os.path.join(root, vg)):
                 try:
                     os.unlink(os.path.join(root, vg, lv))
                 except OSError:
                     pass
-
-
-def _listdir(path):
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
 
 
 def _attached(loop):

@@ -143,15 +143,21 @@ def test_a_writable_device_without_a_live_lease_is_a_violation(vg_with_lv):
     assert _kinds(checker) == ['writable-without-lease']
 
 
+def _grants(shared, uuid, now, rows):
+    """Grants of LV 'vol' from rows of (host, token, seconds ago, mode,
+    instance)."""
+    return [historylib.Grant(shared.vg, 'vol', host, token, now - ago, mode,
+                             instance, uuid)
+            for host, token, ago, mode, instance in rows]
+
+
 def test_stale_writes_and_stamps_are_violations(vg_with_lv):
     shared, uuid, offset, size, tmp = vg_with_lv
     now = time.time()
     history = FakeHistory()
-    history.grants = [
-        historylib.Grant(shared.vg, 'vol', 'compute-1', 10, now - 60,
-                         'exclusive', 'vm-1', uuid),
-        historylib.Grant(shared.vg, 'vol', 'compute-2', 20, now - 30,
-                         'exclusive', 'vm-2', uuid)]
+    history.grants = _grants(shared, uuid, now, [
+        ('compute-1', 10, 60, 'exclusive', 'vm-1'),
+        ('compute-2', 20, 30, 'exclusive', 'vm-2')])
     old = FakeWriter('compute-1', uuid, 10, 'vm-1', [
         (1, now - 50, now - 50, 'ok'), (2, now - 29, now - 29, 'EROFS'),
         (3, now - 20, now - 20, 'ok')])
@@ -190,21 +196,17 @@ def test_a_grant_carried_over_to_a_new_session_is_not_a_new_grant(
     shared, uuid, _, _, tmp = vg_with_lv
     now = time.time()
     history = FakeHistory()
-    history.grants = [
-        historylib.Grant(shared.vg, 'vol', 'compute-2', 10, now - 60,
-                         'exclusive', 'vm-1', uuid),
-        historylib.Grant(shared.vg, 'vol', 'compute-1', 12, now - 59,
-                         'migration', 'vm-1', uuid),
-        historylib.Grant(shared.vg, 'vol', 'compute-2', 30, now - 60,
-                         'exclusive', 'vm-1', uuid)]
+    history.grants = _grants(shared, uuid, now, [
+        ('compute-2', 10, 60, 'exclusive', 'vm-1'),
+        ('compute-1', 12, 59, 'migration', 'vm-1'),
+        ('compute-2', 30, 60, 'exclusive', 'vm-1')])
     target = FakeWriter('compute-1', uuid, 12, 'vm-1', [
         (1, now - 50, now - 50, 'ok'), (2, now - 40, now - 40, 'ok')])
     checker = _checker(shared, tmp, history, [target])
     checker.check_writes()
     assert checker.violations() == []
-    history.grants.append(historylib.Grant(
-        shared.vg, 'vol', 'compute-2', 40, now - 45, 'exclusive', 'vm-2',
-        uuid))
+    history.grants += _grants(shared, uuid, now, [
+        ('compute-2', 40, 45, 'exclusive', 'vm-2')])
     checker.check_writes()
     [v] = checker.violations()
     assert (v['kind'], v['writes'], v['grant']['token']) == \
@@ -218,13 +220,10 @@ def test_a_grant_brought_back_after_a_takeover_is_a_new_grant(vg_with_lv):
     shared, uuid, _, _, tmp = vg_with_lv
     now = time.time()
     history = FakeHistory()
-    history.grants = [
-        historylib.Grant(shared.vg, 'vol', 'compute-2', 10, now - 60,
-                         'exclusive', 'vm-1', uuid),
-        historylib.Grant(shared.vg, 'vol', 'compute-1', 20, now - 50,
-                         'exclusive', 'vm-2', uuid),
-        historylib.Grant(shared.vg, 'vol', 'compute-2', 30, now - 60,
-                         'exclusive', 'vm-1', uuid)]
+    history.grants = _grants(shared, uuid, now, [
+        ('compute-2', 10, 60, 'exclusive', 'vm-1'),
+        ('compute-1', 20, 50, 'exclusive', 'vm-2'),
+        ('compute-2', 30, 60, 'exclusive', 'vm-1')])
     taker = FakeWriter('compute-1', uuid, 20, 'vm-2', [
         (1, now - 40, now - 40, 'ok')])
     checker = _checker(shared, tmp, history, [taker])

@@ -243,9 +243,11 @@ class Checker:
         grants = by_uuid.get(uuid, ())
         migrations = {(g.host, g.instance, g.since) for g in grants
                       if g.mode == 'migration'}
-        def companion(g, of):
-            # A grant that may live beside ``of``'s: its migration pair.
-            return g.host == of.host or (g.instance == of.instance and (
+
+        def companion(g, host, instance):
+            # A grant that may live beside ``instance`` on ``host``: the
+            # same host's, or its migration pair.
+            return g.host == host or (g.instance == instance and (
                 g.mode == 'migration' or
                 (g.host, g.instance, g.since) in migrations))
 
@@ -258,14 +260,10 @@ class Checker:
         for g in sorted(grants, key=lambda g: g.token):
             f = first.setdefault((g.host, g.instance, g.since), g)
             taken = any(f.token < o.token < g.token and
-                        not companion(o, g) for o in grants)
+                        not companion(o, g.host, g.instance) for o in grants)
             origin[g.token] = g.token if taken else f.token
-        return [g for g in grants
-                if origin[g.token] > token and
-                g.host != host and
-                not (g.instance == instance and
-                     (g.mode == 'migration' or
-                      (g.host, g.instance, g.since) in migrations))]
+        return [g for g in grants if origin[g.token] > token and
+                not companion(g, host, instance)]
 
     def check_writes(self):
         """Writes a writer got acknowledged after another host's grant."""

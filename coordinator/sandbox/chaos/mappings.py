@@ -5,6 +5,8 @@ open). Read from sysfs and /proc only: no daemon is asked."""
 import dataclasses
 import os
 
+from coordinator.sandbox import links as linkslib
+
 
 @dataclasses.dataclass
 class Mapping:
@@ -56,24 +58,8 @@ def links(dev_dirs):
     """{'/dev/loopN': {(host, lv)}} from each host's device links."""
     out = {}
     for host, root in dev_dirs.items():
-        try:
-            vgs = os.listdir(root)
-        except OSError:
-            continue
-        for vg in vgs:
-            try:
-                names = os.listdir(os.path.join(root, vg))
-            except OSError:
-                continue
-            for lv in names:
-                try:
-                    # strict: a link removed while it is resolved is gone,
-                    # not a mapping (realpath's readlink would raise anyway)
-                    target = os.path.realpath(os.path.join(root, vg, lv),
-                                              strict=True)
-                except OSError:
-                    continue
-                out.setdefault(target, set()).add((host, lv))
+        for _, lv, target in linkslib.device_links(root):
+            out.setdefault(target, set()).add((host, lv))
     return out
 
 

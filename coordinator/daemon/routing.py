@@ -491,7 +491,13 @@ class Router:
     def _reply(self, job, reply):
         """Put the reply (_reply_txn)."""
         try:
-            res = self.etcd.txn(*self._reply_txn(job, reply))
+            try:
+                res = self.etcd.txn(*self._reply_txn(job, reply))
+            except errors.SessionLost:
+                # The replies' lease is gone (revoked, etcd restored): on
+                # a new one. (The caller's session is a compare.)
+                self._forget_reply_lease()
+                res = self.etcd.txn(*self._reply_txn(job, reply))
         except errors.CoordError as exc:
             LOG.warning('reply to %s for %s not sent: %s', job.caller,
                         job.op, exc)
@@ -510,6 +516,10 @@ class Router:
                 lease = self.etcd.lease_grant(self.reply_ttl)
                 self._reply_lease = (lease, granted)
             return lease
+
+    def _forget_reply_lease(self):
+        with self._lease_mutex:
+            self._reply_lease = (0, 0.0)
 
     def stop(self):
         self._stop.set()

@@ -337,8 +337,16 @@ class LeaseTable:
             if not any(h.host == host for h in holders):
                 self.etcd.delete(self.keys.lease_holder(vg, lv, host))
                 return False
-            res, ranges = self._commit_without(vg, lv, ledger_rev, holders,
-                                               host, rider)
+            try:
+                res, ranges = self._commit_without(vg, lv, ledger_rev,
+                                                   holders, host, rider)
+            except errors.SessionLost:
+                # Only a rider puts on a lease here (a reply's, gone):
+                # nothing applied, and the release goes on without it.
+                if rider is None or rider.done:
+                    raise
+                rider, state = None, (holders, ledger_rev, 0)
+                continue
             if res.succeeded:
                 LOG.info('released %s/%s from %s', vg, lv, host)
                 return True

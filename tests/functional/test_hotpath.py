@@ -316,3 +316,20 @@ def test_a_caller_gone_before_the_release_costs_only_its_reply(
     assert target.leases.holders('vg', 'lv1') == []
     assert target.etcd.range(target.keys.replies('host-a'),
                              prefix=True)[0] == []
+
+
+def test_a_reply_lease_gone_costs_neither_the_release_nor_the_reply(
+        routed_pair):
+    # The lease the replies go on is gone (revoked by hand, etcd restored
+    # from a backup): etcd refuses a txn that puts on it. The release it
+    # rides on goes on without it, and the reply goes on a new lease.
+    caller, target, _, server = routed_pair
+    target.leases.claim('vg', 'lv1')
+    client = routing.Router(caller.etcd, caller.keys, caller.session)
+    assert client.call('host-b', 'deactivate',
+                       {'vg': 'vg', 'lv': 'warm'})['released'] is False
+    target.etcd.lease_revoke(server._reply_lease[0])
+    got = client.call('host-b', 'deactivate', {'vg': 'vg', 'lv': 'lv1'},
+                      timeout=20)
+    assert got == {'lv': 'lv1', 'released': True}
+    assert target.leases.holders('vg', 'lv1') == []

@@ -267,7 +267,7 @@ class Operations:
         result = {'vg': vg, 'lv': lv, 'host': self.host, 'released': True}
         # Routed: the reply rides on the release (no write of its own).
         result['released'] = self.leases.release(
-            vg, lv, rider=routing.reply_rider(result))
+            vg, lv, rider=routing.reply_rider('deactivate', result))
         if result['released']:
             metrics.RELEASES.inc()
             self.events('release', vg=vg, lv=lv)

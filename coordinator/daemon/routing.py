@@ -99,12 +99,13 @@ def current_rider():
     return getattr(_serving, 'rider', None)
 
 
-def reply_rider(result):
+def reply_rider(op, result):
     """The successful reply ``result`` to the request being run in this
     thread, as an engine.rider for the txn that completes it (its reply is
-    then not put again), or None outside a routed request."""
+    then not put again); None unless that request is ``op`` (an op that
+    another runs on its way is no reply) or once it was handed out."""
     ride = getattr(_serving, 'reply', None)
-    return ride(result) if ride is not None else None
+    return ride(op, result) if ride is not None else None
 
 
 class Router:
@@ -478,7 +479,9 @@ class Router:
                 [etcdlib.op_put(self.keys.reply(job.caller, job.rid), reply,
                                 lease=self._lease_for_replies())])
 
-    def _ride_reply(self, job, result):
+    def _ride_reply(self, job, op, result):
+        if job.op != op or job.reply_rider is not None:
+            return None
         if job.rider is not None and not job.rider.done:
             return None  # unclaimed: answered once it proved its sender
         # A nested txn: a caller gone by then fails only the reply, never

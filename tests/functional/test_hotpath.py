@@ -219,7 +219,8 @@ def test_a_rider_is_claimed_in_the_grant_txn(etcd_server):
 
 class _Releasing:
     """A target's handler that releases as op_deactivate does, its reply
-    riding on the release; a gate holds it before the release."""
+    riding on the release (a gate holds it before); a copy deactivates its
+    source on its way, as copy.py does."""
 
     def __init__(self, eng):
         self.eng, self.gate = eng, threading.Event()
@@ -227,11 +228,17 @@ class _Releasing:
         self.released = []
 
     def __call__(self, op, args):
+        if op == 'copy':
+            self.deactivate(args['vg'], args['src'])
+            return {'copied': args['dst']}
+        return self.deactivate(args['vg'], args['lv'])
+
+    def deactivate(self, vg, lv):
         self.gate.wait(60)
-        result = {'lv': args['lv'], 'released': True}
+        result = {'lv': lv, 'released': True}
         result['released'] = self.eng.leases.release(
-            args['vg'], args['lv'], rider=routing.reply_rider(result))
-        self.released.append((args['lv'], result['released']))
+            vg, lv, rider=routing.reply_rider('deactivate', result))
+        self.released.append((lv, result['released']))
         return result
 
 
@@ -259,7 +266,7 @@ def routed_pair(etcd_server):
 
 
 def test_a_routed_deactivate_replies_in_its_release_txn(routed_pair):
-    caller, target, _, _ = routed_pair
+    caller, target, handler, _ = routed_pair
     target.once.lease()
     target.leases.claim('vg', 'lv1')
     client = routing.Router(caller.etcd, caller.keys, caller.session)
@@ -278,6 +285,12 @@ def test_a_routed_deactivate_replies_in_its_release_txn(routed_pair):
     assert client.call('host-b', 'deactivate',
                        {'vg': 'vg', 'lv': 'lv1'}) == \
         {'lv': 'lv1', 'released': False}
+    # A deactivate that a copy runs on its way is no reply to the copy.
+    target.leases.claim('vg', 'src')
+    assert client.call('host-b', 'copy', {'vg': 'vg', 'src': 'src',
+                                          'dst': 'dst', 'size': 1 << 20}) \
+        == {'copied': 'dst'}
+    assert ('src', True) in handler.released
 
 
 def test_a_caller_gone_before_the_release_costs_only_its_reply(

@@ -25,6 +25,7 @@ from coordinator.api import schema
 from coordinator.daemon import replies
 from coordinator.daemon import scheduler
 from coordinator.engine import etcd as etcdlib
+from coordinator.engine import etcdhttp
 from coordinator.engine import once as oncelib
 from coordinator.engine import rider as riderlib
 
@@ -57,7 +58,7 @@ QUEUE_SIZE = 64
 FIELDS = frozenset({'op', 'args', 'from', 'timeout'})
 _RID = re.compile(r'[0-9a-f]{32}')
 # Unclaimed requests whose first admission is remembered (the oldest
-# are forgotten first; the entry of one claimed goes at once).
+# are forgotten first; the entry of one claimed or run goes at once).
 FIRST_ADMITTED_MAX = 1024
 # Claimed by the txn that grants them (engine.rider), not by a txn of
 # their own: no round trip on the path, and a request whose caller is gone
@@ -323,8 +324,10 @@ class Router:
             job, lambda: self._run(handler, job))
         if refusal:
             LOG.warning('refused %s from %s: %s', job.op, sender, refusal)
+            self._settle(job, claimed=False)
             self._answer(job, {'ok': False,
                                'error': errors.Busy(refusal).to_dict()})
+            self._settle(job, claimed=True)
 
     def _claim(self, kv, sender):
         """Claim ``kv`` in a txn of its own; False if it is not ours to
@@ -424,9 +427,20 @@ class Router:
             # Claiming or answering it needs etcd: away, the caller times
             # out. Its request key stays only if nothing claimed it: its
             # grant has not applied, or not yet (one given up may apply
-            # late).
+            # late). Then its first admission is kept.
             LOG.warning('%s from %s not answered: %s', job.op, job.caller,
                         exc)
+            return
+        self._settle(job, claimed=True)
+
+    def _settle(self, job, claimed):
+        """Forget ``job`` as admitted unclaimed: it may be admitted again
+        (``claimed``: its request is gone, its first admission with it)."""
+        ident = (job.kv.key, job.kv.mod_revision)
+        with self._unclaimed_mutex:
+            self._unclaimed.discard(ident)
+            if claimed:
+                self._first_admitted.pop(ident, None)
 
     def _serve(self, handler, job):
         try:
@@ -440,11 +454,7 @@ class Router:
                 return
             reply = self._handle(handler, job)
         finally:
-            ident = (job.kv.key, job.kv.mod_revision)
-            with self._unclaimed_mutex:
-                self._unclaimed.discard(ident)
-                if job.rider is not None and job.rider.done:
-                    self._first_admitted.pop(ident, None)
+            self._settle(job, claimed=False)
         if reply is not None and not (job.reply_rider and
                                       job.reply_rider.done):
             self._answer(job, reply)
@@ -470,44 +480,55 @@ class Router:
             _serving.request, _serving.rider = False, None
             _serving.reply = None
 
-    def _reply_txn(self, job, reply):
-        """(compare, success) that put the reply while the caller's
-        session lives, on a short lease: a reply nobody will read does not
-        stay."""
+    def _reply_txn(self, job, reply, lease):
+        """(compare, success) that put the reply on ``lease`` while the
+        caller's session lives (a reply nobody will read does not stay),
+        unless one is there already: the first answer stands (a txn
+        retried after it applied answers again)."""
+        key = self.keys.reply(job.caller, job.rid)
         return ([etcdlib.cmp_lease(self.keys.session(job.caller),
-                                   job.lease)],
-                [etcdlib.op_put(self.keys.reply(job.caller, job.rid), reply,
-                                lease=self._lease_for_replies())])
+                                   job.lease),
+                 etcdlib.cmp_create(key, 0)],
+                [etcdlib.op_put(key, reply, lease=lease)])
 
     def _ride_reply(self, job, op, result):
         if job.op != op or job.reply_rider is not None:
             return None
         if job.rider is not None and not job.rider.done:
             return None  # unclaimed: answered once it proved its sender
+        try:
+            lease = self._lease_for_replies()
+        except Exception as exc:  # etcd away or refusing (its own type)
+            # The release must not wait on the reply: it goes on its own.
+            LOG.info('reply to %s rides on nothing: %s', job.caller, exc)
+            return None
         # A nested txn: a caller gone by then fails only the reply, never
-        # the txn it rides on.
+        # the txn it rides on. What runs after that txn is answered
+        # already: a failure there is logged, not replied.
         job.reply_rider = riderlib.Rider(
             [], [etcdlib.op_txn(*self._reply_txn(
-                job, {'ok': True, 'result': result}))], [], None)
+                job, {'ok': True, 'result': result}, lease))], [], None)
         return job.reply_rider
 
     def _reply(self, job, reply):
         """Put the reply (_reply_txn)."""
         try:
+            lease = self._lease_for_replies()
             try:
-                res = self.etcd.txn(*self._reply_txn(job, reply))
+                res = self.etcd.txn(*self._reply_txn(job, reply, lease))
             except errors.SessionLost:
                 # The replies' lease is gone (revoked, etcd restored): on
                 # a new one. (The caller's session is a compare.)
-                self._forget_reply_lease()
-                res = self.etcd.txn(*self._reply_txn(job, reply))
-        except errors.CoordError as exc:
+                self._forget_reply_lease(lease)
+                res = self.etcd.txn(*self._reply_txn(
+                    job, reply, self._lease_for_replies()))
+        except (errors.CoordError, etcdhttp.EtcdError) as exc:
             LOG.warning('reply to %s for %s not sent: %s', job.caller,
                         job.op, exc)
             return
         if not res.succeeded:
-            LOG.info('reply to %s for %s dropped: its session ended',
-                     job.caller, job.op)
+            LOG.info('reply to %s for %s not put: its session ended, or it '
+                     'was answered already', job.caller, job.op)
 
     def _lease_for_replies(self):
         # One lease for the replies of a third of its TTL: every reply
@@ -520,9 +541,10 @@ class Router:
                 self._reply_lease = (lease, granted)
             return lease
 
-    def _forget_reply_lease(self):
+    def _forget_reply_lease(self, lease):
         with self._lease_mutex:
-            self._reply_lease = (0, 0.0)
+            if self._reply_lease[0] == lease:  # not a newer one
+                self._reply_lease = (0, 0.0)
 
     def stop(self):
         self._stop.set()

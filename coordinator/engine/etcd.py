@@ -201,7 +201,7 @@ class Watch:
             result = (first or {}).get('result') or {}
             if not result.get('created') or result.get('canceled'):
                 raise etcdhttp.EtcdError(
-                    f'watch on {key} not created: {first}')
+                    None, f'watch on {key} not created: {first}')
             self.created_revision = int(result['header']['revision'])
         except BaseException:
             self._sock.close()
@@ -238,7 +238,7 @@ class Watch:
         lines = head.decode('latin-1').split('\r\n')
         status = lines[0].split(' ', 2)
         if len(status) < 2 or status[1] != '200':
-            raise etcdhttp.EtcdError(f'watch refused: {lines[0]}')
+            raise etcdhttp.EtcdError(None, f'watch refused: {lines[0]}')
         headers = {k.strip().lower(): v.strip() for k, _, v in
                    (line.partition(':') for line in lines[1:])}
         self._chunked = 'chunked' in headers.get('transfer-encoding', '')

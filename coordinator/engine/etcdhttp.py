@@ -206,18 +206,21 @@ class Client:
 
     def _discover(self):
         """The gateway's path for this etcd version (/v3/ from 3.4), asked
-        once per client as etcd3gw does."""
+        once per client as etcd3gw does; etcd before 3.3 is refused."""
         body = _checked(self.session.get(self.base_url + '/version',
                                          timeout=self.timeout)).json()
         try:
             version = tuple(int(p) for p in
                             body['etcdserver'].split('.', 2)[:2])
         except (KeyError, ValueError, AttributeError) as exc:
-            raise EtcdError(f'unreadable etcd /version answer: '
+            raise EtcdError(None, f'unreadable etcd /version answer: '
                             f'{body!r:.200}') from exc
-        if version >= (3, 4):
-            return '/v3/'
-        return '/v3beta/' if version >= (3, 3) else '/v3alpha/'
+        if version < (3, 3):
+            # Nested txns (a routed deactivate's reply rides on its
+            # release) came with 3.3.
+            raise EtcdError(None, f'etcd {body["etcdserver"]} is too old: '
+                            f'lvmcoord needs etcd 3.3 or newer')
+        return '/v3/' if version >= (3, 4) else '/v3beta/'
 
     def get_url(self, path):
         return self.base_url + self.api_path + path.lstrip('/')

@@ -20,6 +20,7 @@ from coordinator import errors
 from coordinator.daemon import replies
 from coordinator.daemon import routing
 from coordinator.engine import etcd as etcdlib
+from coordinator.engine import etcdhttp
 from coordinator.engine.core import Engine
 
 
@@ -346,3 +347,39 @@ def test_a_reply_lease_gone_costs_neither_the_release_nor_the_reply(
                       timeout=20)
     assert got == {'lv': 'lv1', 'released': True}
     assert target.leases.holders('vg', 'lv1') == []
+
+
+def test_a_release_goes_on_when_no_lease_can_be_had_for_its_reply(
+        routed_pair):
+    # etcd grants no lease (its space quota alarm refuses one, while it
+    # still takes deletes): the reply cannot be put, the release goes on.
+    caller, target, _, server = routed_pair
+    target.leases.claim('vg', 'lv1')
+    client = routing.Router(caller.etcd, caller.keys, caller.session)
+
+    def refused(ttl):
+        raise etcdhttp.EtcdError(None, 'etcdserver: mvcc: database space '
+                                 'exceeded')
+    server.etcd.lease_grant = refused
+    server._reply_lease = (0, 0.0)
+    with pytest.raises(errors.HostUnavailable, match='did not answer'):
+        client.call('host-b', 'deactivate', {'vg': 'vg', 'lv': 'lv1'},
+                    timeout=3)
+    assert target.leases.holders('vg', 'lv1') == []
+
+
+def test_the_first_reply_to_a_request_stands(routed_pair):
+    # A txn retried after it applied (the client's own retry) answers
+    # again: the reply the caller may have read already is not replaced.
+    caller, target, _, server = routed_pair
+    # Under a host nobody serves: the serving router must not claim it.
+    key = target.keys.request('host-x', uuid.uuid4().hex)
+    caller.etcd.put(key, {'op': 'refresh', 'from': 'host-a'},
+                    lease=caller.session.id)
+    kv = caller.etcd.get(key)
+    job = routing._Job(key.rsplit('/', 1)[1], 'host-a', kv, 'refresh',
+                       time.monotonic())
+    server._reply(job, {'ok': True, 'result': 'first'})
+    server._reply(job, {'ok': False, 'error': {'code': 'error'}})
+    reply = target.etcd.get(target.keys.reply('host-a', job.rid))
+    assert reply.json() == {'ok': True, 'result': 'first'}

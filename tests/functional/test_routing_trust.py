@@ -606,15 +606,17 @@ def test_an_activate_admitted_again_keeps_its_first_admission_time(
         wait_for(lambda: server.scheduler is not None, what='serving')
         away.set()
         key = r.keys.requests(OTHER) + uuid.uuid4().hex
-        r.etcd.put(key, {'op': 'activate', 'from': CALLER, 'timeout': 1,
+        r.etcd.put(key, {'op': 'activate', 'from': CALLER, 'timeout': 3,
                          'args': {'vg': VG, 'lv': 'late'}},
                    lease=r.lease(CALLER))
-        first = time.monotonic()
         wait_for(lambda: runs, what='first run')
-        # Its caller has given up (1 s). Until then it may have run again
-        # (the watch and the first read both saw it: its grant is still to
-        # apply, and its caller waits); from then on it never does.
-        time.sleep(max(0.0, first + 1.2 - time.monotonic()))
+        first = next(t for (k, _), t in server._first_admitted.items()
+                     if k == key)
+        # Its caller has given up (3 s after its first admission). Until
+        # then it may have run again (the watch and the first read both
+        # saw it: its grant is still to apply, and its caller waits); from
+        # then on it never does.
+        time.sleep(max(0.0, first + 3.1 - time.monotonic()))
         wait_for(lambda: server.scheduler.busy() == (0, 0), what='idle')
         ran = len(runs)
         assert r.etcd.get(key) is not None

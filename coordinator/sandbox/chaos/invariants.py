@@ -244,10 +244,10 @@ class Checker:
         migrations = {(g.host, g.instance, g.since) for g in grants
                       if g.mode == 'migration'}
 
-        def companion(g, host, instance):
-            # A grant that may live beside ``instance`` on ``host``: the
-            # same host's, or its migration pair.
-            return g.host == host or (g.instance == instance and (
+        def companion(g, of_host, of_instance):
+            # A grant that may live beside ``of_instance`` on ``of_host``:
+            # the same host's, or its migration pair.
+            return g.host == of_host or (g.instance == of_instance and (
                 g.mode == 'migration' or
                 (g.host, g.instance, g.since) in migrations))
 

@@ -504,7 +504,7 @@ class Router:
             return None
         # A nested txn: a caller gone by then fails only the reply, never
         # the txn it rides on. What runs after that txn is answered
-        # already: a failure there is logged, not replied.
+        # already: a failure there goes unreplied.
         job.reply_rider = riderlib.Rider(
             [], [etcdlib.op_txn(*self._reply_txn(
                 job, {'ok': True, 'result': result}, lease))], [], None)

@@ -143,6 +143,14 @@ def test_a_writable_device_without_a_live_lease_is_a_violation(vg_with_lv):
     assert _kinds(checker) == ['writable-without-lease']
 
 
+def _history(shared, uuid, rows):
+    """(FakeHistory with _grants(rows) as of now, now)."""
+    now = time.time()
+    history = FakeHistory()
+    history.grants = _grants(shared, uuid, now, rows)
+    return history, now
+
+
 def _grants(shared, uuid, now, rows):
     """Grants of LV 'vol' from rows of (host, token, seconds ago, mode,
     instance)."""
@@ -153,9 +161,7 @@ def _grants(shared, uuid, now, rows):
 
 def test_stale_writes_and_stamps_are_violations(vg_with_lv):
     shared, uuid, offset, size, tmp = vg_with_lv
-    now = time.time()
-    history = FakeHistory()
-    history.grants = _grants(shared, uuid, now, [
+    history, now = _history(shared, uuid, [
         ('compute-1', 10, 60, 'exclusive', 'vm-1'),
         ('compute-2', 20, 30, 'exclusive', 'vm-2')])
     old = FakeWriter('compute-1', uuid, 10, 'vm-1', [
@@ -194,9 +200,7 @@ def test_a_grant_carried_over_to_a_new_session_is_not_a_new_grant(
     # over (token 30, same holder, instance and since): compute-1's writes
     # are no stale writes. A grant to compute-2 for another instance is.
     shared, uuid, _, _, tmp = vg_with_lv
-    now = time.time()
-    history = FakeHistory()
-    history.grants = _grants(shared, uuid, now, [
+    history, now = _history(shared, uuid, [
         ('compute-2', 10, 60, 'exclusive', 'vm-1'),
         ('compute-1', 12, 59, 'migration', 'vm-1'),
         ('compute-2', 30, 60, 'exclusive', 'vm-1')])
@@ -218,9 +222,7 @@ def test_a_grant_brought_back_after_a_takeover_is_a_new_grant(vg_with_lv):
     # 20) and writes; compute-2's grant comes back (token 30, its old
     # holder, instance and since): a split brain, not a continuation.
     shared, uuid, _, _, tmp = vg_with_lv
-    now = time.time()
-    history = FakeHistory()
-    history.grants = _grants(shared, uuid, now, [
+    history, now = _history(shared, uuid, [
         ('compute-2', 10, 60, 'exclusive', 'vm-1'),
         ('compute-1', 20, 50, 'exclusive', 'vm-2'),
         ('compute-2', 30, 60, 'exclusive', 'vm-1')])

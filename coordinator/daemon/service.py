@@ -26,6 +26,7 @@ from coordinator.daemon import supervise
 from coordinator.daemon import watchdog
 from coordinator.daemon.host import HostContext
 from coordinator.engine import etcd as etcdlib
+from coordinator.engine import identity
 
 LOG = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class SessionWorker(_Worker):
         self.ctx.known_uuids = self._known_uuids
         beat_every = max(1, int(self.ctx.membership.heartbeat_interval))
         ticks = 0
+        refused = None
         while not self.stopping.wait(1.0):
             ticks += 1
             if eng.session.lost:
@@ -86,10 +88,19 @@ class SessionWorker(_Worker):
                 # session so this host can be granted LVs again.
                 try:
                     eng.session.reopen()
+                except identity.NameTaken as exc:
+                    # Another machine took the name meanwhile (after a
+                    # partition): never take it back; stay fenced.
+                    if str(exc) != refused:
+                        refused = str(exc)
+                        LOG.error('session: not reopened: %s', refused)
+                        self.ctx.emit('host-name-taken', message=refused)
+                    continue
                 except errors.CoordError as exc:
                     LOG.warning('session: cannot open a new one yet: %s',
                                 exc)
                     continue
+                refused = None
                 self.ctx.emit('session-reopened',
                               session=f'{eng.session.id:x}')
             metrics.KEEPALIVE.set(eng.session.keepalive_rtt)

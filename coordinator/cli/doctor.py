@@ -269,14 +269,38 @@ def check_daemon(ctx):
         status = ctx.client(timeout=10.0).call('status')
     except errors.CoordError as exc:
         return [('daemon', FAIL, str(exc))]
+    rewound = (status.get('history') or {}).get('rewound')
+    if rewound:
+        return [('daemon', FAIL, f'host {status.get("host")} holds every '
+                                 f'device fenced: etcd history rewound '
+                                 f'({rewound}); doc/runbook-etcd-restore.md')]
     return [('daemon', OK, f'host {status.get("host")}, session '
                            f'{status.get("session")}, backend '
                            f'{status.get("backend")}, '
                            f'{len(status.get("active", []))} LV(s) active')]
 
 
+def check_history(ctx):
+    """etcd's history: no host found it rewound (a restore from an older
+    backup) without an operator accepting it."""
+    from coordinator.engine import history
+    epoch_kv, revision = history.read_epoch(ctx.etcd, ctx.keys)
+    if epoch_kv is None:
+        return [('history', WARN, 'no cluster epoch in etcd yet (the first '
+                                  'daemon writes it)')]
+    epoch = epoch_kv.json()
+    rewound = epoch.get('rewound')
+    if rewound:
+        return [('history', FAIL, f'{rewound.get("by")} found etcd\'s '
+                                  f'history rewound: {rewound.get("reason")}'
+                                  f'; doc/runbook-etcd-restore.md')]
+    return [('history', OK, f'epoch {epoch.get("id")}, generation '
+                            f'{epoch.get("generation")}, revision '
+                            f'{revision}')]
+
+
 CHECKS = (check_etcd, check_clock, check_session, check_vgs, check_filter,
-          check_daemon)
+          check_history, check_daemon)
 
 
 class Doctor(lister.Lister):

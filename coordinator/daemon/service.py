@@ -68,6 +68,8 @@ class SessionWorker(_Worker):
         eng.open()
         self.ctx.emit('session', resumed=eng.session.resumed,
                       session=f'{eng.session.id:x}')
+        self._rewound = None
+        self._check_history()
         view = self.ctx.readiness(fresh=True)
         self.ctx.record_uuids(view)
         self.ctx.membership.join(view)
@@ -104,6 +106,10 @@ class SessionWorker(_Worker):
                 self.ctx.emit('session-reopened',
                               session=f'{eng.session.id:x}')
             metrics.KEEPALIVE.set(eng.session.keepalive_rtt)
+            # An answer below the mark calls for a check at once; every
+            # 15 s one learns what other hosts found (or an accept).
+            if self.ctx.history.suspect or ticks % 15 == 0:
+                self._check_history()
             # Idle etcd traffic per host stays under 1 request/s: the
             # lock-queue metric is read only when metrics are served, tooz's
             # membership lease (TTL = session TTL) refreshed every TTL/2,
@@ -128,6 +134,20 @@ class SessionWorker(_Worker):
                 # a session loss): join again rather than die.
                 LOG.warning('membership: %s; joining again', exc)
                 self._rejoin()
+
+    def _check_history(self):
+        try:
+            why = self.ctx.history.check()
+        except errors.CoordError as exc:
+            LOG.warning('history: not checked: %s', exc)
+            return
+        if why and why != self._rewound:
+            self.ctx.emit('history-rewound', reason=why)
+        elif self._rewound and not why:
+            self.ctx.emit('history-accepted',
+                          generation=(self.ctx.history.epoch or {}).get(
+                              'generation'))
+        self._rewound = why
 
     def _known_uuids(self):
         at, uuids = self._uuids
@@ -207,7 +227,7 @@ class FenceWorker(_Worker):
             ctx.backend, self.conf.session.ttl, f.fraction, f.action,
             self._on_event, lease=session.id,
             prove=proof.Prover(ctx.engine.leases, ctx.lvm, ctx.backend,
-                               ctx.book, ctx.vg_metadata),
+                               ctx.book, ctx.vg_metadata, ctx.history),
             book=ctx.book, on_retired=self._retired, watchdog=dog)
         # Incomplete, devices found stay fenced until proven; fencing goes
         # on.
@@ -220,6 +240,13 @@ class FenceWorker(_Worker):
         threading.Thread(target=watch.run, args=(self.stopping,),
                          name='grant-watch', daemon=True).start()
         while True:
+            rewound = ctx.history.rewound()
+            if rewound:
+                # etcd's history was rewound: every device stays fenced
+                # (each proof keeps it) until an operator accepts it.
+                fencer.fence_existing(list(ctx.book.all()) +
+                                      list(ctx.backend.active()),
+                                      f'etcd history rewound: {rewound}')
             current = session.id
             if current and current != fencer.lease:
                 # A new session: the old one ended with every grant bound

@@ -26,8 +26,9 @@ class ROWatch:
     again."""
 
     def __init__(self, device_path):
-        loop = os.path.basename(os.path.realpath(device_path))
-        self.path = f'/sys/block/{loop}/ro'
+        self.link = device_path
+        self.loop = os.path.realpath(device_path)
+        self.path = f'/sys/block/{os.path.basename(self.loop)}/ro'
         self.fenced = threading.Event()
         self.unfenced = threading.Event()
         self.stop = threading.Event()
@@ -43,7 +44,10 @@ class ROWatch:
                 ro = None
             if ro:
                 self.fenced.set()
-            elif ro is False and self.fenced.is_set():
+            elif ro is False and self.fenced.is_set() and \
+                    os.path.realpath(self.link) == self.loop:
+                # Still our device (a retired one's link goes before its
+                # minor is freed, and read-only no more).
                 self.unfenced.set()
             time.sleep(0.005)
 

@@ -133,6 +133,12 @@ class Session:
             LOG.warning('ignoring unreadable session state %s: %s',
                         self.state_file, exc)
             return 0
+        # Not another machine's (a cloned state dir): its lease is not
+        # ours to keep alive.
+        kv = self.etcd.get(self.keys.session(self.host))
+        if identity.conflict(kv.json() if kv else None, self.host,
+                             self.machine, lease_id):
+            return 0
         # A keepalive both checks the lease exists and restarts its TTL.
         if self.etcd.lease_keepalive(lease_id) > 0:
             return lease_id

@@ -5,6 +5,7 @@ routed requests or grants; one daemon per state dir. Real etcd, real LVM
 on loop devices, real daemons."""
 import os
 import time
+from urllib import parse
 
 import pytest
 
@@ -15,6 +16,8 @@ from coordinator.engine import session as sessionlib
 from coordinator.sandbox.cluster import Cluster
 from coordinator.sandbox.daemons import Daemon
 from coordinator.sandbox.etcd import EtcdCluster
+from coordinator.sandbox.proxy import Proxy
+from tests.functional.rowatch import ROWatch
 
 MiB = 1 << 20
 DEADLINE = 60.0
@@ -126,6 +129,75 @@ def test_second_daemon_on_one_state_dir_is_refused(cluster):
     assert first.proc.poll() is None
 
 
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f'timed out waiting for {what}'
+        time.sleep(0.1)
+
+
+def test_a_name_taken_during_a_partition_is_not_taken_back(tmp_path):
+    proxies = {}
+
+    def endpoints_for(host, eps):
+        url = parse.urlsplit(eps[0])
+        proxies[host] = Proxy(url.hostname, url.port)
+        return [proxies[host].url] if host == 'compute-1' else eps
+
+    try:
+        with Cluster(hosts=('volume-1', 'compute-1'), ttl=6, grace=1.0,
+                     endpoints_for=endpoints_for) as cluster:
+            _name_taken_during_a_partition(cluster, proxies['compute-1'])
+    finally:
+        for p in proxies.values():
+            p.close()
+
+
+def _name_taken_during_a_partition(cluster, proxy):
+    vg = cluster.vg.vg
+    volume, first = cluster['volume-1'].client, cluster['compute-1'].client
+    volume.call('create', vg=vg, lv='vm-disk', size=4 * MiB)
+    got = first.call('activate', vg=vg, lv='vm-disk', instance='vm-1')
+    etcd = etcdlib.Etcd(cluster.etcd.endpoints)
+    key = keyslib.Keys('/lvmcoord', 'sandbox').session('compute-1')
+    watch = ROWatch(got['path'])
+    sim = cluster.vg._make_host('clone')
+    other = Daemon('compute-1', os.path.join(cluster.dir, 'other'),
+                   cluster.etcd.endpoints, vg, sim.system_dir, ttl=6,
+                   grace=1.0, session__machine_id='other-machine')
+    try:
+        # compute-1 is cut off; its session expires; another machine is
+        # started as compute-1 meanwhile (the name is free): it may.
+        proxy.cut()
+        wait_for(lambda: etcd.get(key) is None, 60,
+                 'the cut-off session to expire')
+        assert watch.fenced.is_set()
+        other.start()
+        taken = etcd.get(key)
+        # The partition heals: the first machine must not take the name
+        # back; it stays fenced.
+        proxy.heal()
+        log = cluster['compute-1'].log
+
+        def refused():
+            with open(log) as f:
+                return 'session: not reopened: host name compute-1 is ' \
+                    'in use by machine other-machine' in f.read()
+        wait_for(lambda: refused() or etcd.get(key).lease != taken.lease,
+                 60, 'compute-1 to try to reopen its session')
+        now = etcd.get(key)
+        assert (now.mod_revision, now.lease) == \
+            (taken.mod_revision, taken.lease), \
+            'the first machine overwrote the other\'s session'
+        assert now.json()['machine'] == 'other-machine'
+        assert refused()
+        assert not watch.unfenced.is_set()
+        assert read_only(got['path'])
+    finally:
+        watch.close()
+        other.stop()
+
+
 # -- the session's own check, where it opens or reopens (no daemon) --
 
 def session(etcd, keys, machine, state_file):
@@ -183,3 +255,26 @@ def test_reopen_after_the_name_was_taken_meanwhile_is_refused(
     finally:
         a.close()
         b.close(revoke=True)
+
+
+def test_a_cloned_state_dir_does_not_resume_the_original_session(
+        etcd_server, tmp_path):
+    etcd = etcdlib.Etcd(etcd_server.endpoints, timeout=2.0)
+    keys = keyslib.Keys('/lvmcoord', 'identity-clone')
+    a = session(etcd, keys, 'machine-a', str(tmp_path / 'a.json')).open()
+    # The clone's image carries a copy of the original's state dir.
+    with open(tmp_path / 'a.json') as f:
+        (tmp_path / 'b.json').write_text(f.read())
+    b = session(etcd, keys, 'machine-b', str(tmp_path / 'b.json'))
+    try:
+        record = etcd.get(keys.session('h1'))
+        with pytest.raises(identity.NameTaken,
+                           match='h1 is in use by machine machine-a'):
+            b.open()
+        assert b.id == 0 and not b.resumed
+        again = etcd.get(keys.session('h1'))
+        assert (again.mod_revision, again.lease) == \
+            (record.mod_revision, a.id)
+    finally:
+        a.close(revoke=True)
+        b.close()

@@ -239,14 +239,10 @@ class FenceWorker(_Worker):
                                       ctx.book, fencer)
         threading.Thread(target=watch.run, args=(self.stopping,),
                          name='grant-watch', daemon=True).start()
+        rewound = None
         while True:
-            rewound = ctx.history.rewound()
-            if rewound:
-                # etcd's history was rewound: every device stays fenced
-                # (each proof keeps it) until an operator accepts it.
-                fencer.fence_existing(list(ctx.book.all()) +
-                                      list(ctx.backend.active()),
-                                      f'etcd history rewound: {rewound}')
+            with errors.logged(LOG, 'fencer: history not judged'):
+                rewound = self._hold_rewound(rewound)
             current = session.id
             if current and current != fencer.lease:
                 # A new session: the old one ended with every grant bound
@@ -262,6 +258,19 @@ class FenceWorker(_Worker):
                 LOG.exception('fencer: cannot record its heartbeat')
             if self.stopping.wait(fencer.next_tick(f.interval)):
                 return
+
+    def _hold_rewound(self, before):
+        """etcd's history was rewound: every device stays fenced (each
+        proof keeps it) until an operator accepts it."""
+        ctx = self.ctx
+        why = ctx.history.rewound()
+        if why:
+            # The kernel's list once, the book on every tick after.
+            keys = list(ctx.book.all())
+            if not before:
+                keys += list(ctx.backend.active())
+            self.fencer.fence_existing(keys, f'etcd history rewound: {why}')
+        return why
 
     def _on_event(self, kind, **fields):
         if kind == 'fenced':

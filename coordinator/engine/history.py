@@ -35,6 +35,9 @@ from coordinator.engine import etcd as etcdlib
 
 LOG = logging.getLogger(__name__)
 
+# Seconds a proof may reuse the history judged for another one.
+FLOOR_FRESH = 0.5
+
 
 def header_revision(resp):
     """The revision in an etcd gateway answer's header (0 if none)."""
@@ -100,6 +103,7 @@ class History:
         self.suspect = False
         # etcd's epoch as the last check() read it.
         self.epoch = None
+        self._floor = (0.0, None)
 
     # -- the local mark --
 
@@ -230,11 +234,23 @@ class History:
         return bool(mark.get('epoch') and epoch and
                     epoch.get('generation', 0) > mark.get('generation', 0))
 
-    def floor(self):
-        """Grants older than this revision are never resumed (the last
-        accepted restore); with the rewound reason or None, read fresh."""
-        why = self.check()
-        return why, int((self.epoch or {}).get('floor') or 0)
+    def floor(self, fresh_for=FLOOR_FRESH):
+        """(why etcd's history is rewound or None, the revision below
+        which no grant is resumed: the last accepted restore's), read
+        fresh for each proof: at most ``fresh_for`` seconds old (a fence
+        of many LVs is proven in one go), and no etcd read at all while
+        this host holds the history rewound (the session worker watches
+        for the accept)."""
+        why = self.rewound()
+        if why:
+            return why, 0
+        now = time.monotonic()
+        at, answer = self._floor
+        if answer is None or now - at > fresh_for:
+            why = self.check()
+            answer = (why, int((self.epoch or {}).get('floor') or 0))
+            self._floor = (now, answer)
+        return answer
 
     def _create(self):
         key = self.keys.epoch()

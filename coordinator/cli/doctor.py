@@ -174,6 +174,14 @@ def check_session(ctx):
         return [('session', FAIL, f'cannot ask etcd: {exc}')]
     if left <= 0:
         return [('session', FAIL, f'session {lease_id:x} has expired')]
+    # The live record under this host name: this machine's?
+    from coordinator.engine import identity
+    kv = ctx.etcd.get(ctx.keys.session(ctx.conf.host))
+    why = identity.conflict(kv.json() if kv else None, ctx.conf.host,
+                            identity.machine_id(ctx.conf.session.machine_id),
+                            lease_id)
+    if why:
+        return [('session', FAIL, why)]
     return [('session', OK, f'session {lease_id:x} alive, {left} s left')]
 
 

@@ -95,9 +95,11 @@ def test_restored_etcd_is_found_and_nothing_resumes(partitioned, tmp_path):
         # etcd is restored from the backup: compute-1's session and grant
         # are back.
         cluster.etcd.restore(backup)
+        restored = time.monotonic()
         # compute-2 has seen revisions past the backup: it finds out, and
         # fences its own device too.
         wait_for(lambda: rewound(c2), 60, 'compute-2 to find the restore')
+        found = time.monotonic()
         assert 'restored from an older backup' in rewound(c2)
         wait_for(lambda: read_only(taken['path']), 30,
                  'compute-2 to fence its device')
@@ -106,8 +108,12 @@ def test_restored_etcd_is_found_and_nothing_resumes(partitioned, tmp_path):
         # the ledger names it; it has seen nothing newer than the backup,
         # and learns of the restore from etcd's epoch.
         proxy.heal()
+        healed = time.monotonic()
         wait_for(lambda: rewound(c1) or watch.unfenced.is_set(), 60,
                  'compute-1 to find the restore (or resume)')
+        print(f'restore found by compute-2 {found - restored:.2f} s after '
+              f'etcd came back, by compute-1 {time.monotonic() - healed:.2f}'
+              f' s after its link healed')
         assert not watch.unfenced.is_set(), \
             'compute-1 resumed a device compute-2 has written since'
         assert 'found etcd\'s history rewound' in rewound(c1)

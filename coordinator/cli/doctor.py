@@ -179,7 +179,7 @@ def check_session(ctx):
     kv = ctx.etcd.get(ctx.keys.session(ctx.conf.host))
     why = identity.conflict(kv.json() if kv else None, ctx.conf.host,
                             identity.machine_id(ctx.conf.session.machine_id),
-                            lease_id)
+                            lease_id, ctx.conf.session.state_dir)
     if why:
         return [('session', FAIL, why)]
     return [('session', OK, f'session {lease_id:x} alive, {left} s left')]

@@ -19,7 +19,7 @@ from coordinator.engine import identity
 from coordinator.engine import keys as keyslib
 from coordinator.engine.core import Engine
 
-LOCK_FILE = 'lvmcoordd.lock'
+LOCK_FILE = identity.LOCK_FILE
 # A killed daemon's processes release the lock as they exit: a restart
 # right after a kill -9 waits that long for them before it is refused.
 LOCK_WAIT = 3.0
@@ -77,6 +77,6 @@ def check_host_name(conf):
         pass
     why = identity.conflict(kv.json() if kv else None, conf.host,
                             identity.machine_id(conf.session.machine_id),
-                            lease)
+                            lease, conf.session.state_dir)
     if why:
         raise Refused(why)

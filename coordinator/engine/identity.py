@@ -7,6 +7,7 @@ boot id of the daemon that opened it; a daemon finding a live record of
 another machine (or another boot of this one) under its name refuses it,
 and never overwrites it.
 """
+import fcntl
 import os
 
 from coordinator import errors
@@ -39,28 +40,39 @@ def boot_id():
     return _read(BOOT_ID)
 
 
-def fields(machine):
+def fields(machine, state_dir=None):
     """What the session record says of who opened it."""
-    return {'machine': machine, 'boot': boot_id()}
+    return {'machine': machine, 'boot': boot_id(), 'state_dir': state_dir}
 
 
-def _daemon_alive(pid):
-    # Same machine, same boot: a pid that is alive and an lvmcoordd is a
-    # second daemon of this host name here (another state dir).
-    if not pid or pid == os.getpid():
+LOCK_FILE = 'lvmcoordd.lock'
+
+
+def _daemon_in(state_dir):
+    """True if a daemon holds ``state_dir``'s lock (coordinator/daemon/
+    claim.py) now: same machine, same boot, another state dir, one host
+    name is a second daemon of that name here."""
+    if not state_dir:
         return False
     try:
-        with open(f'/proc/{int(pid)}/cmdline', 'rb') as f:
-            cmdline = f.read()
-    except (OSError, ValueError):
+        fd = os.open(os.path.join(state_dir, LOCK_FILE),
+                     os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return False
-    return b'coordinator.daemon.main' in cmdline or b'lvmcoordd' in cmdline
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's own lock, if it got one
+    return False
 
 
-def conflict(record, host, machine, lease=0):
+def conflict(record, host, machine, lease=0, state_dir=None):
     """Why the live session ``record`` of ``host`` is not ours to take
     over (None if it is: this machine's own, from a run that is gone, or
-    the lease we resume). ``lease``: the one we resume, 0 for none."""
+    the lease we resume). ``lease``: the one we resume, 0 for none;
+    ``state_dir``: ours."""
     if not record:
         return None
     theirs = record.get('machine')
@@ -84,7 +96,10 @@ def conflict(record, host, machine, lease=0):
                 f'under another boot ({boot}): a clone of this machine\'s '
                 f'image, or a reboot within the session TTL (then it '
                 f'expires by itself)')
-    if not ours and _daemon_alive(record.get('pid')):
+    theirs_dir = record.get('state_dir')
+    if not ours and theirs_dir and _daemon_in(theirs_dir) and not (
+            state_dir and os.path.realpath(theirs_dir) ==
+            os.path.realpath(state_dir)):
         return (f'host name {host} is in use by another lvmcoordd on this '
-                f'machine ({session})')
+                f'machine ({session}, state dir {theirs_dir})')
     return None

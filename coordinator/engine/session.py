@@ -93,7 +93,11 @@ class Session:
         """The session record (JSON: other fields may join it)."""
         return dict(self.record_fields, host=self.host, lease=lease_id,
                     pid=os.getpid(), ttl=self.ttl, since=time.time(),
-                    **identity.fields(self.machine))
+                    **identity.fields(self.machine, self._state_dir()))
+
+    def _state_dir(self):
+        return os.path.dirname(os.path.abspath(self.state_file)) \
+            if self.state_file else None
 
     def _claim(self, lease_id):
         # Read, judge, then write guarded by what was read: a record
@@ -104,7 +108,8 @@ class Session:
             kv = self.etcd.get(key)
             why = identity.conflict(kv.json() if kv else None, self.host,
                                     self.machine,
-                                    lease_id if self.resumed else 0)
+                                    lease_id if self.resumed else 0,
+                                    self._state_dir())
             if why:
                 raise identity.NameTaken(why)
             res = self.etcd.txn(
@@ -137,7 +142,7 @@ class Session:
         # ours to keep alive.
         kv = self.etcd.get(self.keys.session(self.host))
         if identity.conflict(kv.json() if kv else None, self.host,
-                             self.machine, lease_id):
+                             self.machine, lease_id, self._state_dir()):
             return 0
         # A keepalive both checks the lease exists and restarts its TTL.
         if self.etcd.lease_keepalive(lease_id) > 0:

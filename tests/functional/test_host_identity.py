@@ -129,6 +129,24 @@ def test_second_daemon_on_one_state_dir_is_refused(cluster):
     assert first.proc.poll() is None
 
 
+def test_second_daemon_of_a_host_name_on_one_machine_is_refused(cluster):
+    first = cluster['compute-1']
+    sim = cluster.vg._make_host('again')
+    second = Daemon('compute-1', os.path.join(cluster.dir, 'again'),
+                    cluster.etcd.endpoints, cluster.vg.vg, sim.system_dir)
+    try:
+        second.start(wait=False)
+        assert refused_or_serving(second) == 1, \
+            'a second daemon of compute-1 serves on this machine'
+    finally:
+        second.stop()
+    line = refusal(second)
+    assert line.startswith('host name compute-1 is in use by another '
+                           'lvmcoordd on this machine'), line
+    assert first.state_dir in line
+    assert first.client.call('status')['host'] == 'compute-1'
+
+
 def wait_for(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -1,8 +1,8 @@
 """Host identity: whose live session record a daemon may take over
 (coordinator.engine.identity)."""
-import subprocess
-import sys
+import os
 
+from coordinator.daemon import claim
 from coordinator.engine import identity
 
 
@@ -32,22 +32,27 @@ def test_another_machine_is_named():
     assert 'unknown machine' in identity.conflict(old, 'h1', 'm-a')
 
 
-def test_another_boot_or_a_live_daemon_here_is_refused():
+def test_another_boot_or_a_live_daemon_here_is_refused(tmp_path):
     assert 'under another boot' in identity.conflict(
         record(boot='other-boot'), 'h1', 'm-a')
-    # A live lvmcoordd of this name here (another state dir).
-    proc = subprocess.Popen([sys.executable, '-c',
-                             'import time; time.sleep(60)',
-                             'coordinator.daemon.main'])
+    # A live lvmcoordd of this name here, on another state dir (it holds
+    # that dir's lock).
+    mine, theirs = str(tmp_path / 'mine'), str(tmp_path / 'theirs')
+    here = record(state_dir=theirs)
+    assert identity.conflict(here, 'h1', 'm-a', state_dir=mine) is None
+    lock = claim.lock_state_dir(theirs, wait=0)
     try:
         assert 'another lvmcoordd on this machine' in identity.conflict(
-            record(pid=proc.pid), 'h1', 'm-a')
-        # ...unless it is the lease we resume (our own previous run's).
-        assert identity.conflict(record(pid=proc.pid), 'h1', 'm-a',
-                                 lease=0x10) is None
+            here, 'h1', 'm-a', state_dir=mine)
+        # ...not when it is our own state dir (we hold its lock), nor the
+        # lease we resume (our own previous run's).
+        assert identity.conflict(here, 'h1', 'm-a', state_dir=theirs) \
+            is None
+        assert identity.conflict(here, 'h1', 'm-a', lease=0x10,
+                                 state_dir=mine) is None
     finally:
-        proc.kill()
-        proc.wait()
+        os.close(lock)
+    assert identity.conflict(here, 'h1', 'm-a', state_dir=mine) is None
 
 
 def test_machine_id_defaults_to_etc_machine_id(monkeypatch, tmp_path):

@@ -121,6 +121,8 @@ class History:
                 mark = json.load(f)
         except (OSError, ValueError):
             return {}
+        if mark.get('root', self.keys.root) != self.keys.root:
+            mark = {}  # another [etcd] prefix: another history
         self._cache = (stamp, mark)
         # The file is the truth: an accepted restore lowers it.
         self._persisted = mark.get('revision', 0)
@@ -140,6 +142,7 @@ class History:
             self._cache = (None, {})
             mark = dict(self.mark())
             yield mark
+            mark['root'] = self.keys.root
             tmp = f'{self.path}.{os.getpid()}.tmp'
             with open(tmp, 'w') as f:
                 json.dump(mark, f)

@@ -33,6 +33,7 @@ from tests.functional.test_cinder import make_driver  # noqa: F401
 from tests.functional.test_cinder import new_volume
 from tests.functional.test_cinder import read_block
 from tests.functional.test_cinder import spec_of
+from tests.functional.test_cinder import vg_left_as_found  # noqa: F401
 from tests.functional.test_cinder import where_active
 from tests.functional.test_cinder import write_block
 

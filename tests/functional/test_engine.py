@@ -9,10 +9,23 @@ from coordinator import errors
 from coordinator.engine import etcd as etcdlib
 from coordinator.engine.core import Engine
 
+_OPENED = []
+
 
 def engine(endpoints, host, ttl=3, grace=1.0, **kw):
     etcd = etcdlib.Etcd(endpoints, timeout=2.0, retry_window=20.0)
-    return Engine(etcd, host, 'test', ttl=ttl, grace=grace, **kw).open()
+    e = Engine(etcd, host, 'test', ttl=ttl, grace=grace, **kw).open()
+    _OPENED.append(e)
+    return e
+
+
+@pytest.fixture(autouse=True)
+def _close_engines():
+    """Every engine a test opened is closed after it, even on failure:
+    its session keepalive thread must not outlive the test's etcd."""
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
 
 
 def intervals(actors):

@@ -10,6 +10,7 @@ import atexit
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,12 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The checkout the guests run: this machine's path, seen through the 9p
+# root (guest/mounts.sh keeps it visible wherever it lives).
+CHECKOUT = os.path.dirname(os.path.dirname(HERE))
+# Copied to the guest's share: the boot never reads a path from the
+# kernel command line, whose parameters end at the first space.
+BOOT_FILES = ('stage2.sh', 'mounts.sh')
 QEMU = os.environ.get('QEMU', 'qemu-system-x86_64')
 _LIVE = set()
 
@@ -140,9 +147,7 @@ class Guest:
         cmdline = ' '.join([
             'console=ttyS0', 'panic=-1', 'loglevel=4', 'quiet',
             f'rh.name={self.name}',
-            f'rh.stage2={os.path.join(HERE, "guest", "stage2.sh")}',
-            f'rh.agent={os.path.join(HERE, "guest", "agent.py")}',
-            f'rh.python={sys.executable}', 'rh.lu=/dev/vda'])
+            'rh.stage2=' + self.guest_path('stage2.sh'), 'rh.lu=/dev/vda'])
         accel = 'tcg,thread=single,tb-size=192' if self.accel == 'tcg' \
             else 'kvm'
         d = self.dir
@@ -179,8 +184,20 @@ class Guest:
             '-device', 'i6300esb', '-action', 'watchdog=reset',
         ]
 
+    def stage_boot(self):
+        """Put on the share what the guest's boot reads: its stage-2
+        scripts, the checkout's path and this Python's."""
+        for name in BOOT_FILES:
+            shutil.copyfile(os.path.join(HERE, 'guest', name),
+                            self.host_path(name))
+        for name, value in (('checkout', CHECKOUT),
+                            ('python', sys.executable)):
+            with open(self.host_path(name), 'w') as f:
+                f.write(value)
+
     def start(self):
         """Start qemu and connect QMP and the control channel."""
+        self.stage_boot()
         for sock in ('qmp.sock', 'ctl.sock'):
             if os.path.exists(os.path.join(self.dir, sock)):
                 os.unlink(os.path.join(self.dir, sock))

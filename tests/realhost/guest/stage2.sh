@@ -1,14 +1,12 @@
 #!/bin/sh
 # Stage 2 (PID 1 in the guest, on the overlay root): what a host's boot
 # would do, then busybox init runs the control agent. Parameters come
-# from the kernel command line (rh.*), set by tests/realhost/vm.py.
+# from the kernel command line (rh.*) and, for paths (which may hold
+# spaces), from files on the guest's share /rh; both set by
+# tests/realhost/vm.py, which copies this script and mounts.sh there.
 arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 BB=/bin/busybox
-mount -t tmpfs -o mode=755 tmpfs /run
-mount -t tmpfs tmpfs /tmp
-mkdir -p /dev/pts /dev/shm /run/lock /run/lvm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /dev/shm
+/bin/sh /rh/mounts.sh "$(cat /rh/checkout)"
 $BB hostname "$(arg rh.name)"
 for m in virtio_net virtio_blk dm_mod dm_snapshot dm_multipath i6300esb; do
     $BB modprobe $m || echo "modprobe $m failed"
@@ -42,8 +40,12 @@ backup {
     archive = 0
 }
 CONF
-PY=$(arg rh.python)
+# The agent's launcher reads its paths at run time (no quoting here).
+cat > /run/rh-agent <<'AGENT'
+exec /usr/bin/env PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+    "$(cat /rh/python)" -u "$(cat /rh/checkout)/tests/realhost/guest/agent.py"
+AGENT
 cat > /etc/inittab <<TAB
-::respawn:/usr/bin/env PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root $PY -u $(arg rh.agent)
+::respawn:/bin/sh /run/rh-agent
 TAB
 exec $BB init

@@ -5,6 +5,7 @@ Metadata changes run under the VG lock with the seqno discipline
 VG lock; anything that must happen on another host is routed to that
 host's daemon, which takes the lease itself.
 """
+import contextlib
 import logging
 import os
 import time
@@ -33,7 +34,8 @@ class Operations:
 
     def __init__(self, engine, lvm, backend, router, vgs, read_seqno,
                  readiness=None, members=None, events=None, book=None,
-                 fencer_alive=None, metadata=None, watchdog_armed=None):
+                 fencer_alive=None, metadata=None, watchdog_armed=None,
+                 fencer_id=None):
         self.engine = engine
         self.host = engine.host
         self.leases = engine.leases
@@ -57,6 +59,9 @@ class Operations:
         # watchdog_armed() -> bool, None without a watchdog: no device is
         # made here while a dead daemon would leave it unwatched.
         self.watchdog_armed = watchdog_armed
+        # fencer_id() -> the incarnation of the fencer that beat last: one
+        # that changed between a grant and its device reconciled meanwhile.
+        self.fencer_id = fencer_id or (lambda: None)
 
     def handle(self, op, args):
         """Dispatch one validated request."""
@@ -220,7 +225,9 @@ class Operations:
                                instance=instance, wait=wait,
                                read_only=read_only)
         self._check_ready(vg)
+        fencer = self.fencer_id()
         self._check_fencer()
+        gate = contextlib.ExitStack()
         # The recorded seqno is read in the grant's own txn (no round trip
         # of its own) and checked before anything is mapped; a routed
         # request is claimed in it too.
@@ -228,6 +235,7 @@ class Operations:
             self.guard.recorded_reads(vg), vg, lv, mode, instance, wait,
             rider=routing.current_rider())
         try:
+            self._gate(gate, fencer)
             self._check_fresh(vg, self.guard.recorded_from(recorded)[0])
             # Read under the grant (by the check just made: no read of its
             # own): a rename or delete needs the LV unheld, so the name
@@ -250,6 +258,8 @@ class Operations:
                 self._forget(vg, lv)
                 self.leases.release(vg, lv)
             raise
+        finally:
+            gate.close()
         metrics.GRANTS.labels(mode=grant.mode).inc()
         self.events('grant', vg=vg, lv=lv, mode=grant.mode,
                     token=grant.token)
@@ -331,6 +341,20 @@ class Operations:
     def _forget(self, vg, lv):
         if self.book is not None:
             self.book.drop(vg, lv)
+
+    def _gate(self, gate, fencer):
+        """Hold the book's activation gate in ``gate`` until the device is
+        made: a reconcile at start waits for it (GrantBook.quiesce). Taken
+        after a fencer restart (so a reconcile) since ``fencer`` beat, the
+        grant may have been reconciled away: refused."""
+        if self.book is None:
+            return
+        gate.enter_context(self.book.activating())
+        self._check_fencer()
+        if self.fencer_id() != fencer:
+            raise errors.HostUnavailable(
+                f'{self.host}: its fencer restarted while this grant was '
+                f'being made; retry')
 
     def _check_fencer(self):
         problem = self.fencer_alive()

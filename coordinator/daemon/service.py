@@ -198,12 +198,14 @@ class FenceWorker(_Worker):
             prove=proof.Prover(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book, ctx.vg_metadata),
             book=ctx.book, on_retired=self._retired, watchdog=dog)
+        # No grant is served until this fencer's first beat after it
+        # (ops refuses on 'starting', and on a beat of an earlier run).
+        ctx.beat_fencer('starting')
         # Incomplete, devices found stay fenced until proven; fencing goes
         # on.
         with errors.logged(LOG, 'fencer: reconcile at start incomplete'):
             reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend,
-                               ctx.book, fencer, ctx.emit,
-                               started=_started(os.getppid()))
+                               ctx.book, fencer, ctx.emit)
         watch = grantwatch.GrantWatch(ctx.etcd, ctx.keys, ctx.engine.leases,
                                       ctx.book, fencer)
         threading.Thread(target=watch.run, args=(self.stopping,),
@@ -276,18 +278,3 @@ def build(conf):
         manager.add(worker, workers=1, args=(conf,))
     return manager
 
-
-def _started(pid):
-    """Wall-clock start of process ``pid`` (the daemon's master): as it
-    noted it, else from /proc."""
-    noted = os.environ.get('LVMCOORD_MASTER_STARTED')
-    if noted:
-        return float(noted)
-    with open(f'/proc/{pid}/stat') as f:
-        # Field 22, after the parenthesised command name (which may hold
-        # spaces): clock ticks after boot.
-        ticks = int(f.read().rsplit(')', 1)[1].split()[19])
-    with open('/proc/uptime') as f:
-        uptime = float(f.read().split()[0])
-    # Not /proc/stat's btime: whole seconds, too coarse for a restart.
-    return time.time() - (uptime - ticks / os.sysconf('SC_CLK_TCK'))

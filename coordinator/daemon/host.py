@@ -14,6 +14,7 @@ from coordinator.daemon import grantbook
 from coordinator.daemon import incarnation
 from coordinator.daemon import readiness
 from coordinator.daemon import watchdog
+from coordinator.daemon.ops import FENCER_STARTING
 from coordinator.daemon.ops import Operations
 from coordinator.daemon.routing import Router
 from coordinator.engine import etcd as etcdlib
@@ -101,10 +102,9 @@ class HostContext:
             return 'its fencer is not running'
         # A beat of an earlier run (a quick restart) is no word of this
         # daemon's fencer, which may still be reconciling.
-        if beat.get('daemon') != incarnation.daemon():
-            return 'its fencer has not run since this daemon started'
-        if beat['state'] == 'starting':
-            return 'its fencer is reconciling at start'
+        if beat.get('daemon') != incarnation.daemon() or \
+                beat['state'] == 'starting':
+            return FENCER_STARTING
         age = time.monotonic() - beat['at']
         # Negative: a beat from before a reboot (monotonic restarted).
         if age < 0 or age > max(3.0, 8 * self.conf.fence.interval):

@@ -24,6 +24,10 @@ LOG = logging.getLogger(__name__)
 MULTIATTACH_TAG = 'lvmcoord_multiattach'
 # The fencer arms the watchdog on its next tick once a grant is recorded.
 WATCHDOG_ARM_WAIT = 5.0
+# A daemon just started serves once its fencer has reconciled (a second
+# or two): an activation waits that long at most (or its own ``wait``).
+FENCER_START_WAIT = 10.0
+FENCER_STARTING = 'its fencer has not reconciled since this daemon started'
 # Seconds a routing call may reuse the membership view (no read per call).
 ROUTE_VIEW_AGE = 5.0
 _UNREAD = object()
@@ -225,8 +229,7 @@ class Operations:
                                instance=instance, wait=wait,
                                read_only=read_only)
         self._check_ready(vg)
-        fencer = self.fencer_id()
-        self._check_fencer()
+        fencer = self._await_fencer(max(wait or 0.0, FENCER_START_WAIT))
         gate = contextlib.ExitStack()
         # The recorded seqno is read in the grant's own txn (no round trip
         # of its own) and checked before anything is mapped; a routed
@@ -355,6 +358,18 @@ class Operations:
             raise errors.HostUnavailable(
                 f'{self.host}: its fencer restarted while this grant was '
                 f'being made; retry')
+
+    def _await_fencer(self, wait):
+        """The beat's fencer once it serves, waiting at most ``wait``
+        seconds while it reconciles at start; HostUnavailable else."""
+        deadline = time.monotonic() + wait
+        while True:
+            fencer = self.fencer_id()
+            if self.fencer_alive() != FENCER_STARTING or \
+                    time.monotonic() >= deadline:
+                self._check_fencer()
+                return fencer
+            time.sleep(0.05)
 
     def _check_fencer(self):
         problem = self.fencer_alive()

@@ -324,3 +324,17 @@ def test_a_fencer_restarted_since_the_grant_refuses_the_device(tmp_path):
         ops.op_activate('vg', 'b', instance='vm-1')
     assert backend.devices == {} and leases.granted == {}
     assert book.get('vg', 'b') is None
+
+
+def test_an_activation_at_start_waits_for_the_fencers_reconcile(tmp_path):
+    # Asked of a daemon just started: served once its own fencer has
+    # beaten after reconcile, not refused before, not served on the
+    # previous run's beat.
+    book, leases, backend = grantbook.GrantBook(str(tmp_path)), \
+        Ledger(time.time()), Devices()
+    problems = iter([opsmod.FENCER_STARTING] * 3)
+    ops = Ops(book, leases, backend, lambda point: None)
+    ops.fencer_alive = lambda: next(problems, None)
+    got = ops.op_activate('vg', 'b', instance='vm-1')
+    assert got['path'] == '/dev/vg/b'
+    assert next(problems, 'done') == 'done'    # it asked until served

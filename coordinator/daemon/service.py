@@ -7,6 +7,7 @@
 Business logic lives in ops, fence and routing; here are only loops and
 signals.
 """
+import contextlib
 import logging
 import os
 import threading
@@ -200,7 +201,13 @@ class FenceWorker(_Worker):
             book=ctx.book, on_retired=self._retired, watchdog=dog)
         # No grant is served until this fencer's first beat after it
         # (ops refuses on 'starting', and on a beat of an earlier run).
-        ctx.beat_fencer('starting')
+        try:
+            ctx.beat_fencer('starting')
+        except OSError:
+            # Fencing goes on; no beat at all serves nothing either.
+            LOG.exception('fencer: cannot record its heartbeat')
+            with contextlib.suppress(OSError):
+                os.unlink(ctx.fencer_beat)
         # Incomplete, devices found stay fenced until proven; fencing goes
         # on.
         with errors.logged(LOG, 'fencer: reconcile at start incomplete'):

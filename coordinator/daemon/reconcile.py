@@ -24,10 +24,11 @@ from coordinator.daemon import grantbook
 
 LOG = logging.getLogger(__name__)
 
-# Seconds to wait for activations past the gate: one LVM command and the
-# watchdog's arming (which waits for a tick of the fencer: not during
-# reconcile) at most.
-QUIESCE_WAIT = 130.0
+# Seconds to wait for activations past the gate, besides one LVM command:
+# the watchdog's arming (which waits for a fencer tick, none during
+# reconcile: ops.WATCHDOG_ARM_WAIT) and a margin.
+QUIESCE_MARGIN = 10.0
+QUIESCE_WAIT = 120.0 + QUIESCE_MARGIN
 # Test hook, unset in production: set to a path, reconcile creates
 # '<path>.reached' once it has its snapshot, then waits while the path
 # exists (tests/functional/test_reconcile_restart.py holds it there).
@@ -78,6 +79,12 @@ def at_start(leases, lvm, backend, book, fencer, emit,
         except errors.CoordError as exc:
             LOG.error('reconcile %s/%s: %s', vg, lv, exc)
             emit('reconcile-failed', vg=vg, lv=lv, error=str(exc))
+
+
+def quiesce_wait(conf):
+    """How long reconcile waits for activations past the gate: one LVM
+    command's timeout and QUIESCE_MARGIN."""
+    return conf.lvm.command_timeout + QUIESCE_MARGIN
 
 
 def _test_hold():

@@ -212,7 +212,8 @@ class FenceWorker(_Worker):
         # on.
         with errors.logged(LOG, 'fencer: reconcile at start incomplete'):
             reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend,
-                               ctx.book, fencer, ctx.emit)
+                               ctx.book, fencer, ctx.emit,
+                               reconcile.quiesce_wait(self.conf))
         watch = grantwatch.GrantWatch(ctx.etcd, ctx.keys, ctx.engine.leases,
                                       ctx.book, fencer)
         threading.Thread(target=watch.run, args=(self.stopping,),

@@ -39,7 +39,7 @@ class Operations:
     def __init__(self, engine, lvm, backend, router, vgs, read_seqno,
                  readiness=None, members=None, events=None, book=None,
                  fencer_alive=None, metadata=None, watchdog_armed=None,
-                 fencer_id=None):
+                 history=None, fencer_id=None):
         self.engine = engine
         self.host = engine.host
         self.leases = engine.leases
@@ -63,6 +63,8 @@ class Operations:
         # watchdog_armed() -> bool, None without a watchdog: no device is
         # made here while a dead daemon would leave it unwatched.
         self.watchdog_armed = watchdog_armed
+        # history() -> the etcd history mark (coordinator.engine.history)
+        self.history = history or (lambda: None)
         # fencer_id() -> the incarnation of the fencer that beat last: one
         # that changed between a grant and its device reconciled meanwhile.
         self.fencer_id = fencer_id or (lambda: None)
@@ -441,6 +443,7 @@ class Operations:
                 'devices': {f'{vg}/{lv}': info['path']
                             for (vg, lv), info in active.items()},
                 'fencer': self.fencer_alive() or 'ok',
+                'history': self.history(),
                 'readiness': self.readiness()}
 
     def op_hosts(self):

@@ -15,14 +15,15 @@ class Engine:
 
     def __init__(self, etcd, host, cluster='default', prefix='/lvmcoord',
                  ttl=10, keepalive_interval=None, state_file=None, grace=3.0,
-                 lock_timeout=60.0, session=None, keepalive_etcd=None):
+                 lock_timeout=60.0, session=None, keepalive_etcd=None,
+                 machine=None):
         self.etcd = etcd
         self.host = host
         self.keys = keyslib.Keys(prefix, cluster)
         # Worker processes pass an AttachedSession kept alive elsewhere.
         self.session = session or sessionlib.Session(
             etcd, self.keys, host, ttl, keepalive_interval, state_file,
-            keepalive_etcd)
+            keepalive_etcd, machine)
         # One per process: its lease is granted once and shared.
         self.once = oncelib.Once(etcd, self.keys.once())
         self.leases = lease.LeaseTable(etcd, self.keys, self.session, grace,
@@ -49,7 +50,7 @@ class Engine:
                    conf.etcd.prefix, conf.session.ttl,
                    conf.session.keepalive_interval or None, state,
                    conf.lease.grace, conf.lock.acquire_timeout, session,
-                   quick)
+                   quick, conf.session.machine_id)
 
     def open(self):
         """Open or resume the session; drop lock entries that a process of

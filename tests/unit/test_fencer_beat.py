@@ -17,6 +17,7 @@ def ctx(tmp_path):
     ctx.fencer_beat = str(tmp_path / 'fencer-sandbox.beat')
     ctx.conf = types.SimpleNamespace(fence=types.SimpleNamespace(
         interval=0.5))
+    ctx.history = types.SimpleNamespace(rewound=lambda: None)
     return ctx
 
 

@@ -40,6 +40,7 @@ class GrantBook:
         self.path = os.path.join(state_dir, f'grants-{cluster}.json')
         self.slots = tuple(f'{self.path}.{i}' for i in range(3))
         self._lock_path = self.path + '.lock'
+        self._gate_path = self.path + '.gate'
         self._held = threading.local()
 
     @contextlib.contextmanager
@@ -66,6 +67,32 @@ class GrantBook:
         finally:
             self._held.depth = 0
             os.close(fd)
+
+    @contextlib.contextmanager
+    def activating(self):
+        """Held (shared) by an activation from its grant until its device
+        is made: quiesce() waits for every one in flight."""
+        fd = self._open_gate()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def quiesce(self, wait):
+        """Wait until no activation holds the gate (activating()), at most
+        ``wait`` seconds; False if one still does. Those that take it after
+        find what the caller changed first (the fencer's beat)."""
+        fd = self._open_gate()
+        try:
+            return _flock(fd, wait)
+        finally:
+            os.close(fd)  # a barrier: let go at once
+
+    def _open_gate(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        return os.open(self._gate_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                       0o600)
 
     def _read(self):
         return self._read_gen()[0]

@@ -11,8 +11,10 @@ import uuid
 from coordinator import activation
 from coordinator import errors
 from coordinator.daemon import grantbook
+from coordinator.daemon import incarnation
 from coordinator.daemon import readiness
 from coordinator.daemon import watchdog
+from coordinator.daemon.ops import FENCER_STARTING
 from coordinator.daemon.ops import Operations
 from coordinator.daemon.routing import Router
 from coordinator.engine import etcd as etcdlib
@@ -80,15 +82,19 @@ class HostContext:
                               self.vg_metadata,
                               (lambda: watchdog.armed_in(self.watchdog_state))
                               if self.watchdog_state else None,
-                              history=self.history_state)
+                              history=self.history_state,
+                              fencer_id=self.fencer_id)
         if hasattr(self.backend, 'metadata'):
             self.backend.metadata = self.vg_metadata
 
     def beat_fencer(self, state):
-        """The fencer's proof of life, read by the workers that grant."""
+        """The fencer's proof of life, read by the workers that grant;
+        ``state`` 'starting' until its reconcile at start is done."""
         tmp = self.fencer_beat + '.tmp'
         with open(tmp, 'w') as f:
-            json.dump({'at': time.monotonic(), 'state': state}, f)
+            json.dump({'at': time.monotonic(), 'state': state,
+                       'daemon': incarnation.daemon(),
+                       'fencer': incarnation.own()}, f)
         os.replace(tmp, self.fencer_beat)
 
     def history_state(self):
@@ -100,20 +106,31 @@ class HostContext:
                 'revision': mark.get('revision'),
                 'rewound': rewound.get('reason') if rewound else None}
 
+    def _beat(self):
+        try:
+            with open(self.fencer_beat) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
     def fencer_problem(self):
         """Why this host must not take grants now (etcd's history
-        rewound, fencer down or fenced), or None."""
+        rewound, fencer down, not yet done with its reconcile, or
+        fenced), or None."""
         rewound = self.history.rewound()
         if rewound:
             return (f'etcd\'s history was rewound ({rewound}); every '
                     f'device stays fenced until an operator accepts it '
                     f'(lvmcoord history accept, '
                     f'doc/runbook-etcd-restore.md)')
-        try:
-            with open(self.fencer_beat) as f:
-                beat = json.load(f)
-        except (OSError, ValueError):
+        beat = self._beat()
+        if beat is None:
             return 'its fencer is not running'
+        # A beat of an earlier run (a quick restart) is no word of this
+        # daemon's fencer, which may still be reconciling.
+        if beat.get('daemon') != incarnation.daemon() or \
+                beat['state'] == 'starting':
+            return FENCER_STARTING
         age = time.monotonic() - beat['at']
         # Negative: a beat from before a reboot (monotonic restarted).
         if age < 0 or age > max(3.0, 8 * self.conf.fence.interval):
@@ -123,6 +140,10 @@ class HostContext:
                     f'{beat["state"]}); waiting for the session to be '
                     f'proven valid')
         return None
+
+    def fencer_id(self):
+        """The incarnation of the fencer that beat last, or None."""
+        return (self._beat() or {}).get('fencer')
 
     def read_seqno(self, vg, fresh=False):
         """The VG's committed seqno, read from a PV's metadata area."""

@@ -4,7 +4,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import warnings
 
 # etcd3gw imports futurist, which imports eventlet (and dnspython) only to
@@ -39,10 +38,6 @@ cli_opts = [
 
 
 def main(argv=None):
-    # When this daemon started, for its workers (reconcile.at_start: a
-    # grant from before is not one of ours in flight); /proc's start time
-    # is in clock ticks, too coarse for a grant made just before.
-    os.environ['LVMCOORD_MASTER_STARTED'] = repr(time.time())
     conf = cfg.ConfigOpts()
     conflib.register(conf)
     log.register_options(conf)

@@ -5,6 +5,7 @@ Metadata changes run under the VG lock with the seqno discipline
 VG lock; anything that must happen on another host is routed to that
 host's daemon, which takes the lease itself.
 """
+import contextlib
 import logging
 import os
 import time
@@ -23,6 +24,10 @@ LOG = logging.getLogger(__name__)
 MULTIATTACH_TAG = 'lvmcoord_multiattach'
 # The fencer arms the watchdog on its next tick once a grant is recorded.
 WATCHDOG_ARM_WAIT = 5.0
+# A daemon just started serves once its fencer has reconciled (a second
+# or two): an activation waits that long at most (or its own ``wait``).
+FENCER_START_WAIT = 10.0
+FENCER_STARTING = 'its fencer has not reconciled since this daemon started'
 # Seconds a routing call may reuse the membership view (no read per call).
 ROUTE_VIEW_AGE = 5.0
 _UNREAD = object()
@@ -34,7 +39,7 @@ class Operations:
     def __init__(self, engine, lvm, backend, router, vgs, read_seqno,
                  readiness=None, members=None, events=None, book=None,
                  fencer_alive=None, metadata=None, watchdog_armed=None,
-                 history=None):
+                 history=None, fencer_id=None):
         self.engine = engine
         self.host = engine.host
         self.leases = engine.leases
@@ -60,6 +65,9 @@ class Operations:
         self.watchdog_armed = watchdog_armed
         # history() -> the etcd history mark (coordinator.engine.history)
         self.history = history or (lambda: None)
+        # fencer_id() -> the incarnation of the fencer that beat last: one
+        # that changed between a grant and its device reconciled meanwhile.
+        self.fencer_id = fencer_id or (lambda: None)
 
     def handle(self, op, args):
         """Dispatch one validated request."""
@@ -223,7 +231,8 @@ class Operations:
                                instance=instance, wait=wait,
                                read_only=read_only)
         self._check_ready(vg)
-        self._check_fencer()
+        fencer = self._await_fencer(max(wait or 0.0, FENCER_START_WAIT))
+        gate = contextlib.ExitStack()
         # The recorded seqno is read in the grant's own txn (no round trip
         # of its own) and checked before anything is mapped; a routed
         # request is claimed in it too.
@@ -231,6 +240,7 @@ class Operations:
             self.guard.recorded_reads(vg), vg, lv, mode, instance, wait,
             rider=routing.current_rider())
         try:
+            self._gate(gate, fencer)
             self._check_fresh(vg, self.guard.recorded_from(recorded)[0])
             # Read under the grant (by the check just made: no read of its
             # own): a rename or delete needs the LV unheld, so the name
@@ -253,6 +263,8 @@ class Operations:
                 self._forget(vg, lv)
                 self.leases.release(vg, lv)
             raise
+        finally:
+            gate.close()
         metrics.GRANTS.labels(mode=grant.mode).inc()
         self.events('grant', vg=vg, lv=lv, mode=grant.mode,
                     token=grant.token)
@@ -334,6 +346,32 @@ class Operations:
     def _forget(self, vg, lv):
         if self.book is not None:
             self.book.drop(vg, lv)
+
+    def _gate(self, gate, fencer):
+        """Hold the book's activation gate in ``gate`` until the device is
+        made: a reconcile at start waits for it (GrantBook.quiesce). Taken
+        after a fencer restart (so a reconcile) since ``fencer`` beat, the
+        grant may have been reconciled away: refused."""
+        if self.book is None:
+            return
+        gate.enter_context(self.book.activating())
+        self._check_fencer()
+        if self.fencer_id() != fencer:
+            raise errors.HostUnavailable(
+                f'{self.host}: its fencer restarted while this grant was '
+                f'being made; retry')
+
+    def _await_fencer(self, wait):
+        """The beat's fencer once it serves, waiting at most ``wait``
+        seconds while it reconciles at start; HostUnavailable else."""
+        deadline = time.monotonic() + wait
+        while True:
+            fencer = self.fencer_id()
+            if self.fencer_alive() != FENCER_STARTING or \
+                    time.monotonic() >= deadline:
+                self._check_fencer()
+                return fencer
+            time.sleep(0.05)
 
     def _check_fencer(self):
         problem = self.fencer_alive()

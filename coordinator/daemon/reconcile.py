@@ -7,18 +7,43 @@ device it has.
 - A grant whose device is gone (the host rebooted) is restored under the
   current session, with its instance and mode, unless another host holds
   the LV now; then it is dropped and the holder named.
+
+No activation runs meanwhile: ops serves none until this fencer has beaten
+after reconcile ('starting' till then, host.fencer_problem), and one that
+was granted before that beat waits for nothing but is refused when it
+reaches the book (ops._gate). Reconcile first waits for the activations
+already past that gate (GrantBook.quiesce), then decides each LV under the
+book's lock on its record as it is then. No clock decides a release.
 """
 import logging
+import os
+import time
 
 from coordinator import errors
 from coordinator.daemon import grantbook
 
 LOG = logging.getLogger(__name__)
 
+# Seconds to wait for activations past the gate, besides one LVM command:
+# the watchdog's arming (which waits for a fencer tick, none during
+# reconcile: ops.WATCHDOG_ARM_WAIT) and a margin.
+QUIESCE_MARGIN = 10.0
+QUIESCE_WAIT = 120.0 + QUIESCE_MARGIN
+# Test hook, unset in production: set to a path, reconcile creates
+# '<path>.reached' once it has its snapshot, then waits while the path
+# exists (tests/functional/test_reconcile_restart.py holds it there).
+HOLD_ENV = 'LVMCOORD_TEST_RECONCILE_HOLD'
 
-def at_start(leases, lvm, backend, book, fencer, emit, started=None):
-    """Bring the book, the devices and etcd into agreement; ``started``:
-    when this daemon started (wall clock), if known."""
+
+def at_start(leases, lvm, backend, book, fencer, emit,
+             quiesce_wait=QUIESCE_WAIT):
+    """Bring the book, the devices and etcd into agreement (the caller
+    beat 'starting' first: no activation passes the gate from then on)."""
+    if not book.quiesce(quiesce_wait):
+        # Stuck (a D-state LVM command): go on, the fence matters more;
+        # each LV is still decided on its record as it is then.
+        LOG.error('reconcile: an activation is still making its device '
+                  'after %.0fs; reconciling anyway', quiesce_wait)
     # Fence marks are the fencer's word to activations in flight; those
     # in the book now are from before this start (the fencer ticks once
     # reconcile is done). Kept, a mark would stop the device a restore or
@@ -32,27 +57,52 @@ def at_start(leases, lvm, backend, book, fencer, emit, started=None):
         backend.tidy()
     except errors.CoordError as exc:
         LOG.warning('backend: %s', exc)
-    if started is not None:
-        _orphans(leases, book, started, emit)
-    for (vg, lv), record in book.all().items():
+    _orphans(leases, book, emit)
+    records = book.all()
+    _test_hold()
+    for (vg, lv), record in records.items():
         if (vg, lv) in devices:
             continue
         try:
-            if record.get('state') == grantbook.ACTIVATING:
-                _release(leases, book, vg, lv, record, emit)
-            else:
-                _restore(leases, lvm, backend, book, vg, lv, record, emit,
-                         fencer)
+            # Under the book's lock, on the record as it is now: what an
+            # activation wrote since the walk began is not the walk's.
+            with book.locked():
+                if book.get(vg, lv) != record:
+                    LOG.warning('%s/%s: changed while reconciling; left '
+                                'as it is', vg, lv)
+                    continue
+                if record.get('state') == grantbook.ACTIVATING:
+                    _release(leases, book, vg, lv, record, emit)
+                else:
+                    _restore(leases, lvm, backend, book, vg, lv, record,
+                             emit, fencer)
         except errors.CoordError as exc:
             LOG.error('reconcile %s/%s: %s', vg, lv, exc)
             emit('reconcile-failed', vg=vg, lv=lv, error=str(exc))
 
 
-def _orphans(leases, book, started, emit):
+def quiesce_wait(conf):
+    """How long reconcile waits for activations past the gate: one LVM
+    command's timeout and QUIESCE_MARGIN."""
+    return conf.lvm.command_timeout + QUIESCE_MARGIN
+
+
+def _test_hold():
+    path = os.environ.get(HOLD_ENV)
+    if not path or not os.path.exists(path):
+        return
+    open(path + '.reached', 'w').close()
+    while os.path.exists(path):
+        time.sleep(0.05)
+
+
+def _orphans(leases, book, emit):
     # A grant of ours with no record here: the daemon died between the
     # grant and its record, which comes before any device and any reply,
-    # so nobody was told it worked. Only grants from before this start:
-    # a later one is an activation of this daemon's, still recording.
+    # so nobody was told it worked. One of this daemon's, still on its
+    # way to the book, is refused there (it started before this fencer's
+    # beat): nobody is told it worked either. No start time is compared:
+    # a wall-clock step would move the line.
     booked = set(book.all())
     try:
         mine = leases.mine()
@@ -60,7 +110,7 @@ def _orphans(leases, book, started, emit):
         LOG.error('reconcile: cannot list our grants: %s', exc)
         return
     for vg, lv, holder in mine:
-        if (vg, lv) in booked or holder.since >= started:
+        if (vg, lv) in booked:
             continue
         try:
             leases.release(vg, lv)

@@ -7,6 +7,7 @@
 Business logic lives in ops, fence and routing; here are only loops and
 signals.
 """
+import contextlib
 import logging
 import os
 import threading
@@ -229,12 +230,21 @@ class FenceWorker(_Worker):
             prove=proof.Prover(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book, ctx.vg_metadata, ctx.history),
             book=ctx.book, on_retired=self._retired, watchdog=dog)
+        # No grant is served until this fencer's first beat after it
+        # (ops refuses on 'starting', and on a beat of an earlier run).
+        try:
+            ctx.beat_fencer('starting')
+        except OSError:
+            # Fencing goes on; no beat at all serves nothing either.
+            LOG.exception('fencer: cannot record its heartbeat')
+            with contextlib.suppress(OSError):
+                os.unlink(ctx.fencer_beat)
         # Incomplete, devices found stay fenced until proven; fencing goes
         # on.
         with errors.logged(LOG, 'fencer: reconcile at start incomplete'):
             reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book, fencer, ctx.emit,
-                               started=_started(os.getppid()))
+                               reconcile.quiesce_wait(self.conf))
         watch = grantwatch.GrantWatch(ctx.etcd, ctx.keys, ctx.engine.leases,
                                       ctx.book, fencer)
         threading.Thread(target=watch.run, args=(self.stopping,),
@@ -323,18 +333,3 @@ def build(conf):
         manager.add(worker, workers=1, args=(conf,))
     return manager
 
-
-def _started(pid):
-    """Wall-clock start of process ``pid`` (the daemon's master): as it
-    noted it, else from /proc."""
-    noted = os.environ.get('LVMCOORD_MASTER_STARTED')
-    if noted:
-        return float(noted)
-    with open(f'/proc/{pid}/stat') as f:
-        # Field 22, after the parenthesised command name (which may hold
-        # spaces): clock ticks after boot.
-        ticks = int(f.read().rsplit(')', 1)[1].split()[19])
-    with open('/proc/uptime') as f:
-        uptime = float(f.read().split()[0])
-    # Not /proc/stat's btime: whole seconds, too coarse for a restart.
-    return time.time() - (uptime - ticks / os.sysconf('SC_CLK_TCK'))

@@ -241,3 +241,14 @@ def test_a_reader_never_sees_a_partial_book(tmp_path):
         proc.join(60)
     assert proc.exitcode == 0
     assert max(r['token'] for r in book.all().values()) == count - 1
+
+
+def test_quiesce_waits_for_every_activation_on_the_gate(tmp_path):
+    # Two activations in flight (shared), then none: reconcile's barrier
+    # passes only once both let go, and lets the next one in at once.
+    book = grantbook.GrantBook(str(tmp_path))
+    with book.activating(), book.activating():
+        assert book.quiesce(0.05) is False
+    assert book.quiesce(0.05) is True
+    with book.activating():
+        pass

@@ -55,7 +55,7 @@ class Ops(opsmod.Operations):
             recorded_reads=lambda vg: [],
             recorded_from=lambda recorded: (None, None))
         self.events = lambda kind, **kw: None
-        self.fencer_alive = lambda: None
+        self.fencer_alive = self.fencer_id = lambda: None
         self.readiness = lambda: {}
 
     def _lv_info(self, vg, lv, reread=True):
@@ -163,7 +163,8 @@ def test_a_restore_after_a_restart_never_polls_a_pending_merge(tmp_path):
     leases = types.SimpleNamespace(
         session=types.SimpleNamespace(host='h1'),
         rebind=lambda vg, lv, token, uuid: holder,
-        holders=lambda vg, lv: [holder], release=lambda vg, lv: None)
+        holders=lambda vg, lv: [holder], release=lambda vg, lv: None,
+        mine=lambda: [])
     fencer = types.SimpleNamespace(arm=lambda: True,
                                    fence_existing=lambda keys, why: None)
     for name, uuid in (('m', 'U1'), ('p', 'U2')):

@@ -69,6 +69,8 @@ class Fencer:
         self.background = background
         self._settler = None
         self._gen = {}
+        # Being resumed by proof (under the lock): writable on purpose.
+        self._resuming = set()
         self._mutex = threading.RLock()
 
     def tick(self):
@@ -106,8 +108,6 @@ class Fencer:
 
     def _recheck(self):
         # Fenced in our list, writable in the kernel: fenced again now.
-        # Out of the list first: _fence (and so a proof's generation)
-        # treats it as a new fence.
         # It stays in the list whatever the outcome: checked (and the
         # watchdog unpetted) on every tick until the kernel shows it
         # stopped; a proof made before this proves nothing now.
@@ -353,8 +353,12 @@ class Fencer:
             if verdict == RESUME:
                 # Under the lock: a fence decided after the check above
                 # comes after this resume.
-                if self._apply(*key, verdict):
-                    self._settled(key)
+                self._resuming.add(key)
+                try:
+                    if self._apply(*key, verdict):
+                        self._settled(key)
+                finally:
+                    self._resuming.discard(key)
                 return
         # Retiring never makes a device writable: its I/O (and the etcd
         # calls after it) run outside the lock the ticks, and so the
@@ -426,7 +430,9 @@ class Fencer:
             self.clock() < self.last_keepalive() + self.window
         if not (valid or booked <= set(self.fenced)):
             return
-        live = self._live(set(self.fenced))
+        # Not under the lock (see _settle_one): a device a proof is
+        # resuming is writable because it was proven ours.
+        live = self._live(set(self.fenced) - self._resuming)
         if live:
             LOG.error('fencer: watchdog not petted: %s writable in the '
                       'kernel though fenced',

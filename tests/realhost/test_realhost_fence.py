@@ -102,11 +102,9 @@ def test_k_renamed_by_hand_is_fenced_by_dm_uuid(cluster, record):
     g1 = cluster.hosts[0]
     lv, renamed = 'vol-k', 'vol-kr'
     g1.ok('create', vg=VG, lv=lv, size=8 * MiB)
-    g1.ok('activate', vg=VG, lv=lv, instance='vm-k')
+    token = g1.ok('activate', vg=VG, lv=lv, instance='vm-k')['token']
     g1.guest.sh(f'lvrename {VG} {lv} {renamed}')
     assert g1.dm_table(lv) is None and g1.dm_table(renamed)
-    token = next(h['token'] for h in g1.ok('show', vg=VG, lv=lv)['holders']
-                 if h['host'] == 'g1')
     cluster.cli('lease', 'break', f'{VG}/{lv}', '--host', 'g1', '--token',
                 str(token), '--yes-i-really-mean-it', '--force',
                 timeout=120)
@@ -153,10 +151,17 @@ def test_m_fence_returns_under_queued_io(cluster, record):
     until that I/O is let go; the fence returns while it is still held
     (new I/O held from its start, the ioctl left to finish)."""
     g3 = cluster.hosts[-1]
-    hold = 8
-    out = g3.guest.run([sys.executable,
-                        os.path.join(GUEST_DIR, 'fence_suspend.py'),
-                        'rhm', str(hold)], timeout=240)['out']
+    hold, scratch = 8, 'vol-m'
+    g3.ok('create', vg=VG, lv=scratch, size=64 * MiB)
+    g3.ok('activate', vg=VG, lv=scratch, instance='vm-m')
+    try:
+        out = g3.guest.run([sys.executable,
+                            os.path.join(GUEST_DIR, 'fence_suspend.py'),
+                            dev(scratch), 'rhm', str(hold)],
+                           timeout=240)['out']
+    finally:
+        g3.ok('deactivate', vg=VG, lv=scratch)
+        g3.ok('delete', vg=VG, lv=scratch)
     figures = json.loads(out.strip().splitlines()[-1])
     record.update(old_s=figures['old_flush_lockfs']['s'],
                   fence_s=figures['fence']['s'])

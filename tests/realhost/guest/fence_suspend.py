@@ -2,15 +2,16 @@
 LV, for the old suspend (flush + lockfs) and the fence's (noflush + skip
 lockfs, waited for a bounded time).
 
-The stack: a loop device over a file in the guest's RAM, ``<p>-low``
-(linear over it) and ``<p>-top`` (linear over ``<p>-low``, the LV's place).
+The stack: ``<p>-low`` (linear over BACKING, a scratch block device) and
+``<p>-top`` (linear over ``<p>-low``, the LV's place).
 An O_DIRECT writer writes ``<p>-top``; ``<p>-low`` is suspended, so the
 writer's I/O queues below ``<p>-top`` (as under a multipath map with every
 path gone and queue_if_no_path). Then ``<p>-top`` is fenced; the I/O below
 is let go (``<p>-low`` resumed) after ``hold`` seconds if the fence has not
 returned by then. Prints one JSON line of figures; removes what it made.
 
-usage: fence_suspend.py PREFIX HOLD_SECONDS (PREFIX without dashes)
+usage: fence_suspend.py BACKING PREFIX HOLD_SECONDS (PREFIX without
+dashes; BACKING at least 64 MiB, overwritten)
 """
 import json
 import os
@@ -53,17 +54,14 @@ def measure(fence, low, hold):
 
 
 def main():
-    prefix, hold = sys.argv[1], float(sys.argv[2])
+    backing, prefix, hold = sys.argv[1], sys.argv[2], float(sys.argv[3])
     low, top = f'{prefix}-low', f'{prefix}-top'
-    backing = f'/tmp/{prefix}.img'
-    with open(backing, 'wb') as f:
-        f.truncate(64 << 20)
-    loop = sh('losetup', '-f', '--show', backing)
     writer = None
     figures = {}
     try:
         sectors = (64 << 20) // 512
-        sh('dmsetup', 'create', low, '--table', f'0 {sectors} linear {loop} 0')
+        sh('dmsetup', 'create', low, '--table',
+           f'0 {sectors} linear {backing} 0')
         below = sh('dmsetup', 'info', '-c', '--noheadings', '-o',
                    'major,minor', '--separator', ':', low)
         sh('dmsetup', 'create', top, '--table',
@@ -104,8 +102,6 @@ def main():
             sh('dmsetup', 'resume', name, check=False)
         for name in (top, low):
             sh('dmsetup', 'remove', '--retry', name, check=False)
-        sh('losetup', '-d', loop, check=False)
-        os.unlink(backing)
 
 
 if __name__ == '__main__':

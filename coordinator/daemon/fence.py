@@ -71,6 +71,7 @@ class Fencer:
         self._gen = {}
         # Being resumed by proof (under the lock): writable on purpose.
         self._resuming = set()
+        self._unpetted = set()
         self._mutex = threading.RLock()
 
     def tick(self):
@@ -433,10 +434,14 @@ class Fencer:
         # Not under the lock (see _settle_one): a device a proof is
         # resuming is writable because it was proven ours.
         live = self._live(set(self.fenced) - self._resuming)
+        if live != self._unpetted:
+            # Told once per change, not twice a tick.
+            self._unpetted = live
+            if live:
+                LOG.error('fencer: watchdog not petted: %s writable in the '
+                          'kernel though fenced',
+                          ', '.join(f'{v}/{lv}' for v, lv in sorted(live)))
         if live:
-            LOG.error('fencer: watchdog not petted: %s writable in the '
-                      'kernel though fenced',
-                      ', '.join(f'{v}/{lv}' for v, lv in sorted(live)))
             return
         if not valid:
             LOG.debug('fencer: watchdog petted (every device fenced)')

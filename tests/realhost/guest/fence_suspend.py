@@ -84,7 +84,8 @@ def main():
             # The fence's ioctl (left running when it gave up) ends once
             # the I/O below is let go.
             deadline = time.monotonic() + 60
-            while 'Suspended' not in sh('dmsetup', 'info', top) and \
+            while sh('dmsetup', 'info', '-c', '--noheadings', '-o',
+                     'suspended', top) != 'Suspended' and \
                     time.monotonic() < deadline:
                 time.sleep(0.05)
             sh('dmsetup', 'resume', top)
@@ -92,7 +93,6 @@ def main():
             writer.wait()
             writer = None
         figures['fence_wait_s'] = getattr(be, 'fence_wait', None)
-        figures['fence_wait_s'] = be.fence_wait
         figures['hold_s'] = hold
         print(json.dumps(figures))
     finally:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.realhost.cluster import GUEST_DIR
 from tests.realhost.cluster import VG
+from tests.realhost.cluster import Background
 from tests.realhost.cluster import MiB
 from tests.realhost.vm import wait_for
 
@@ -142,6 +143,44 @@ def test_l_snapshot_resumed_with_its_origin(cluster, record):
     assert [t[2] for t in g1.dm_table(snap)] == ['snapshot']
     g1.ok('snapshot_delete', vg=VG, lv=snap)
     g1.ok('deactivate', vg=VG, lv=lv)
+
+
+@pytest.mark.timeout(600)
+def test_l2_snapshot_retired_with_its_taken_origin(cluster, record):
+    """Item 9: origin and snapshot active on g1; g1 is cut and g2 takes
+    the origin over: on heal, g1's proof retires the origin, and the
+    snapshot and the layers under them with it; none is left suspended
+    (readers hung) or mapping the origin's extents or the COW."""
+    g1, g2 = cluster.hosts[:2]
+    lv, snap = 'vol-l2', 'vol-l2-snap'
+    g1.ok('create', vg=VG, lv=lv, size=16 * MiB)
+    g1.ok('activate', vg=VG, lv=lv, instance='vm-l2')
+    g1.ok('snapshot', vg=VG, lv=lv, name=snap, size=8 * MiB)
+    cut_and_fence(g1, lv)
+    taken = Background(lambda: g2.ok('activate', vg=VG, lv=lv,
+                                     instance='vm-l2b', wait=120))
+    assert taken.result(240)['host'] == 'g2'
+    g1.proxy.heal()
+    names = [f'{VG}-{n.replace("-", "--")}' for n in (lv, snap)]
+    names += [names[0] + '-real', names[1] + '-cow']
+
+    def settled():
+        out = {}
+        for name in names:
+            reply = g1.guest.run(['dmsetup', 'table', name], check=False)
+            if reply['rc'] != 0:
+                out[name] = 'gone'
+            elif reply['out'].split()[2:3] == ['error']:
+                out[name] = 'error'
+            else:
+                return None
+        return out
+    record.update(wait_for('origin, snapshot and layers retired on g1',
+                           settled, timeout=120))
+    for name in (lv, snap):
+        assert not (g1.dm_info(name) or {}).get('suspended'), name
+    g2.ok('snapshot_delete', vg=VG, lv=snap)
+    g2.ok('deactivate', vg=VG, lv=lv)
 
 
 @pytest.mark.timeout(300)

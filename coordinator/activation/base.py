@@ -61,6 +61,18 @@ class Backend(abc.ABC):
         others (called at start)."""
         return None
 
+    def stopped(self, vg, lv):
+        """True if no write from this host reaches vg/lv now, as the
+        kernel tells it (not as our own list says): the fencer checks
+        every fenced device with it on every tick."""
+        row = self.active().get((vg, lv))
+        return row is None or row['suspended']
+
+    def dm_uuid(self, vg, lv):
+        """What the device of vg/lv is addressed by whatever its name
+        (device-mapper's uuid), or None where names are all there is."""
+        return None
+
     def devices(self):
         """[(vg, lv)] with a device here, as cheaply as the backend can
         tell (the fencer enumerates with it)."""

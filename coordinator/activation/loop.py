@@ -514,6 +514,11 @@ class LoopBackend(base.Backend):
     def resume(self, vg, lv):
         self._writable(vg, lv)
 
+    def stopped(self, vg, lv):
+        """Read-only in the kernel (its ro flag), or no device of ours."""
+        entry = self._entry(vg, lv)
+        return entry is None or _sys(entry['loop'], 'ro') == '1'
+
     def identity(self, vg, lv):
         entry = self._entry(vg, lv)
         if entry is None:

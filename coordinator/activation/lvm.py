@@ -39,23 +39,84 @@ _SEP = '|'
 _DM_IOCTL = struct.Struct('=3I6I4xQ128s129s7s')
 DM_DEV_SUSPEND = 0xC0000000 | (_DM_IOCTL.size << 16) | (0xfd << 8) | 6
 DM_DEV_STATUS = 0xC0000000 | (_DM_IOCTL.size << 16) | (0xfd << 8) | 7
+DM_READONLY_FLAG = 1 << 0
 DM_SUSPEND_FLAG = 1 << 1
 DM_ACTIVE_PRESENT_FLAG = 1 << 5
+DM_SKIP_LOCKFS_FLAG = 1 << 10
+DM_NOFLUSH_FLAG = 1 << 11
+# The fence's suspend (doc/design.md, "Fence: which suspend"): new I/O is
+# held at once, with no filesystem freeze first (skip lockfs: a freeze
+# writes dirty pages back, and with I/O queued below that never ends while
+# new writes still pass); noflush lets a target that can (multipath with
+# queue_if_no_path) push its in-flight I/O back instead of being waited for.
+FENCE_SUSPEND = DM_SUSPEND_FLAG | DM_NOFLUSH_FLAG | DM_SKIP_LOCKFS_FLAG
 _CONTROL = '/dev/mapper/control'
 
 
-def dm_ioctl(cmd, name, flags=0):
-    """One device-mapper ioctl on ``name``; the flags the kernel returns.
-    Raises OSError (ENXIO: no such device, or no live table)."""
+def dm_ioctl(cmd, name, flags=0, uuid=None):
+    """One device-mapper ioctl on ``name``, or on the device of dm uuid
+    ``uuid`` (then by uuid only: the kernel refuses both); the flags the
+    kernel returns. Raises OSError (ENXIO: no such device, or no live
+    table)."""
+    return dm_status(cmd, name, flags, uuid)[0]
+
+
+def dm_status(cmd, name, flags=0, uuid=None):
+    """dm_ioctl, returning (flags, the device's current name, its dm
+    uuid)."""
     buf = bytearray(_DM_IOCTL.pack(4, 0, 0, _DM_IOCTL.size, _DM_IOCTL.size,
-                                   0, 0, flags, 0, 0, name.encode(), b'',
-                                   b''))
+                                   0, 0, flags, 0, 0,
+                                   b'' if uuid else name.encode(),
+                                   uuid.encode() if uuid else b'', b''))
     fd = os.open(_CONTROL, os.O_RDWR | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, cmd, buf)
     finally:
         os.close(fd)
-    return _DM_IOCTL.unpack(bytes(buf))[7]
+    fields = _DM_IOCTL.unpack(bytes(buf))
+    # The kernel writes the name and uuid of the device it found back.
+    return (fields[7], fields[10].split(b'\0', 1)[0].decode(),
+            fields[11].split(b'\0', 1)[0].decode())
+
+
+def _origin_of(snapshot_args):
+    """The origin LV's name from a snapshot target's arguments (its first
+    is the origin's -real layer, major:minor), or None."""
+    try:
+        with open(f'/sys/dev/block/{snapshot_args[0]}/dm/name') as f:
+            split = split_dm_name(f.read().strip())
+    except (OSError, IndexError):
+        return None
+    return split[1] if split and split[2] == 'real' else None
+
+
+def _sys_holders_of(name, below):
+    """dm names of the dm devices under (``below``) or over device-mapper
+    device ``name``, from sysfs; [] if it has none or is gone."""
+    try:
+        # By device number: without udev, /dev/mapper holds nodes, not
+        # links to /dev/dm-N.
+        rdev = os.stat(f'/dev/mapper/{name}').st_rdev
+        subs = os.listdir(f'/sys/dev/block/{os.major(rdev)}:'
+                          f'{os.minor(rdev)}/'
+                          f'{"slaves" if below else "holders"}')
+    except OSError:
+        return []
+    out = []
+    for sub in subs:
+        try:
+            with open(f'/sys/block/{sub}/dm/name') as f:
+                out.append(f.read().strip())
+        except OSError:
+            continue  # not a dm device (a PV), or gone meanwhile
+    return out
+
+
+def writable(flags):
+    """True if a device with these status flags passes writes on: a live
+    table, not suspended, not read-only."""
+    return bool(flags & DM_ACTIVE_PRESENT_FLAG) and not flags & (
+        DM_SUSPEND_FLAG | DM_READONLY_FLAG)
 
 
 def dm_name(vg, lv):
@@ -186,15 +247,43 @@ def table_extents(table, pvs, extent_size):
     return out
 
 
+# Seconds a fence waits for one suspend ioctl before it reports the device
+# not yet fenced (and tries again, the watchdog unpetted): well inside the
+# fence's share of the TTL, far above a suspend with nothing stuck (ms).
+FENCE_WAIT = 2.0
+
+
+class _Suspend:
+    """One fence suspend ioctl, running in a thread of its own."""
+
+    def __init__(self, name, dm_uuid):
+        self.error = None
+        self.done = threading.Event()
+        threading.Thread(target=self._run, args=(name, dm_uuid),
+                         name=f'suspend-{name}', daemon=True).start()
+
+    def _run(self, name, dm_uuid):
+        try:
+            dm_ioctl(DM_DEV_SUSPEND, name, FENCE_SUSPEND, uuid=dm_uuid)
+        except BaseException as exc:  # noqa: B036 - told to the fencer
+            self.error = exc
+        finally:
+            self.done.set()
+
+
 class LVMBackend(base.Backend):
     """lvchange -aey / -an / --refresh; dmsetup suspend / resume /
     error-target retire."""
 
     name = 'lvm'
 
-    def __init__(self, lvm, timeout=30, vgs=None, fence_workers=16):
+    def __init__(self, lvm, timeout=30, vgs=None, fence_workers=16,
+                 fence_wait=FENCE_WAIT):
         self.lvm = lvm
         self.timeout = timeout
+        # How long one fence waits for its suspend ioctl (see suspend()).
+        self.fence_wait = fence_wait
+        self._suspending = {}
         # None: every VG the executor (its devices filter) sees, read once.
         self._vgs = set(vgs) if vgs is not None else None
         self._vg_geometry = {}
@@ -334,19 +423,24 @@ class LVMBackend(base.Backend):
         table = parse_table(self._dmsetup('table', dm_name(vg, lv)))
         return sum(t[1] for t in table) * SECTOR
 
-    def suspend(self, vg, lv):
+    def suspend(self, vg, lv, dm_uuid=None):
         """Suspend the device: new I/O queues in the kernel.
 
         One ioctl on /dev/mapper/control, no dmsetup process: fencing 50
         LVs must not cost 50 fork+exec on a loaded host (measured: 18 s
-        on a 1-vCPU guest). Never interrupted: an interrupted suspend is
-        undone by the kernel.
+        on a 1-vCPU guest). By ``dm_uuid`` when known: a device renamed
+        by hand (lvrename, vgrename) is still ours to fence. Never
+        interrupted (an interrupted suspend is undone by the kernel), but
+        waited for ``fence_wait`` seconds at most: a suspend waits for the
+        I/O in flight, which I/O queued below the LV holds back for ever;
+        new I/O is held from its start, and the fencer tries again (the
+        same ioctl, still running) without petting the watchdog.
         """
         name = dm_name(vg, lv)
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                dm_ioctl(DM_DEV_SUSPEND, name, DM_SUSPEND_FLAG)
+                self._suspend_ioctl(name, dm_uuid)
                 return
             except OSError as exc:
                 if exc.errno != errno.ENXIO:
@@ -355,7 +449,7 @@ class LVMBackend(base.Backend):
             # ENXIO: no such device (nothing to fence), or a device whose
             # table an lvchange has not loaded yet: suspend it once it has.
             try:
-                flags = dm_ioctl(DM_DEV_STATUS, name)
+                flags = dm_ioctl(DM_DEV_STATUS, name, uuid=dm_uuid)
             except OSError as exc:
                 if exc.errno == errno.ENXIO:
                     return
@@ -368,6 +462,61 @@ class LVMBackend(base.Backend):
                                       f'after {self.timeout}s',
                                       kind='timeout')
             time.sleep(0.02)
+
+    def _suspend_ioctl(self, name, dm_uuid):
+        """The fence's suspend ioctl, in a thread of its own waited for
+        ``fence_wait`` seconds; a second call while it runs waits for the
+        same one (no second ioctl queues on the device's suspend lock)."""
+        key = dm_uuid or name
+        with self._mutex:
+            run = self._suspending.get(key)
+            if run is None:
+                run = _Suspend(name, dm_uuid)
+                self._suspending[key] = run
+        if not run.done.wait(self.fence_wait):
+            raise errors.LVMError(
+                f'suspend {name}: not done after {self.fence_wait}s '
+                f'(in-flight I/O not completing; new I/O is held)',
+                kind='timeout')
+        with self._mutex:
+            if self._suspending.get(key) is run:
+                del self._suspending[key]
+        if run.error is not None:
+            raise run.error
+
+    def stopped(self, vg, lv, dm_uuid=None):
+        """True if no write passes the device of vg/lv (by ``dm_uuid``
+        when known): none, suspended, read-only or without a table. One
+        status ioctl: the kernel's word, not our list's."""
+        try:
+            flags = dm_ioctl(DM_DEV_STATUS, dm_name(vg, lv), uuid=dm_uuid)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return True
+            raise errors.LVMError(f'status {dm_name(vg, lv)}: {exc}') \
+                from exc
+        return not writable(flags)
+
+    def dm_uuid(self, vg, lv):
+        """The dm uuid of vg/lv's device (LVM-<vg uuid><lv uuid>), or
+        None: what the fencer addresses it by from then on."""
+        try:
+            uuid = dm_status(DM_DEV_STATUS, dm_name(vg, lv))[2]
+        except OSError:
+            return None
+        return uuid if uuid.startswith('LVM-') else None
+
+    def _name(self, vg, lv, dm_uuid):
+        """The current dm name of vg/lv's device (found by ``dm_uuid``
+        when known: it may have been renamed), or None if there is none."""
+        if not dm_uuid:
+            return dm_name(vg, lv)
+        try:
+            return dm_status(DM_DEV_STATUS, '', uuid=dm_uuid)[1]
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return None
+            raise errors.LVMError(f'status {dm_uuid}: {exc}') from exc
 
     def suspend_many(self, lvs):
         """Suspend every (vg, lv) in parallel; {(vg, lv): error} of those
@@ -387,18 +536,51 @@ class LVMBackend(base.Backend):
                     failed[futures[fut]] = exc
         return failed
 
-    def resume(self, vg, lv):
-        """dmsetup resume."""
-        self._dmsetup('resume', dm_name(vg, lv))
+    def resume(self, vg, lv, dm_uuid=None):
+        """dmsetup resume (by ``dm_uuid`` when known). Only this device:
+        a snapshot of it is a fenced device of its own, resumed by its own
+        proof (which follows the origin's, proof.py)."""
+        name = self._name(vg, lv, dm_uuid)
+        if name is None:
+            raise errors.LVMError(f'resume {vg}/{lv}: no device under '
+                                  f'{dm_uuid}', kind='not-found')
+        self._dmsetup('resume', name)
 
-    def retire(self, vg, lv):
-        """error target, resume (queued I/O fails), deferred remove."""
-        name = dm_name(vg, lv)
+    def retire(self, vg, lv, dm_uuid=None):
+        """error target, resume (queued I/O fails), deferred remove; by
+        ``dm_uuid`` when known (a renamed device goes too). An origin's
+        snapshots and the layers under them go with it."""
+        name = self._name(vg, lv, dm_uuid)
+        if name is None:
+            return
+        snaps = self._snapshots_of(name)
+        layers = self._layers(name)
+        for snap in snaps:
+            layers += [x for x in self._layers(snap) if x not in layers]
+            self._retire_name(snap)
+        if not self._retire_name(name):
+            return
+        # No longer mapped by anything above: removed now, never left a
+        # writable way to the origin's extents or the COW.
+        for layer in layers:
+            self._retire_name(layer)
+        # Nothing new should find it by name (LVM made this link itself
+        # when udev rules are off; udev removes it otherwise).
+        split = split_dm_name(name)
+        link = f'/dev/{split[0]}/{split[1]}' if split else None
+        try:
+            if link and os.path.islink(link):
+                os.unlink(link)
+        except OSError:
+            pass
+
+    def _retire_name(self, name):
+        """Retire the device called ``name``; False if there is none."""
         try:
             table = parse_table(self._dmsetup('table', name))
         except errors.LVMError as exc:
             if exc.kind == 'not-found':
-                return
+                return False
             raise
         sectors = sum(t[1] for t in table)
         if sectors and not all(t[2] == 'error' for t in table):
@@ -409,14 +591,28 @@ class LVMBackend(base.Backend):
         self._dmsetup('resume', name)
         # Removed now if closed, else by the kernel on the last close.
         self._dmsetup('remove', '--deferred', name)
-        # Nothing new should find it by name (LVM made this link itself
-        # when udev rules are off; udev removes it otherwise).
-        link = f'/dev/{vg}/{lv}'
-        try:
-            if os.path.islink(link):
-                os.unlink(link)
-        except OSError:
-            pass
+        return True
+
+    def _layers(self, name):
+        """LVM's hidden layers under device ``name`` (-real, -cow...)."""
+        out = []
+        for dev in _sys_holders_of(name, below=True):
+            split = split_dm_name(dev)
+            if split and split[2]:
+                out.append(dev)
+        return out
+
+    def _snapshots_of(self, name):
+        """Names of the snapshot devices of origin ``name`` (those that
+        map its -real layer)."""
+        out = []
+        for layer in self._layers(name):
+            if not layer.endswith('-real'):
+                continue
+            for dev in _sys_holders_of(layer, below=False):
+                if dev != name and not split_dm_name(dev)[2]:
+                    out.append(dev)
+        return out
 
     def active(self):
         """One dmsetup call: top-level LVs of managed VGs, except retired
@@ -433,17 +629,32 @@ class LVMBackend(base.Backend):
                              'uuid': lvm_uuid(row['uuid'][36:])}
         return out
 
-    def identity(self, vg, lv):
-        """LV uuid from the dm uuid, extents from the dm table."""
-        row = self._info(vg, lv)
-        if row is None:
+    def identity(self, vg, lv, dm_uuid=None):
+        """LV uuid from the dm uuid, extents from the dm table (of the
+        device ``dm_uuid`` names, when known, whatever its name now); of a
+        snapshot, instead of extents, 'origin': the LV it is a snapshot
+        of (its fence is undone or made final with the origin's)."""
+        name = self._name(vg, lv, dm_uuid)
+        if name is None:
             return None
-        name = dm_name(vg, lv)
+        try:
+            _, name, uuid = dm_status(DM_DEV_STATUS, name)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return None
+            raise errors.LVMError(f'status {name}: {exc}') from exc
+        if not uuid.startswith('LVM-') or len(uuid) != _UUID_LEN:
+            return None  # not a top-level LV (a layer, or not LVM's)
         table = parse_table(self._dmsetup('table', name))
+        if len(table) == 1 and table[0][2] == 'snapshot':
+            origin = _origin_of(table[0][3])
+            if origin:
+                return {'uuid': lvm_uuid(uuid[36:]), 'extents': None,
+                        'origin': origin}
         if len(table) == 1 and table[0][2] == 'snapshot-origin':
             # An origin with snapshots maps its -real layer.
             table = parse_table(self._dmsetup('table', name + '-real'))
-        return {'uuid': lvm_uuid(row['uuid'][36:]),
+        return {'uuid': lvm_uuid(uuid[36:]),
                 'extents': table_extents(table, *self._geometry(vg))}
 
     def _geometry(self, vg):

@@ -9,6 +9,15 @@ The deadline needs no etcd answer, so a partition cannot delay it.
 A fence is undone only by proof (``prove``): the same grant, on the same
 LV (UUID and extents), is still this host's. Anything else retires the
 device: it goes without ever being writable again.
+
+The kernel is the truth, not the fenced list: every tick, each device
+fenced and not yet proven is looked up in the kernel (``stopped``, one
+ioctl each), and one found writable (resumed behind our back: an admin's
+``vgchange -ay``, a refresh, a ``dmsetup resume`` that timed out after the
+kernel resumed) is fenced again at once; the watchdog is petted only while
+the kernel shows every such device stopped. Devices are addressed by what
+the book recorded of them (their dm uuid) rather than by name: a device
+renamed by hand is still ours to fence.
 """
 import concurrent.futures
 import logging
@@ -60,12 +69,16 @@ class Fencer:
         self.background = background
         self._settler = None
         self._gen = {}
+        # Being resumed by proof (under the lock): writable on purpose.
+        self._resuming = set()
+        self._unpetted = set()
         self._mutex = threading.RLock()
 
     def tick(self):
         """Probe when needed and act; returns the state. Never raises: a
         fencer that dies is a host that cannot fence."""
-        for step in (self._deadline, self._pet, self._probe, self._pet):
+        for step in (self._deadline, self._recheck, self._pet, self._probe,
+                     self._pet):
             try:
                 if step == self._pet:
                     step()
@@ -93,6 +106,48 @@ class Fencer:
                 self.clock() >= self.last_keepalive() + self.window:
             self._fence('session deadline reached')
             self.state = FENCED
+
+    def _recheck(self):
+        # Fenced in our list, writable in the kernel: fenced again now.
+        # It stays in the list whatever the outcome: checked (and the
+        # watchdog unpetted) on every tick until the kernel shows it
+        # stopped; a proof made before this proves nothing now.
+        live = sorted(self._live(self.fenced))
+        if not live:
+            return
+        records = self._records()
+        started = self.clock()
+        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
+            results = list(pool.map(
+                lambda k: self._stop_io(k, records.get(k)), live))
+        for key in live:
+            self._gen[key] = self._gen.get(key, 0) + 1
+        done = [k for k, ok in zip(live, results, strict=True) if ok]
+        took = self.clock() - started
+        LOG.error('fencer: %s writable in the kernel though fenced '
+                  '(resumed behind the fencer); fenced again %s in %.3fs',
+                  ', '.join(f'{v}/{lv}' for v, lv in live),
+                  ', '.join(f'{v}/{lv}' for v, lv in done) or 'none', took)
+        self.on_event('fenced', reason='found writable in the kernel',
+                      lvs=done, took=round(took, 4))
+
+    def _live(self, keys, records=None):
+        """Which of ``keys`` the kernel shows writable (a check that fails
+        counts as writable)."""
+        stopped = getattr(self.backend, 'stopped', None)
+        if stopped is None or not keys:
+            return set()
+        records = self._records() if records is None else records
+        live = set()
+        for key in keys:
+            try:
+                if not stopped(*key, **address(records.get(key))):
+                    live.add(key)
+            except Exception:
+                LOG.exception('fencer: kernel state of %s/%s unreadable',
+                              *key)
+                live.add(key)
+        return live
 
     def _probe(self):
         # Only a fenced host asks etcd (whether its lease is still there):
@@ -185,7 +240,9 @@ class Fencer:
                 told = True
                 before = self._records()
                 started = self.clock()
-                results = pool.map(self._stop_io, batch)
+                results = pool.map(
+                    lambda k, before=before: self._stop_io(k, before.get(k)),
+                    batch)
                 done = [k for k, ok in zip(batch, results, strict=True)
                         if ok]
                 # Unmarked, an activation would not know: fenced again on
@@ -235,19 +292,22 @@ class Fencer:
             if record.get('state') == grantbook.ACTIVATING:
                 continue  # its activation sees the mark
             if record and _grant(record) != _grant(before.get(key) or {}):
-                self._stop_io(key)
+                self._stop_io(key, record)
         return set()
 
-    def _stop_io(self, key):
+    def _stop_io(self, key, record=None):
         vg, lv = key
+        at = address(record)
         try:
             if self.action == 'deactivate':
                 try:
                     self.backend.deactivate(vg, lv)
-                    return True
+                    # By name: a device renamed by hand is still there.
+                    if not self._live([key], {key: record}):
+                        return True
                 except errors.CoordError:
                     pass  # open: suspend it instead
-            self.backend.suspend(vg, lv)
+            self.backend.suspend(vg, lv, **at)
             return True
         except Exception:
             LOG.exception('fencer: could not fence %s/%s', vg, lv)
@@ -294,8 +354,12 @@ class Fencer:
             if verdict == RESUME:
                 # Under the lock: a fence decided after the check above
                 # comes after this resume.
-                if self._apply(*key, verdict):
-                    self._settled(key)
+                self._resuming.add(key)
+                try:
+                    if self._apply(*key, verdict):
+                        self._settled(key)
+                finally:
+                    self._resuming.discard(key)
                 return
         # Retiring never makes a device writable: its I/O (and the etcd
         # calls after it) run outside the lock the ticks, and so the
@@ -310,17 +374,18 @@ class Fencer:
         self._gen.pop(key, None)
 
     def _apply(self, vg, lv, verdict):
+        at = address(self._records().get((vg, lv)))
         try:
             if verdict == RESUME:
                 if self.book:
                     # Unmarked first: an activation that stopped its own
                     # device did so before this, under the book's lock.
                     self.book.unmark_fenced(vg, lv)
-                self.backend.resume(vg, lv)
+                self.backend.resume(vg, lv, **at)
                 LOG.warning('fencer: %s/%s proven ours; resumed', vg, lv)
                 self.on_event('resumed', lvs=[(vg, lv)])
             elif verdict == RETIRE:
-                self.backend.retire(vg, lv)
+                self.backend.retire(vg, lv, **at)
                 self.on_retired(vg, lv)
                 self.on_event('retired', lvs=[(vg, lv)])
             else:
@@ -359,11 +424,35 @@ class Fencer:
                 self.watchdog.disarm()
             return
         # Pet only while nothing here can write without a valid grant: the
-        # session is provably valid, or every device is fenced.
+        # session is provably valid, or every device is fenced; and in
+        # either case every device fenced (and not proven since) is
+        # stopped in the kernel, asked just before the pet.
         valid = self.state == OK and \
             self.clock() < self.last_keepalive() + self.window
-        if valid or booked <= set(self.fenced):
-            self.watchdog.pet()
+        if not (valid or booked <= set(self.fenced)):
+            return
+        # Not under the lock (see _settle_one): a device a proof is
+        # resuming is writable because it was proven ours.
+        live = self._live(set(self.fenced) - self._resuming)
+        if live != self._unpetted:
+            # Told once per change, not twice a tick.
+            self._unpetted = live
+            if live:
+                LOG.error('fencer: watchdog not petted: %s writable in the '
+                          'kernel though fenced',
+                          ', '.join(f'{v}/{lv}' for v, lv in sorted(live)))
+        if live:
+            return
+        if not valid:
+            LOG.debug('fencer: watchdog petted (every device fenced)')
+        self.watchdog.pet()
+
+
+def address(record):
+    """How the backend is to find a booked device: {'dm_uuid': ...} when
+    the book recorded one (what a rename by hand does not change)."""
+    uuid = (record or {}).get('dm_uuid')
+    return {'dm_uuid': uuid} if uuid else {}
 
 
 def _grant(record):

@@ -229,7 +229,11 @@ def made(book, backend, vg, lv, path):
             # found it active stops it after this, and one that found it
             # activating stops it again once it sees it active.
             backend.admit(vg, lv)
-        book.put(vg, lv, state=ACTIVE, path=path)
+        # The device's dm uuid: the fencer finds it by that, whatever it
+        # is renamed to by hand (lvrename, vgrename).
+        address = getattr(backend, 'dm_uuid', lambda vg, lv: None)(vg, lv)
+        book.put(vg, lv, state=ACTIVE, path=path,
+                 **({'dm_uuid': address} if address else {}))
         return True
 
 

@@ -75,7 +75,9 @@ class Prover:
                 return fence.RETIRE, (
                     f'granted (token {record["token"]}) before etcd\'s '
                     f'restored history was accepted (floor {floor})')
-        ident = self.backend.identity(vg, lv)
+        ident = self.backend.identity(vg, lv, **fence.address(record))
+        if ident is not None and ident.get('origin'):
+            return self._snapshot(vg, lv, ident)
         if ident is None:
             if record and record.get('state') == grantbook.ACTIVATING and \
                     _alive(record.get('pid')):
@@ -105,6 +107,22 @@ class Prover:
             self.book.put(vg, lv, token=holder.token,
                           session=holder.session)
         return fence.RESUME, 'same grant, same LV'
+
+    def _snapshot(self, vg, lv, ident):
+        """A snapshot has no grant of its own: it goes the way of its
+        origin's fence (its COW is written where the origin is held)."""
+        origin = ident['origin']
+        record = self.book.get(vg, origin)
+        if record is None:
+            return fence.RETIRE, f'its origin {origin} is no longer ours'
+        if record.get('fenced'):
+            return fence.KEEP, f'its origin {origin} is not proven yet'
+        now = mda.lv_by_uuid(self.metadata(vg), self.lvm, vg, ident['uuid'])
+        if now is None or now['name'] != lv:
+            return fence.RETIRE, 'the snapshot was renamed or deleted'
+        if now.get('origin') not in (None, origin):
+            return fence.RETIRE, 'the snapshot has another origin now'
+        return fence.RESUME, f'its origin {origin} was proven ours'
 
 
 def _alive(pid):

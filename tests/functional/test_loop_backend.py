@@ -248,3 +248,26 @@ def test_an_activation_of_a_device_made_already_does_not_lift_a_fence(
             backend.retire(vg, 'vol')
         finally:
             detach_stacked(shared.device)
+
+
+def test_stopped_reads_the_kernels_read_only_flag(tmp_path):
+    # The fencer's per-tick check (issue 22 item 1): a device made
+    # writable behind the backend (blockdev --setrw) is seen live.
+    with SharedVG(hosts=1, size=64 * MiB) as shared:
+        try:
+            lvm = shared.hosts[0].lvm
+            lvm.create_lv(shared.vg, 'vol', 8 * MiB)
+            backend = looplib.LoopBackend(lvm, str(tmp_path / 'state'),
+                                          str(tmp_path / 'dev'))
+            path = backend.activate(shared.vg, 'vol')
+            backend.admit(shared.vg, 'vol')
+            assert not backend.stopped(shared.vg, 'vol')
+            backend.suspend(shared.vg, 'vol')
+            assert backend.stopped(shared.vg, 'vol')
+            subprocess.run(['blockdev', '--setrw', os.readlink(path)],
+                           check=True)
+            assert not backend.stopped(shared.vg, 'vol')
+            backend.deactivate(shared.vg, 'vol')
+            assert backend.stopped(shared.vg, 'vol')
+        finally:
+            detach_stacked(shared.device)

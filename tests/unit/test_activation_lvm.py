@@ -139,15 +139,19 @@ def test_retire_of_a_missing_device_is_a_no_op():
 
 
 def test_identity_from_dm_uuid_and_table(monkeypatch):
-    row = f'rhvg-vol--a|LVM-{VGU}{LVU}|dm-0|0|Active|L--w\n'
-    be = FakeDM({'info': row, 'table': TABLE})
+    be = FakeDM({'table': TABLE})
+    monkeypatch.setattr(lvmb, 'dm_status', lambda cmd, name, flags=0,
+                        uuid=None: (0, 'rhvg-vol--a', f'LVM-{VGU}{LVU}'))
     monkeypatch.setattr(be, '_geometry', lambda vg: (
         {'254:0': ('/dev/vda', 1 << 20)}, 4 << 20))
     assert be.identity('rhvg', 'vol-a') == {
         'uuid': 'wGGkw1-MmHz-69AA-uSF7-mocj-mZUy-01Cas8',
         'extents': [['/dev/vda', 0, 23]]}
-    assert FakeDM({'info': errors.LVMError('x', kind='not-found')}) \
-        .identity('rhvg', 'vol-a') is None
+
+    def gone(cmd, name, flags=0, uuid=None):
+        raise OSError(errno.ENXIO, 'No such device or address')
+    monkeypatch.setattr(lvmb, 'dm_status', gone)
+    assert be.identity('rhvg', 'vol-a') is None
 
 
 def test_errors_are_coord_errors(monkeypatch):
@@ -169,7 +173,7 @@ def test_suspend_waits_for_an_activation_in_flight(monkeypatch):
     # table (seen on a guest): the suspend is retried once a table is live.
     calls = []
 
-    def fake(cmd, name, flags=0):
+    def fake(cmd, name, flags=0, uuid=None):
         calls.append(cmd)
         if cmd == lvmb.DM_DEV_SUSPEND and calls.count(cmd) < 3:
             raise OSError(errno.ENXIO, 'No such device or address')
@@ -181,15 +185,113 @@ def test_suspend_waits_for_an_activation_in_flight(monkeypatch):
 
 
 def test_suspend_of_a_vanished_device_is_done(monkeypatch):
-    def fake(cmd, name, flags=0):
+    def fake(cmd, name, flags=0, uuid=None):
         raise OSError(errno.ENXIO, 'No such device or address')
     monkeypatch.setattr(lvmb, 'dm_ioctl', fake)
     lvmb.LVMBackend(lvm=None, vgs=['rhvg']).suspend('rhvg', 'gone')
 
 
 def test_suspend_errors_are_lvm_errors(monkeypatch):
-    def fake(cmd, name, flags=0):
+    def fake(cmd, name, flags=0, uuid=None):
         raise OSError(errno.EINVAL, 'Invalid argument')
     monkeypatch.setattr(lvmb, 'dm_ioctl', fake)
     with pytest.raises(errors.LVMError):
         lvmb.LVMBackend(lvm=None, vgs=['rhvg']).suspend('rhvg', 'x')
+
+
+def test_dm_ioctl_by_uuid_leaves_the_name_empty(monkeypatch):
+    # The kernel refuses a name and a uuid together; it writes the name
+    # of the device it found back.
+    sent = []
+
+    def ioctl(fd, cmd, buf):
+        fields = list(lvmb._DM_IOCTL.unpack(bytes(buf)))
+        sent.append((fields[10].rstrip(b'\0'), fields[11].rstrip(b'\0'),
+                     fields[7]))
+        fields[10] = b'rhvg-renamed'
+        buf[:] = lvmb._DM_IOCTL.pack(*fields)
+    monkeypatch.setattr(lvmb.fcntl, 'ioctl', ioctl)
+    monkeypatch.setattr(lvmb.os, 'open', lambda *a: 99)
+    monkeypatch.setattr(lvmb.os, 'close', lambda fd: None)
+    got = lvmb.dm_status(lvmb.DM_DEV_STATUS, 'rhvg-vol--a',
+                         uuid=f'LVM-{VGU}{LVU}')
+    assert sent == [(b'', f'LVM-{VGU}{LVU}'.encode(), 0)]
+    assert got[1] == 'rhvg-renamed'
+    lvmb.dm_ioctl(lvmb.DM_DEV_SUSPEND, 'rhvg-vol--a', lvmb.FENCE_SUSPEND)
+    assert sent[-1] == (b'rhvg-vol--a', b'', lvmb.FENCE_SUSPEND)
+
+
+def test_fence_suspends_noflush_skip_lockfs_by_uuid(monkeypatch):
+    calls = []
+
+    def fake(cmd, name, flags=0, uuid=None):
+        calls.append((cmd, name, flags, uuid))
+        return 0
+    monkeypatch.setattr(lvmb, 'dm_ioctl', fake)
+    lvmb.LVMBackend(lvm=None, vgs=['rhvg']).suspend('rhvg', 'vol-a',
+                                                    dm_uuid='LVM-x')
+    assert calls == [(lvmb.DM_DEV_SUSPEND, 'rhvg-vol--a',
+                      lvmb.DM_SUSPEND_FLAG | lvmb.DM_NOFLUSH_FLAG |
+                      lvmb.DM_SKIP_LOCKFS_FLAG, 'LVM-x')]
+
+
+def test_a_suspend_stuck_on_queued_io_returns_and_is_not_doubled(
+        monkeypatch):
+    import threading
+    let_go = threading.Event()
+    calls = []
+
+    def fake(cmd, name, flags=0, uuid=None):
+        calls.append(cmd)
+        if cmd == lvmb.DM_DEV_SUSPEND:
+            let_go.wait(10)
+        return 0
+    monkeypatch.setattr(lvmb, 'dm_ioctl', fake)
+    be = lvmb.LVMBackend(lvm=None, vgs=['rhvg'], fence_wait=0.05)
+    for _ in range(2):
+        with pytest.raises(errors.LVMError) as exc:
+            be.suspend('rhvg', 'vol-a')
+        assert exc.value.kind == 'timeout'
+    assert calls == [lvmb.DM_DEV_SUSPEND]    # one ioctl, still running
+    let_go.set()
+    be.suspend('rhvg', 'vol-a')              # that one, done now
+    assert calls == [lvmb.DM_DEV_SUSPEND]
+    assert be._suspending == {}
+
+
+def test_stopped_reads_the_kernel(monkeypatch):
+    flags = {}
+
+    def fake(cmd, name, flags_=0, uuid=None):
+        if name not in flags:
+            raise OSError(errno.ENXIO, 'No such device or address')
+        return flags[name]
+    monkeypatch.setattr(lvmb, 'dm_ioctl', fake)
+    be = lvmb.LVMBackend(lvm=None, vgs=['rhvg'])
+    live = lvmb.DM_ACTIVE_PRESENT_FLAG
+    flags.update({'rhvg-a': live, 'rhvg-s': live | lvmb.DM_SUSPEND_FLAG,
+                  'rhvg-r': live | lvmb.DM_READONLY_FLAG, 'rhvg-n': 0})
+    assert [be.stopped('rhvg', lv) for lv in ('a', 's', 'r', 'n', 'x')] \
+        == [False, True, True, True, True]
+
+
+def test_identity_of_a_snapshot_names_its_origin(monkeypatch):
+    be = FakeDM({'table': '0 2048 snapshot 254:3 254:4 P 8\n'})
+    monkeypatch.setattr(lvmb, 'dm_status', lambda cmd, name, flags=0,
+                        uuid=None: (0, 'rhvg-snap', f'LVM-{VGU}{LVU}'))
+    monkeypatch.setattr(lvmb, '_origin_of', lambda args: 'vol-a')
+    assert be.identity('rhvg', 'snap')['origin'] == 'vol-a'
+
+
+def test_retire_of_an_origin_retires_its_snapshots_then_layers(
+        monkeypatch):
+    tree = {('rhvg-vol--a', True): ['rhvg-vol--a-real'],
+            ('rhvg-vol--a-real', False): ['rhvg-vol--a', 'rhvg-snap'],
+            ('rhvg-snap', True): ['rhvg-vol--a-real', 'rhvg-snap-cow']}
+    monkeypatch.setattr(lvmb, '_sys_holders_of',
+                        lambda name, below: tree.get((name, below), []))
+    be = FakeDM({'table': TABLE})
+    be.retire('rhvg', 'vol-a')
+    loads = [c[2] for c in be.calls if c[0] == 'load']
+    assert loads == ['rhvg-snap', 'rhvg-vol--a', 'rhvg-vol--a-real',
+                     'rhvg-snap-cow']

@@ -332,3 +332,143 @@ def test_a_retire_never_holds_the_lock_the_ticks_wait_for():
     f.tick()
     assert free == [True, True]
     assert f.fenced == []
+
+
+# -- the kernel is the truth (issue 22 items 1, 8, 9) --
+
+class KernelBackend(FakeBackend):
+    """FakeBackend with a kernel: what stopped() reads is what suspend()
+    and resume() set, or what an admin's command did behind our back."""
+
+    def __init__(self, lvs):
+        super().__init__(lvs)
+        self.kernel = {k: 'live' for k in lvs}
+        self.stuck = set()
+
+    def suspend(self, vg, lv, **at):
+        self.calls.append(('suspend', vg, lv, *at.values()))
+        if (vg, lv) in self.stuck:
+            raise errors.LVMError('timeout', kind='timeout')
+        self.kernel[(vg, lv)] = 'suspended'
+
+    def resume(self, vg, lv, **at):
+        self.calls.append(('resume', vg, lv, *at.values()))
+        self.kernel[(vg, lv)] = 'live'
+
+    def retire(self, vg, lv, **at):
+        self.calls.append(('retire', vg, lv, *at.values()))
+        self.kernel.pop((vg, lv), None)
+
+    def stopped(self, vg, lv, **at):
+        return self.kernel.get((vg, lv)) != 'live'
+
+
+class RecordBook(Book):
+    """A book whose records say something (their dm uuid)."""
+
+    def __init__(self, records):
+        super().__init__(records)
+        self.records = records
+
+    def all(self):
+        return {k: dict(v) for k, v in self.records.items()}
+
+    def unmark_fenced(self, vg, lv):
+        pass
+
+
+def test_device_resumed_behind_the_fencer_is_fenced_again_unpetted():
+    dog = Dog()
+    f, _, w, events = make(watchdog=dog)
+    backend = f.backend = KernelBackend([('vg', 'a'), ('vg', 'b')])
+    f.book = Book([('vg', 'a'), ('vg', 'b')])
+    w.etcd_up, w.now = False, 106
+    assert f.tick() == fence.FENCED
+    assert dog.pets >= 1                     # every device fenced
+    # An admin's vgchange -ay resumes a; suspending it again hangs.
+    backend.kernel[('vg', 'a')] = 'live'
+    backend.stuck = {('vg', 'a')}
+    before = dog.pets
+    for _ in range(3):
+        w.now += 0.5
+        f.tick()
+    assert backend.calls.count(('suspend', 'vg', 'a')) == 4
+    assert dog.pets == before                # live in the kernel: no pet
+    assert ('vg', 'a') in f.fenced           # still checked every tick
+    backend.stuck = set()
+    w.now += 0.5
+    f.tick()
+    assert backend.kernel[('vg', 'a')] == 'suspended'
+    assert dog.pets > before                 # the kernel shows it fenced
+    assert events.count('fenced') == 5
+
+
+def test_a_proof_in_flight_before_a_refence_resumes_nothing():
+    f, _, w, _ = make(prove=lambda vg, lv: fence.RESUME)
+    backend = f.backend = KernelBackend([('vg', 'a')])
+    f.fence_one('vg', 'a', 'grant revoked')
+    gen = f._gen[('vg', 'a')]
+    backend.kernel[('vg', 'a')] = 'live'     # resumed behind the fencer
+    f._recheck()
+    assert backend.kernel[('vg', 'a')] == 'suspended'
+    assert f._gen[('vg', 'a')] != gen        # an older proof is void
+
+
+def test_booked_devices_are_fenced_resumed_and_retired_by_dm_uuid():
+    verdicts = {'a': fence.RESUME, 'b': fence.RETIRE}
+    f, _, w, _ = make(prove=lambda vg, lv: verdicts[lv])
+    backend = f.backend = KernelBackend([('vg', 'a'), ('vg', 'b')])
+    f.book = RecordBook({('vg', 'a'): {'dm_uuid': 'LVM-ua'},
+                         ('vg', 'b'): {'dm_uuid': 'LVM-ub'}})
+    w.now = 106
+    assert f.tick() == fence.FENCED
+    assert sorted(c for c in backend.calls if c[0] == 'suspend') == [
+        ('suspend', 'vg', 'a', 'LVM-ua'), ('suspend', 'vg', 'b', 'LVM-ub')]
+    w.beat = 106
+    assert f.tick() == fence.OK
+    assert ('resume', 'vg', 'a', 'LVM-ua') in backend.calls
+    assert ('retire', 'vg', 'b', 'LVM-ub') in backend.calls
+
+
+def test_the_kernel_is_asked_by_dm_uuid_too():
+    f, _, w, _ = make()
+    asked = []
+    backend = f.backend = KernelBackend([('vg', 'a')])
+    backend.stopped = lambda vg, lv, **at: asked.append(at) or True
+    f.book = RecordBook({('vg', 'a'): {'dm_uuid': 'LVM-ua'}})
+    w.now = 106
+    f.tick()
+    assert asked and all(at == {'dm_uuid': 'LVM-ua'} for at in asked)
+
+
+class ProofBook:
+    def __init__(self, records):
+        self.records = records
+
+    def get(self, vg, lv):
+        return self.records.get((vg, lv))
+
+
+class SnapBackend:
+    def identity(self, vg, lv, **at):
+        return {'uuid': 'S', 'extents': None, 'origin': 'o'}
+
+
+class SnapLVM:
+    def lvs(self, vg):
+        return [{'uuid': 'S', 'name': 's', 'origin': 'o'}]
+
+
+def test_a_snapshot_is_proven_with_its_origin():
+    from coordinator.daemon import proof
+
+    def verdict(origin_record):
+        book = ProofBook({('vg', 'o'): origin_record} if origin_record
+                         else {})
+        return proof.Prover(None, SnapLVM(), SnapBackend(), book)('vg', 's')
+    # The origin not proven yet: the snapshot waits for it.
+    assert verdict({'uuid': 'O', 'token': 1, 'fenced': True}) == fence.KEEP
+    # Proven (unmarked before its resume): the snapshot is resumed too.
+    assert verdict({'uuid': 'O', 'token': 1}) == fence.RESUME
+    # The origin's grant went (retired, dropped): the snapshot goes too.
+    assert verdict(None) == fence.RETIRE

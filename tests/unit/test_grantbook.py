@@ -252,3 +252,17 @@ def test_quiesce_waits_for_every_activation_on_the_gate(tmp_path):
     assert book.quiesce(0.05) is True
     with book.activating():
         pass
+
+
+def test_a_made_device_is_recorded_with_its_dm_uuid(tmp_path):
+    # The fencer addresses it by that, whatever it is renamed to by hand.
+    class Backend:
+        def admit(self, vg, lv):
+            pass
+
+        def dm_uuid(self, vg, lv):
+            return 'LVM-' + 'v' * 32 + 'l' * 32
+    book = grantbook.GrantBook(str(tmp_path))
+    book.put('vg', 'lv', state=grantbook.ACTIVATING, token=1, uuid='u')
+    assert grantbook.made(book, Backend(), 'vg', 'lv', '/dev/vg/lv')
+    assert book.get('vg', 'lv')['dm_uuid'] == 'LVM-' + 'v' * 32 + 'l' * 32

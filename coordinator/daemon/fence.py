@@ -24,6 +24,14 @@ OK, FENCED, LOST = 'ok', 'fenced', 'lost'
 # Proofs run at once after a fence (see _settle).
 PROOF_WORKERS = 4
 RESUME, RETIRE, KEEP, GONE = 'resume', 'retire', 'keep', 'gone'
+# Seconds the fencer waits for the grant book's lock to mark what it has
+# fenced (I/O is stopped before): an LVM command under the lock
+# (devguard) must not hold up a tick. Not marked in time: fenced again
+# on the next tick, and no watchdog pet meanwhile.
+MARK_WAIT = 0.25
+# Seconds a stop waits for proofs in flight to end (none resumes after
+# the stop began, see close()).
+CLOSE_WAIT = 10.0
 
 
 class Fencer:
@@ -60,6 +68,11 @@ class Fencer:
         self.background = background
         self._settler = None
         self._gen = {}
+        # Fenced but not marked in the book (its lock was busy): fenced
+        # again every tick until marked.
+        self._unmarked = set()
+        # Set by close() (an orderly stop): no proof resumes any more.
+        self.closed = False
         self._mutex = threading.RLock()
 
     def tick(self):
@@ -89,6 +102,9 @@ class Fencer:
             missing = [k for k in self.book.all() if k not in self.fenced]
             if missing:
                 self._fence('retrying fence', missing)
+        unmarked = [k for k in self._unmarked if k not in self.fenced]
+        if unmarked:
+            self._fence('retrying fence (not marked yet)', unmarked)
         if self.state == OK and \
                 self.clock() >= self.last_keepalive() + self.window:
             self._fence('session deadline reached')
@@ -191,8 +207,9 @@ class Fencer:
                 # Unmarked, an activation would not know: fenced again on
                 # the next tick (and no watchdog pet meanwhile).
                 unmarked = self._catch_up(done, before)
+                self._unmarked = (self._unmarked - set(done)) | unmarked
                 done = [k for k in done if k not in unmarked]
-                self.fenced += done
+                self.fenced += [k for k in done if k not in self.fenced]
                 for k in done:
                     self._gen[k] = self._gen.get(k, 0) + 1
                 took = self.clock() - started
@@ -218,12 +235,19 @@ class Fencer:
         # An activation may make its device just after we stopped I/O on
         # nothing. Marked (under the book's lock), a record tells the
         # activation, which checks it under that lock, to stop its device
-        # itself; a device made before the mark is stopped here again.
+        # itself; a device made before the mark is stopped here again, and
+        # so is one an LVM command under the lock ran on meanwhile (its
+        # record's command count changed, see devguard): that command may
+        # have resumed it. The lock is waited for MARK_WAIT at most.
         # The keys it could not mark.
         if not (self.book and keys):
             return set()
         try:
-            with self.book.locked():
+            with self.book.locked(wait=MARK_WAIT) as got:
+                if not got:
+                    LOG.warning('fencer: grant book busy; %d fenced grants '
+                                'not marked yet', len(keys))
+                    return set(keys)
                 now = self.book.all()
                 self.book.mark_fenced(keys)
         except Exception:
@@ -254,6 +278,8 @@ class Fencer:
             return False
 
     def _settle_soon(self):
+        if self.closed:
+            return
         if not self.background:
             self._settle()
         elif self._settler is None or not self._settler.is_alive():
@@ -288,8 +314,8 @@ class Fencer:
             # Fenced again meanwhile, or the session is in doubt: a
             # proof made before that proves nothing now.
             if key not in self.fenced or self._gen.get(key) != gen or (
-                    verdict == RESUME and not (self.state == OK
-                                               and self._fresh())):
+                    verdict == RESUME and (self.closed or not (
+                        self.state == OK and self._fresh()))):
                 return
             if verdict == RESUME:
                 # Under the lock: a fence decided after the check above
@@ -332,6 +358,22 @@ class Fencer:
             return False
         return True
 
+    def close(self, keys, why):
+        """An orderly stop: from now on no proof resumes anything; then
+        every one of ``keys`` is fenced, also those fenced already (a
+        resume whose dmsetup timed out may have landed). A resume runs
+        under the mutex taken here: one in flight ends before this fence,
+        none starts after it. Proofs in flight are waited for
+        (CLOSE_WAIT at most): a retire is left whole."""
+        with self._mutex:
+            self.closed = True
+            keys = list(dict.fromkeys(keys))
+            if keys:
+                self._fence(why, keys)
+        settler = self._settler
+        if settler is not None and settler is not threading.current_thread():
+            settler.join(CLOSE_WAIT)
+
     def arm(self):
         """Arm the watchdog for a device about to be made (its grant is in
         the book); False if the session is not provably valid now."""
@@ -368,4 +410,4 @@ class Fencer:
 
 def _grant(record):
     # Which grant, in which state: a change means a device made since.
-    return record.get('state'), record.get('token')
+    return record.get('state'), record.get('token'), record.get('commands')

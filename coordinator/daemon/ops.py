@@ -11,6 +11,7 @@ import time
 
 from coordinator import errors
 from coordinator.daemon import copy
+from coordinator.daemon import devguard
 from coordinator.daemon import grantbook
 from coordinator.daemon import metrics
 from coordinator.daemon import routing
@@ -57,6 +58,11 @@ class Operations:
         # watchdog_armed() -> bool, None without a watchdog: no device is
         # made here while a dead daemon would leave it unwatched.
         self.watchdog_armed = watchdog_armed
+        # Every LVM command that can resume or reload an active LV's
+        # device runs under it (lease, fence and retire checks).
+        self.devguard = devguard.DeviceGuard(
+            self.host, self.leases, engine.session, backend, book,
+            self.fencer_alive)
 
     def handle(self, op, args):
         """Dispatch one validated request."""
@@ -277,7 +283,11 @@ class Operations:
         if host and host != self.host:
             return self._route(host, 'refresh', vg=vg, lv=lv)
         self._check_fresh(vg)
-        return {'host': self.host, 'size': self.backend.refresh(vg, lv)}
+        # lvchange --refresh reloads the table and resumes: only under our
+        # lease, on a device that is neither fenced nor retired.
+        with self.devguard.command(vg, lv, 'refresh'):
+            size = self.backend.refresh(vg, lv)
+        return {'host': self.host, 'size': size}
 
     def _route(self, host, op, **args):
         # Fail fast on what the target published about itself (it

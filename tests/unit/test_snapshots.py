@@ -9,10 +9,28 @@ from coordinator.daemon import snapshots
 from coordinator.engine import modes
 
 
+class NoGuard:
+    """devguard.DeviceGuard that lets everything through."""
+
+    @contextlib.contextmanager
+    def command(self, vg, lv, what):
+        yield None
+
+    def verify(self, vg, lv, what):
+        return None
+
+    def check_making(self, vg, lv, what):
+        return None
+
+    def absent(self, vg, lv, what):
+        return None
+
+
 class FakeOps:
     def __init__(self, holders=(), host='volume-1'):
         self.host = host
         self.calls = []
+        self.devguard = NoGuard()
         self.holders = [modes.Holder(host=h, mode=m) for h, m in holders]
         ops = self
 

@@ -185,8 +185,14 @@ class Operations:
         if size - current > free:
             raise errors.InvalidInput('size', f'{size - current} more bytes '
                                       f'requested, {free} free in {vg}')
-        recorded = self._change(vg, f'lvextend {vg}/{lv}',
-                                lambda: self.lvm.extend_lv(vg, lv, size))
+        def grow():
+            if self.backend.device_state(vg, lv) is None:
+                self.lvm.extend_lv(vg, lv, size)
+                return
+            # Active here: lvextend reloads and resumes the device.
+            with self.devguard.command(vg, lv, 'extend'):
+                self.lvm.extend_lv(vg, lv, size)
+        recorded = self._change(vg, f'lvextend {vg}/{lv}', grow)
         # Every host with the LV active maps the new size. The extend is
         # done whatever they answer: report each, never fail the whole.
         refreshed, failed = {}, {}

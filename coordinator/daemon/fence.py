@@ -363,16 +363,19 @@ class Fencer:
         every one of ``keys`` is fenced, also those fenced already (a
         resume whose dmsetup timed out may have landed). A resume runs
         under the mutex taken here: one in flight ends before this fence,
-        none starts after it. Proofs in flight are waited for
-        (CLOSE_WAIT at most): a retire is left whole."""
+        none starts after it."""
         with self._mutex:
             self.closed = True
             keys = list(dict.fromkeys(keys))
             if keys:
                 self._fence(why, keys)
+
+    def wait_proofs(self, timeout=CLOSE_WAIT):
+        """After close(): let proofs in flight end (a retire is left
+        whole), ``timeout`` seconds at most."""
         settler = self._settler
         if settler is not None and settler is not threading.current_thread():
-            settler.join(CLOSE_WAIT)
+            settler.join(timeout)
 
     def arm(self):
         """Arm the watchdog for a device about to be made (its grant is in

@@ -369,6 +369,11 @@ class Fencer:
             keys = list(dict.fromkeys(keys))
             if keys:
                 self._fence(why, keys)
+            # A command under the book's lock (the ops worker stops too)
+            # delays the mark: no tick follows to retry it, so wait here.
+            deadline = time.monotonic() + CLOSE_WAIT
+            while self._unmarked and time.monotonic() < deadline:
+                self._fence(why, sorted(self._unmarked))
 
     def wait_proofs(self, timeout=CLOSE_WAIT):
         """After close(): let proofs in flight end (a retire is left

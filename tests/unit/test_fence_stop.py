@@ -117,3 +117,32 @@ def test_a_busy_book_never_holds_up_the_fencer(tmp_path):
     assert f.tick() == fence.FENCED
     assert sorted(f.fenced) == [A, B] and dog.pets > pets
     assert all(r.get('fenced') for r in book.all().values())
+
+
+def test_a_stop_waits_out_a_busy_book_to_mark(tmp_path):
+    # No tick follows a stop: what a busy book left unmarked is fenced and
+    # marked before close() returns (then the watchdog may be disarmed).
+    book = booked(tmp_path)
+    f, backend, w, _ = make(book=book)
+    held, done = threading.Event(), threading.Event()
+
+    def command():
+        with book.locked():
+            held.set()
+            done.wait(60)
+    t = threading.Thread(target=command)
+    t.start()
+    assert held.wait(30)
+    closing = threading.Thread(target=f.close, args=([A, B], 'stopping'))
+    closing.start()
+    # It finds the book busy, and keeps trying.
+    found = threading.Event()
+    while not (f._unmarked or found.wait(0.01)):
+        pass
+    assert f._unmarked == {A, B}
+    done.set()
+    t.join()
+    closing.join(60)
+    assert not closing.is_alive()
+    assert sorted(f.fenced) == [A, B]
+    assert all(r.get('fenced') for r in book.all().values())

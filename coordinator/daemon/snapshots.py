@@ -147,9 +147,13 @@ def revert(ops, vg, origin, snap):
         raise errors.LeaseConflict(
             f'{vg}/{origin} is attached on {", ".join(hosts)}: detach it '
             f'before reverting to {snap}')
+    def merge():
+        # A device of the origin left here (retired, still open) would
+        # be taken for active, and reloaded to start the merge.
+        ops.devguard.absent(vg, origin, f'revert {vg}/{origin}')
+        ops.lvm.merge_snapshot(vg, snap)
     with ops.leases.reserved(vg, origin, 'revert'):
-        ops._change(vg, f'lvconvert --merge {vg}/{snap}',
-                    lambda: ops.lvm.merge_snapshot(vg, snap))
+        ops._change(vg, f'lvconvert --merge {vg}/{snap}', merge)
     return {'vg': vg, 'lv': origin, 'reverted_to': snap,
             'merge': 'on next activation'}
 

@@ -56,6 +56,20 @@ class Backend(abc.ABC):
         """What the device maps now: {'uuid': LV uuid or None,
         'extents': [[pv, first_pe, last_pe], ...]}; None if not active."""
 
+    def device_state(self, vg, lv):
+        """What the kernel shows of vg/lv's device: None (no device),
+        'live', 'suspended' (fenced) or 'retired'."""
+        info = self.active().get((vg, lv))
+        if info is None:
+            return None
+        return 'suspended' if info.get('suspended') else 'live'
+
+    def park(self, vg, lv):
+        """Leave the fenced device of vg/lv for a daemon that stops: no
+        command run while it is down may make it writable (see the lvm
+        backend). Nothing to do where only resume() unfences (loop)."""
+        return None
+
     def tidy(self):
         """Undo what this backend's past devices left on the host for
         others (called at start)."""

@@ -42,6 +42,7 @@ DM_DEV_STATUS = 0xC0000000 | (_DM_IOCTL.size << 16) | (0xfd << 8) | 7
 DM_READONLY_FLAG = 1 << 0
 DM_SUSPEND_FLAG = 1 << 1
 DM_ACTIVE_PRESENT_FLAG = 1 << 5
+DM_INACTIVE_PRESENT_FLAG = 1 << 6
 DM_SKIP_LOCKFS_FLAG = 1 << 10
 DM_NOFLUSH_FLAG = 1 << 11
 # The fence's suspend (doc/design.md, "Fence: which suspend"): new I/O is
@@ -413,10 +414,24 @@ class LVMBackend(base.Backend):
             # lvchange --refresh suspends and resumes: it would unfence.
             raise errors.LVMError(f'{vg}/{lv} is fenced (suspended) here; '
                                   f'not refreshing', kind='fenced')
+        if row is not None and self._retired(vg, lv):
+            # It would load the linear table again: writable.
+            raise errors.LVMError(f'{vg}/{lv} is retired (error target) '
+                                  f'here; not refreshing', kind='fenced')
         self.lvm.refresh(vg, lv)
         if row is None:
             return self.lvm.lv(vg, lv)['size']
         return self.mapped_size(vg, lv)
+
+    def device_state(self, vg, lv):
+        """None, 'live', 'suspended' or 'retired' (the error target), from
+        device-mapper."""
+        row = self._info(vg, lv)
+        if row is None:
+            return None
+        if self._retired(vg, lv):
+            return 'retired'
+        return 'suspended' if row['suspended'] else 'live'
 
     def mapped_size(self, vg, lv):
         """Bytes the device of vg/lv maps now (its dm table)."""
@@ -537,14 +552,50 @@ class LVMBackend(base.Backend):
         return failed
 
     def resume(self, vg, lv, dm_uuid=None):
-        """dmsetup resume (by ``dm_uuid`` when known). Only this device:
-        a snapshot of it is a fenced device of its own, resumed by its own
-        proof (which follows the origin's, proof.py)."""
+        """dmsetup resume of the live table (by ``dm_uuid`` when known); an
+        inactive one, the error table a stop parked the device with, is
+        cleared first. Only this device: a snapshot of it is a fenced
+        device of its own, resumed by its own proof (which follows the
+        origin's, proof.py)."""
         name = self._name(vg, lv, dm_uuid)
         if name is None:
             raise errors.LVMError(f'resume {vg}/{lv}: no device under '
                                   f'{dm_uuid}', kind='not-found')
+        try:
+            flags = dm_ioctl(DM_DEV_STATUS, name)
+        except OSError:
+            flags = 0  # dmsetup resume names what is wrong
+        if flags & DM_INACTIVE_PRESENT_FLAG:
+            self._dmsetup('clear', name)
         self._dmsetup('resume', name)
+
+    def park(self, vg, lv, dm_uuid=None):
+        """An orderly stop leaves the fenced device suspended (I/O queued,
+        the guest paused) with the error target as its inactive table:
+        whatever resumes it while the daemon is down (lvm2's vgchange
+        -ay, lvchange -ay or --refresh, a dmsetup resume) makes the error
+        table live, so I/O fails and never reaches the disk. The restart's
+        proof reads the live table: still linear, it clears the inactive
+        one and resumes (resume()); error, it retires the device.
+        Refused on a device that is not suspended."""
+        name = self._name(vg, lv, dm_uuid)
+        if name is None:
+            return  # no device: nothing to park
+        try:
+            flags = dm_ioctl(DM_DEV_STATUS, name)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return
+            raise errors.LVMError(f'status {name}: {exc}') from exc
+        if not flags & DM_SUSPEND_FLAG:
+            raise errors.LVMError(f'{vg}/{lv} is not suspended; not '
+                                  f'parking it', kind='failed')
+        table = parse_table(self._dmsetup('table', name))
+        sectors = sum(t[1] for t in table)
+        if sectors and not all(t[2] == 'error' for t in table):
+            # Not read-only: lvm2 then takes the error table, once live,
+            # for the LV's (vgchange -ay leaves it alone).
+            self._dmsetup('load', name, '--table', f'0 {sectors} error')
 
     def retire(self, vg, lv, dm_uuid=None):
         """error target, resume (queued I/O fails), deferred remove; by

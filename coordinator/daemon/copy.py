@@ -109,6 +109,8 @@ def _source(ops, vg, src, origin, snapshot, held, instance, src_size):
                 f'on {ops.host} cannot read snapshots (device-mapper '
                 f'needed)', kind='failed')
         with snapshots.origin_here(ops, vg, origin):
+            # Its device is the origin's, here: not a fenced one.
+            ops.devguard.verify(vg, origin, 'copy')
             with _snapshot_device(ops, vg, src, instance) as path:
                 yield path, 'snapshot'
         return
@@ -126,6 +128,9 @@ def _source(ops, vg, src, origin, snapshot, held, instance, src_size):
         finally:
             _remove_quietly(ops, vg, snapshot, src)
         return
+    # Read live through the holder's device: under our lease, not a
+    # fenced (reads hang) or retired one.
+    ops.devguard.verify(vg, src, 'copy')
     path = ops.backend.path(vg, src)
     if not path:
         raise errors.LVMError(f'{vg}/{src} is held by {ops.host} but has '

@@ -33,6 +33,14 @@ OK, FENCED, LOST = 'ok', 'fenced', 'lost'
 # Proofs run at once after a fence (see _settle).
 PROOF_WORKERS = 4
 RESUME, RETIRE, KEEP, GONE = 'resume', 'retire', 'keep', 'gone'
+# Seconds the fencer waits for the grant book's lock to mark what it has
+# fenced (I/O is stopped before): an LVM command under the lock
+# (devguard) must not hold up a tick. Not marked in time: fenced again
+# on the next tick, and no watchdog pet meanwhile.
+MARK_WAIT = 0.25
+# Seconds a stop waits for proofs in flight to end (none resumes after
+# the stop began, see close()).
+CLOSE_WAIT = 10.0
 
 
 class Fencer:
@@ -72,6 +80,12 @@ class Fencer:
         # Being resumed by proof (under the lock): writable on purpose.
         self._resuming = set()
         self._unpetted = set()
+
+        # Fenced but not marked in the book (its lock was busy): fenced
+        # again every tick until marked.
+        self._unmarked = set()
+        # Set by close() (an orderly stop): no proof resumes any more.
+        self.closed = False
         self._mutex = threading.RLock()
 
     def tick(self):
@@ -102,6 +116,9 @@ class Fencer:
             missing = [k for k in self.book.all() if k not in self.fenced]
             if missing:
                 self._fence('retrying fence', missing)
+        unmarked = [k for k in self._unmarked if k not in self.fenced]
+        if unmarked:
+            self._fence('retrying fence (not marked yet)', unmarked)
         if self.state == OK and \
                 self.clock() >= self.last_keepalive() + self.window:
             self._fence('session deadline reached')
@@ -248,8 +265,9 @@ class Fencer:
                 # Unmarked, an activation would not know: fenced again on
                 # the next tick (and no watchdog pet meanwhile).
                 unmarked = self._catch_up(done, before)
+                self._unmarked = (self._unmarked - set(done)) | unmarked
                 done = [k for k in done if k not in unmarked]
-                self.fenced += done
+                self.fenced += [k for k in done if k not in self.fenced]
                 for k in done:
                     self._gen[k] = self._gen.get(k, 0) + 1
                 took = self.clock() - started
@@ -275,12 +293,19 @@ class Fencer:
         # An activation may make its device just after we stopped I/O on
         # nothing. Marked (under the book's lock), a record tells the
         # activation, which checks it under that lock, to stop its device
-        # itself; a device made before the mark is stopped here again.
+        # itself; a device made before the mark is stopped here again, and
+        # so is one an LVM command under the lock ran on meanwhile (its
+        # record's command count changed, see devguard): that command may
+        # have resumed it. The lock is waited for MARK_WAIT at most.
         # The keys it could not mark.
         if not (self.book and keys):
             return set()
         try:
-            with self.book.locked():
+            with self.book.locked(wait=MARK_WAIT) as got:
+                if not got:
+                    LOG.warning('fencer: grant book busy; %d fenced grants '
+                                'not marked yet', len(keys))
+                    return set(keys)
                 now = self.book.all()
                 self.book.mark_fenced(keys)
         except Exception:
@@ -314,6 +339,8 @@ class Fencer:
             return False
 
     def _settle_soon(self):
+        if self.closed:
+            return
         if not self.background:
             self._settle()
         elif self._settler is None or not self._settler.is_alive():
@@ -348,8 +375,8 @@ class Fencer:
             # Fenced again meanwhile, or the session is in doubt: a
             # proof made before that proves nothing now.
             if key not in self.fenced or self._gen.get(key) != gen or (
-                    verdict == RESUME and not (self.state == OK
-                                               and self._fresh())):
+                    verdict == RESUME and (self.closed or not (
+                        self.state == OK and self._fresh()))):
                 return
             if verdict == RESUME:
                 # Under the lock: a fence decided after the check above
@@ -396,6 +423,30 @@ class Fencer:
             LOG.exception('fencer: %s/%s stays fenced', vg, lv)
             return False
         return True
+
+    def close(self, keys, why):
+        """An orderly stop: from now on no proof resumes anything; then
+        every one of ``keys`` is fenced, also those fenced already (a
+        resume whose dmsetup timed out may have landed). A resume runs
+        under the mutex taken here: one in flight ends before this fence,
+        none starts after it."""
+        with self._mutex:
+            self.closed = True
+            keys = list(dict.fromkeys(keys))
+            if keys:
+                self._fence(why, keys)
+            # A command under the book's lock (the ops worker stops too)
+            # delays the mark: no tick follows to retry it, so wait here.
+            deadline = time.monotonic() + CLOSE_WAIT
+            while self._unmarked and time.monotonic() < deadline:
+                self._fence(why, sorted(self._unmarked))
+
+    def wait_proofs(self, timeout=CLOSE_WAIT):
+        """After close(): let proofs in flight end (a retire is left
+        whole), ``timeout`` seconds at most."""
+        settler = self._settler
+        if settler is not None and settler is not threading.current_thread():
+            settler.join(timeout)
 
     def arm(self):
         """Arm the watchdog for a device about to be made (its grant is in
@@ -457,4 +508,4 @@ def address(record):
 
 def _grant(record):
     # Which grant, in which state: a change means a device made since.
-    return record.get('state'), record.get('token')
+    return record.get('state'), record.get('token'), record.get('commands')

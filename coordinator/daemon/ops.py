@@ -12,6 +12,7 @@ import time
 
 from coordinator import errors
 from coordinator.daemon import copy
+from coordinator.daemon import devguard
 from coordinator.daemon import grantbook
 from coordinator.daemon import metrics
 from coordinator.daemon import routing
@@ -68,6 +69,12 @@ class Operations:
         # fencer_id() -> the incarnation of the fencer that beat last: one
         # that changed between a grant and its device reconciled meanwhile.
         self.fencer_id = fencer_id or (lambda: None)
+
+        # Every LVM command that can resume or reload an active LV's
+        # device runs under it (lease, fence and retire checks).
+        self.devguard = devguard.DeviceGuard(
+            self.host, self.leases, engine.session, backend, book,
+            self.fencer_alive)
 
     def handle(self, op, args):
         """Dispatch one validated request."""
@@ -190,8 +197,14 @@ class Operations:
         if size - current > free:
             raise errors.InvalidInput('size', f'{size - current} more bytes '
                                       f'requested, {free} free in {vg}')
-        recorded = self._change(vg, f'lvextend {vg}/{lv}',
-                                lambda: self.lvm.extend_lv(vg, lv, size))
+        def grow():
+            if self.backend.device_state(vg, lv) is None:
+                self.lvm.extend_lv(vg, lv, size)
+                return
+            # Active here: lvextend reloads and resumes the device.
+            with self.devguard.command(vg, lv, 'extend'):
+                self.lvm.extend_lv(vg, lv, size)
+        recorded = self._change(vg, f'lvextend {vg}/{lv}', grow)
         # Every host with the LV active maps the new size. The extend is
         # done whatever they answer: report each, never fail the whole.
         refreshed, failed = {}, {}
@@ -292,7 +305,11 @@ class Operations:
         if host and host != self.host:
             return self._route(host, 'refresh', vg=vg, lv=lv)
         self._check_fresh(vg)
-        return {'host': self.host, 'size': self.backend.refresh(vg, lv)}
+        # lvchange --refresh reloads the table and resumes: only under our
+        # lease, on a device that is neither fenced nor retired.
+        with self.devguard.command(vg, lv, 'refresh'):
+            size = self.backend.refresh(vg, lv)
+        return {'host': self.host, 'size': size}
 
     def _route(self, host, op, **args):
         # Fail fast on what the target published about itself (it

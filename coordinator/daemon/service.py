@@ -314,13 +314,23 @@ class FenceWorker(_Worker):
         fencer = getattr(self, 'fencer', None)
         if fencer is None:
             return
-        fencer.fence_existing(list(self.ctx.book.all()) +
-                              list(self.ctx.backend.active()),
-                              'daemon stopping')
+        # close(): no proof resumes anything from now on, and what one
+        # resumed before is fenced again with the rest.
+        fencer.close(list(self.ctx.book.all()) +
+                     list(self.ctx.backend.active()), 'daemon stopping')
         booked = set(self.ctx.book.all())
         if fencer.watchdog and booked <= set(fencer.fenced):
-            # Every device is fenced: nothing needs the host reset.
+            # Every device is fenced: nothing needs the host reset. Now,
+            # before the waits below: no tick pets it any more.
             fencer.watchdog.disarm()
+        fencer.wait_proofs()
+        # While the daemon is down, no LVM command may resume them: each
+        # fenced device gets the error target as its inactive table
+        # (LVMBackend.park); the next start's proof undoes that.
+        for vg, lv in list(fencer.fenced):
+            with errors.logged(LOG, f'{vg}/{lv}: fenced, not parked'):
+                self.ctx.backend.park(
+                    vg, lv, **fence.address(self.ctx.book.get(vg, lv)))
 
 
 def build(conf):

@@ -47,9 +47,13 @@ def create(ops, vg, lv, name, size):
         return ops.router.call(hosts[0], 'snapshot',
                                {'vg': vg, 'lv': lv, 'name': name,
                                 'size': size})
+    def take():
+        # lvcreate -s suspends and resumes the active origin: not on a
+        # fenced or retired one, only under our lease.
+        with ops.devguard.command(vg, lv, 'snapshot'):
+            ops.lvm.create_snapshot(vg, lv, name, size)
     with origin_here(ops, vg, lv):
-        ops._change(vg, f'lvcreate -s {vg}/{lv} {name}',
-                    lambda: ops.lvm.create_snapshot(vg, lv, name, size))
+        ops._change(vg, f'lvcreate -s {vg}/{lv} {name}', take)
     return dict(ops.op_show(vg, name), taken_on=ops.host)
 
 
@@ -102,11 +106,20 @@ def delete(ops, vg, snap, origin):
         # Under the VG lock: a revert may have started the merge since.
         if ops.lvm.lv(vg, origin).get('merging') == snap:
             raise _Merging()
-        if hosts and ops.backend.path(vg, snap):
-            # LVM made its device with the origin's, here.
-            ops.lvm.remove_snapshot(vg, snap)
-        else:
+        if not hosts:
+            # Active nowhere: a device of the origin left here (retired,
+            # still open) would be reloaded by lvremove.
+            ops.devguard.absent(vg, origin, f'lvremove {vg}/{snap}')
             ops.lvm.remove_lv(vg, snap)
+            return
+        # The origin's device is suspended and resumed: under our lease,
+        # not on a fenced or retired one.
+        with ops.devguard.command(vg, origin, 'snapshot delete'):
+            if ops.backend.path(vg, snap):
+                # LVM made its device with the origin's, here.
+                ops.lvm.remove_snapshot(vg, snap)
+            else:
+                ops.lvm.remove_lv(vg, snap)
     # Active here: under our lease; active nowhere: reserved meanwhile.
     try:
         with contextlib.nullcontext() if hosts else \
@@ -134,9 +147,13 @@ def revert(ops, vg, origin, snap):
         raise errors.LeaseConflict(
             f'{vg}/{origin} is attached on {", ".join(hosts)}: detach it '
             f'before reverting to {snap}')
+    def merge():
+        # A device of the origin left here (retired, still open) would
+        # be taken for active, and reloaded to start the merge.
+        ops.devguard.absent(vg, origin, f'revert {vg}/{origin}')
+        ops.lvm.merge_snapshot(vg, snap)
     with ops.leases.reserved(vg, origin, 'revert'):
-        ops._change(vg, f'lvconvert --merge {vg}/{snap}',
-                    lambda: ops.lvm.merge_snapshot(vg, snap))
+        ops._change(vg, f'lvconvert --merge {vg}/{snap}', merge)
     return {'vg': vg, 'lv': origin, 'reverted_to': snap,
             'merge': 'on next activation'}
 
@@ -155,6 +172,9 @@ def activate_merging(ops, vg, lv, read_only, info):
         made.append(ops.backend.activate(vg, lv, read_only, info,
                                          poll=False))
         try:
+            # lvpoll resumes the origin when the merge ends: not once the
+            # fencer has stopped it.
+            ops.devguard.check_making(vg, lv, 'merge')
             ops.lvm.finish_merge(vg, lv, read_only=read_only)
         except errors.CoordError:
             # Not left active unmerged without its lease: the merge goes

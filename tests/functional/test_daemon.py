@@ -120,6 +120,33 @@ def test_extend_refreshes_holder(cluster):
     c1.call('deactivate', vg=vg, lv='vol-grow')
 
 
+def test_refresh_needs_the_lease(cluster):
+    """A refresh, routed or local, on a host that does not hold the LV's
+    lease is refused naming the holder (it could reload a device that
+    host must not write); the holder's own goes through."""
+    vg = cluster.vg.vg
+    v1, c1, c2 = (cluster[h].client for h in
+                  ('volume-1', 'compute-1', 'compute-2'))
+    v1.call('create', vg=vg, lv='vol-rf', size=4 * MiB)
+    c1.call('activate', vg=vg, lv='vol-rf', instance='vm-rf')
+    try:
+        for call in (lambda: v1.call('refresh', vg=vg, lv='vol-rf',
+                                     host='compute-2'),
+                     lambda: c2.call('refresh', vg=vg, lv='vol-rf')):
+            with pytest.raises(errors.LeaseConflict,
+                               match='compute-2: this host does not hold '
+                                     'its lease .held by compute-1'):
+                call()
+        assert v1.call('refresh', vg=vg, lv='vol-rf',
+                       host='compute-1')['host'] == 'compute-1'
+    finally:
+        c1.call('deactivate', vg=vg, lv='vol-rf')
+    # Released: not even the former holder refreshes it.
+    with pytest.raises(errors.LeaseConflict, match='held by nobody'):
+        c1.call('refresh', vg=vg, lv='vol-rf')
+    v1.call('delete', vg=vg, lv='vol-rf')
+
+
 def test_snapshot_is_taken_on_the_holder_host(cluster):
     vg = cluster.vg.vg
     v1, c2 = cluster['volume-1'].client, cluster['compute-2'].client

@@ -295,3 +295,58 @@ def test_retire_of_an_origin_retires_its_snapshots_then_layers(
     loads = [c[2] for c in be.calls if c[0] == 'load']
     assert loads == ['rhvg-snap', 'rhvg-vol--a', 'rhvg-vol--a-real',
                      'rhvg-snap-cow']
+
+def test_a_retired_device_is_never_refreshed():
+    # lvchange --refresh would load its linear table again: writable.
+    row = f'rhvg-vol--a|LVM-{VGU}{LVU}|dm-0|1|Active|L--r\n'
+    be = FakeDM({'info': row, 'table rhvg-vol--a': '0 2048 error\n'})
+    with pytest.raises(errors.LVMError, match='retired') as exc:
+        be.refresh('rhvg', 'vol-a')
+    assert exc.value.kind == 'fenced'
+    assert be.device_state('rhvg', 'vol-a') == 'retired'
+
+
+def test_device_state_from_the_kernel():
+    live = f'rhvg-vol--a|LVM-{VGU}{LVU}|dm-0|1|Active|L--w\n'
+    held = f'rhvg-vol--a|LVM-{VGU}{LVU}|dm-0|1|Suspended|L-sw\n'
+    assert FakeDM({'info': live, 'table': TABLE}).device_state(
+        'rhvg', 'vol-a') == 'live'
+    assert FakeDM({'info': held, 'table': TABLE}).device_state(
+        'rhvg', 'vol-a') == 'suspended'
+    gone = errors.LVMError('No such device', kind='not-found')
+    assert FakeDM({'info': gone}).device_state('rhvg', 'vol-a') is None
+
+
+def test_park_loads_the_error_table_inactive_on_a_suspended_device(
+        monkeypatch):
+    # Live table untouched (I/O stays queued); whatever resumes it
+    # without a proof makes the error table live.
+    monkeypatch.setattr(lvmb, 'dm_ioctl',
+                        lambda cmd, name, flags=0: lvmb.DM_SUSPEND_FLAG |
+                        lvmb.DM_ACTIVE_PRESENT_FLAG)
+    be = FakeDM({'table': TABLE})
+    be.park('rhvg', 'vol-a')
+    assert be.calls == [('table', 'rhvg-vol--a'),
+                        ('load', 'rhvg-vol--a', '--table',
+                         '0 196608 error')]
+
+
+def test_park_refuses_a_live_device(monkeypatch):
+    monkeypatch.setattr(lvmb, 'dm_ioctl', lambda cmd, name, flags=0:
+                        lvmb.DM_ACTIVE_PRESENT_FLAG)
+    be = FakeDM({'table': TABLE})
+    with pytest.raises(errors.LVMError, match='not suspended'):
+        be.park('rhvg', 'vol-a')
+    assert be.calls == []
+
+
+def test_resume_clears_a_parked_inactive_table_first(monkeypatch):
+    flags = {'f': lvmb.DM_SUSPEND_FLAG | lvmb.DM_INACTIVE_PRESENT_FLAG}
+    monkeypatch.setattr(lvmb, 'dm_ioctl', lambda cmd, name, f=0: flags['f'])
+    be = FakeDM({})
+    be.resume('rhvg', 'vol-a')
+    assert be.calls == [('clear', 'rhvg-vol--a'), ('resume', 'rhvg-vol--a')]
+    flags['f'] = lvmb.DM_SUSPEND_FLAG
+    be.calls.clear()
+    be.resume('rhvg', 'vol-a')
+    assert be.calls == [('resume', 'rhvg-vol--a')]

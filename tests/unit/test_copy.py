@@ -14,6 +14,23 @@ from coordinator.engine import modes
 MiB = 1 << 20
 
 
+class NoGuard:
+    """devguard.DeviceGuard that lets everything through."""
+
+    @contextlib.contextmanager
+    def command(self, vg, lv, what):
+        yield None
+
+    def verify(self, vg, lv, what):
+        return None
+
+    def check_making(self, vg, lv, what):
+        return None
+
+    def absent(self, vg, lv, what):
+        return None
+
+
 class FakeOps:
     """Operations as copy.run uses them, recording what it does."""
 
@@ -24,6 +41,7 @@ class FakeOps:
         self.held = {lv: [modes.Holder(host=h, mode=m) for h, m in hs]
                      for lv, hs in (holders or {}).items()}
         self.devices = {}
+        self.devguard = NoGuard()
         ops = self
 
         class Leases:

@@ -4,6 +4,7 @@ outliving the command) then the merge polled to its end in the foreground
 (`lvm lvpoll --polloperation merge`), so that no LVM process writes the
 VG metadata outside the lock. A normal activation is unchanged. Fake
 command runner, fake dmsetup, fake leases (no kernel, no etcd)."""
+import contextlib
 import types
 
 import pytest
@@ -35,6 +36,23 @@ class Backend(lvmb.LVMBackend):
                               kind='not-found')
 
 
+class NoGuard:
+    """devguard.DeviceGuard that lets everything through."""
+
+    @contextlib.contextmanager
+    def command(self, vg, lv, what):
+        yield None
+
+    def verify(self, vg, lv, what):
+        return None
+
+    def check_making(self, vg, lv, what):
+        return None
+
+    def absent(self, vg, lv, what):
+        return None
+
+
 class Ops(opsmod.Operations):
     """Operations with the grant, the checks and the guard faked."""
 
@@ -57,6 +75,7 @@ class Ops(opsmod.Operations):
         self.events = lambda kind, **kw: None
         self.fencer_alive = self.fencer_id = lambda: None
         self.readiness = lambda: {}
+        self.devguard = NoGuard()
 
     def _lv_info(self, vg, lv, reread=True):
         return dict(self.info)

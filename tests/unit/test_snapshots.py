@@ -9,10 +9,28 @@ from coordinator.daemon import snapshots
 from coordinator.engine import modes
 
 
+class NoGuard:
+    """devguard.DeviceGuard that lets everything through."""
+
+    @contextlib.contextmanager
+    def command(self, vg, lv, what):
+        yield None
+
+    def verify(self, vg, lv, what):
+        return None
+
+    def check_making(self, vg, lv, what):
+        return None
+
+    def absent(self, vg, lv, what):
+        return None
+
+
 class FakeOps:
     def __init__(self, holders=(), host='volume-1'):
         self.host = host
         self.calls = []
+        self.devguard = NoGuard()
         self.holders = [modes.Holder(host=h, mode=m) for h, m in holders]
         ops = self
 
@@ -175,3 +193,38 @@ def test_revert_to_the_snapshot_already_merging_is_done():
     ops.merging_snapshot = 'snap'
     out = snapshots.revert(ops, 'vg', 'vol', 'snap')
     assert out['already'] is True and ops.calls == []
+
+
+class RecordingGuard(NoGuard):
+    """Records which LV each LVM command ran under, and refuses some."""
+
+    def __init__(self, ops, refuse=()):
+        self.ops, self.refuse = ops, set(refuse)
+
+    @contextlib.contextmanager
+    def command(self, vg, lv, what):
+        if lv in self.refuse:
+            raise errors.LVMError(f'{what} {vg}/{lv} refused: fenced',
+                                  kind='fenced')
+        self.ops.calls.append(('guarded', lv, what))
+        yield None
+
+
+def test_snapshot_create_and_delete_on_the_holder_are_guarded():
+    # lvcreate -s and lvremove suspend and resume the active origin: under
+    # our lease, never on a fenced or retired origin (devguard).
+    ops = FakeOps([('volume-1', 'exclusive')])
+    ops.devguard = RecordingGuard(ops)
+    snapshots.create(ops, 'vg', 'vol', 'snap', 1)
+    snapshots.delete(ops, 'vg', 'snap', 'vol')
+    assert ops.calls == [('guarded', 'vol', 'snapshot'),
+                         ('lvcreate -s', 'vol', 'snap'),
+                         ('guarded', 'vol', 'snapshot delete'),
+                         ('lvremove', 'snap')]
+    ops = FakeOps([('volume-1', 'exclusive')])
+    ops.devguard = RecordingGuard(ops, refuse={'vol'})
+    for call in (lambda: snapshots.create(ops, 'vg', 'vol', 'snap', 1),
+                 lambda: snapshots.delete(ops, 'vg', 'snap', 'vol')):
+        with pytest.raises(errors.LVMError, match='fenced'):
+            call()
+    assert ops.calls == []

@@ -10,6 +10,7 @@ import uuid
 
 from coordinator import activation
 from coordinator import errors
+from coordinator.daemon import checkconf
 from coordinator.daemon import grantbook
 from coordinator.daemon import readiness
 from coordinator.daemon import watchdog
@@ -132,6 +133,7 @@ class HostContext:
         started = time.monotonic()
         view = readiness.view(self.lvm, self.conf.lvm.volume_groups,
                               self.known_uuids(), self.versions())
+        view['fence'] = checkconf.fence_view(self.conf)
         if started >= self._ready[0]:
             self._ready = (started, view)
         return view

@@ -16,6 +16,7 @@ import cotyledon
 
 from coordinator import errors
 from coordinator.api.server import APIServer
+from coordinator.daemon import checkconf
 from coordinator.daemon import fence
 from coordinator.daemon import grantwatch
 from coordinator.daemon import metrics
@@ -188,7 +189,9 @@ class FenceWorker(_Worker):
             retry_window=0)
         f = self.conf.fence
         dog = watchdog.Watchdog(f.watchdog_device, f.watchdog_timeout,
-                                ctx.watchdog_state) \
+                                ctx.watchdog_state,
+                                limit=checkconf.watchdog_limit(self.conf),
+                                simulated=f.watchdog_simulated) \
             if f.watchdog_device else None
         self.fencer = fencer = fence.Fencer(
             lambda: session.last_ok,

@@ -309,7 +309,8 @@ class Doctor(lister.Lister):
 
     _epilog = ('Checks etcd (each endpoint), clock, session, VGs, '
                'multipath, auto-activation, system ID, devices filter, '
-               'watchdog or storage fence and the local daemon. Exit status 1 if any check fails.')
+               'watchdog or storage fence and the local daemon. Exit '
+               'status 1 if any check fails.')
 
     def take_action(self, parsed_args):
         rows = []

@@ -17,6 +17,7 @@ from coordinator.daemon import watchdog
 from coordinator.daemon.ops import Operations
 from coordinator.daemon.routing import Router
 from coordinator.engine import etcd as etcdlib
+from coordinator.engine import inflight
 from coordinator.engine.core import Engine
 from coordinator.engine.membership import Membership
 from coordinator.lvm import executor
@@ -72,6 +73,14 @@ class HostContext:
                               self.vg_metadata,
                               (lambda: watchdog.armed_in(self.watchdog_state))
                               if self.watchdog_state else None)
+        # VG lock holds and their commands, for the fencer's watchdog.
+        self.inflight = inflight.Registry(
+            conf.session.state_dir, conf.cluster,
+            (lambda: watchdog.armed_in(self.watchdog_state))
+            if self.watchdog_state else None, self.book.locked,
+            lambda: self.engine.session.last_ok,
+            conf.fence.fraction * conf.session.ttl)
+        self.ops.guard.inflight = self.inflight
         if hasattr(self.backend, 'metadata'):
             self.backend.metadata = self.vg_metadata
 

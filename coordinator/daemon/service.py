@@ -200,7 +200,8 @@ class FenceWorker(_Worker):
             self._on_event, lease=session.id,
             prove=proof.Prover(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book, ctx.vg_metadata),
-            book=ctx.book, on_retired=self._retired, watchdog=dog)
+            book=ctx.book, on_retired=self._retired, watchdog=dog,
+            metadata=ctx.inflight.view)
         # Incomplete, devices found stay fenced until proven; fencing goes
         # on.
         with errors.logged(LOG, 'fencer: reconcile at start incomplete'):
@@ -264,7 +265,9 @@ class FenceWorker(_Worker):
                               list(self.ctx.backend.active()),
                               'daemon stopping')
         booked = set(self.ctx.book.all())
-        if fencer.watchdog and booked <= set(fencer.fenced):
+        # A metadata command that outlived its kill keeps it armed too.
+        if fencer.watchdog and booked <= set(fencer.fenced) and \
+                not self.ctx.inflight.view().commands:
             # Every device is fenced: nothing needs the host reset.
             fencer.watchdog.disarm()
 

@@ -182,7 +182,13 @@ class MetadataGuard:
 
     def _lock_deadline(self):
         margin = max(1.0, self.session.ttl / 5)
-        return self.session.last_ok + self.session.ttl - margin
+        last = self.session.last_ok
+        end = last + self.session.ttl - margin
+        window = getattr(self.inflight, 'window', None)
+        # Killed when the fencer stops trusting the session: a command
+        # that dies then lets the watchdog be petted again (no needless
+        # reset); one that cannot die is what the reset is for.
+        return min(end, last + window) if window else end
 
     def _reconcile(self, vg, recorded, intent):
         disk = self.read_seqno(vg, False)

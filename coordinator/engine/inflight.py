@@ -203,5 +203,8 @@ class Registry:
                 continue
             holds += 1
             if live:
-                sessions.add(entry.get('session'))
+                # A command whose holder is gone (the worker died, its lock
+                # entry dropped at the next resume) runs under no lock:
+                # no session makes it safe (None matches none).
+                sessions.add(entry.get('session') if holder else None)
         return View(holds, sessions)

@@ -158,3 +158,16 @@ def test_watchdog_not_armed_refuses_the_hold(tmp_path, monkeypatch):
     with pytest.raises(fence.errors.HostUnavailable):
         reg.hold('vg', 'lvcreate vg/a', 7)
     assert reg.view().holds == 0
+
+
+def test_no_pet_for_a_command_whose_holder_is_gone(registry, stuck):
+    f, dog, w = fencer(registry)
+    hold = registry.hold('vg', 'lvcreate vg/a', 7)
+    hold.started(stuck.pid)
+    f.tick()
+    pets = dog.pets
+    # Its worker gave up on it (or died): the lock it ran under may be
+    # dropped while the session is valid; the command still runs.
+    hold.close()
+    f.tick()
+    assert dog.pets == pets and dog.armed

@@ -347,6 +347,11 @@ function configure_lvmcoord {
     iniset "$LVMCOORD_CONF" lvm volume_groups "$LVMCOORD_VG_NAME"
     iniset "$LVMCOORD_CONF" lvm activation_backend "$LVMCOORD_ACTIVATION_BACKEND"
     iniset "$LVMCOORD_CONF" fence action "$LVMCOORD_FENCE_ACTION"
+    if [[ -n "$LVMCOORD_WATCHDOG_DEVICE" ]]; then
+        iniset "$LVMCOORD_CONF" fence watchdog_device "$LVMCOORD_WATCHDOG_DEVICE"
+    else
+        iniset "$LVMCOORD_CONF" fence allow_no_watchdog True
+    fi
     iniset "$LVMCOORD_CONF" api socket_path "$LVMCOORD_SOCKET_PATH"
     iniset "$LVMCOORD_CONF" api socket_group "$group"
 }

@@ -271,6 +271,31 @@ def check_filter(ctx):
     return [('devices filter', OK, shown)]
 
 
+def check_fence(ctx):
+    """What resets or fences this host if its daemon hangs: a watchdog,
+    a storage fence, or the explicit opt-out."""
+    from coordinator.daemon import checkconf
+    conf = ctx.conf
+    view = checkconf.fence_view(conf)
+    backend = checkconf.backend_name(conf)
+    if view['unprotected']:
+        if conf.fence.allow_no_watchdog:
+            return [('fence', WARN, 'UNPROTECTED: lvm backend with no '
+                                    'watchdog and no storage fence '
+                                    '([fence] allow_no_watchdog = true)')]
+        return [('fence', FAIL, 'lvm backend with no watchdog and no '
+                                'storage fence: lvmcoordd refuses to start '
+                                '(set [fence] watchdog_device)')]
+    parts = []
+    if view['watchdog']:
+        parts.append(f'watchdog {view["watchdog"]} '
+                     f'({conf.fence.watchdog_timeout} s)')
+    if view['storage']:
+        parts.append(f'storage fence {view["storage"]}')
+    return [('fence', OK, ', '.join(parts) or
+             f'{backend} backend (sandbox): no watchdog needed')]
+
+
 def check_daemon(ctx):
     """The local daemon answers on its socket."""
     try:
@@ -308,15 +333,16 @@ def check_history(ctx):
 
 
 CHECKS = (check_etcd, check_clock, check_session, check_vgs, check_filter,
-          check_history, check_daemon)
+          check_history, check_fence, check_daemon)
 
 
 class Doctor(lister.Lister):
     """Check this host's fitness to use the shared VGs."""
 
     _epilog = ('Checks etcd (each endpoint), clock, session, VGs, '
-               'multipath, auto-activation, system ID, devices filter and '
-               'the local daemon. Exit status 1 if any check fails.')
+               'multipath, auto-activation, system ID, devices filter, '
+               'watchdog or storage fence and the local daemon. Exit '
+               'status 1 if any check fails.')
 
     def take_action(self, parsed_args):
         rows = []

@@ -46,6 +46,9 @@ def host_row(host, session, view, members_error=None):
                 devices.append(pv['device'])
             multipath[pv['device']] = bool(pv.get('multipath'))
     problems = dict((view or {}).get('problems', {}))
+    if (view or {}).get('fence', {}).get('unprotected'):
+        problems['fence'] = ('UNPROTECTED: no watchdog, no storage fence '
+                             '([fence] allow_no_watchdog = true)')
     # What the two sources disagree on is itself worth reporting.
     if session is None:
         problems['session'] = 'no live session (daemon down?)'

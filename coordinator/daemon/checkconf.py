@@ -16,6 +16,7 @@ from oslo_config import cfg
 
 from coordinator import errors
 from coordinator.api import server
+from coordinator.daemon import watchdog
 from coordinator.engine import etcd as etcdlib
 from coordinator.lvm import names
 
@@ -100,6 +101,64 @@ def check_timing(conf):
     _check_watchdog(conf, fence_at)
 
 
+def backend_name(conf):
+    """The activation backend the daemon will run (auto resolved)."""
+    name = conf.lvm.activation_backend
+    if name == 'auto':
+        from coordinator import activation
+        name = 'lvm' if activation.has_device_mapper() else 'loop'
+    return name
+
+
+def storage_fence(conf):
+    """The storage fence configured ([fence] storage), or None."""
+    try:
+        name = conf.fence.storage
+    except (cfg.NoSuchOptError, AttributeError):
+        return None  # a release without storage fencing
+    return name if name and name != 'none' else None
+
+
+def unprotected(conf):
+    """True when the lvm backend runs without a watchdog or a storage
+    fence, by the explicit opt-out ([fence] allow_no_watchdog)."""
+    return (backend_name(conf) == 'lvm' and not conf.fence.watchdog_device
+            and not storage_fence(conf))
+
+
+def fence_view(conf):
+    """What protects this host beyond its fencer, as published in its
+    readiness (doctor and host list show it)."""
+    return {'watchdog': conf.fence.watchdog_device or None,
+            'storage': storage_fence(conf),
+            'unprotected': unprotected(conf)}
+
+
+def check_fence(conf):
+    """The lvm backend (production) needs a watchdog or a storage fence:
+    a hung daemon's devices and metadata commands outlive its leases
+    otherwise. The loop backend is the sandbox's."""
+    if not unprotected(conf):
+        return
+    if not conf.fence.allow_no_watchdog:
+        raise ConfigError('[fence] watchdog_device',
+                          'the lvm backend needs a watchdog (or a storage '
+                          'fence, [fence] storage = scsi-pr); set [fence] '
+                          'allow_no_watchdog = true to run without one')
+    LOG.error('UNPROTECTED: [fence] allow_no_watchdog = true: no watchdog '
+              'and no storage fence; a hung or dead daemon leaves its LVs '
+              'writable and its metadata commands running after other '
+              'hosts are granted them')
+
+
+def watchdog_limit(conf):
+    """The longest watchdog timeout the bound allows: the host must be
+    reset before another host can be granted its LVs or its VG lock
+    (both wait TTL + grace after its last keepalive)."""
+    return (conf.session.ttl + conf.lease.grace
+            - conf.fence.fraction * conf.session.ttl - 1)
+
+
 def _check_watchdog(conf, fence_at):
     device = conf.fence.watchdog_device
     if not device:
@@ -125,6 +184,17 @@ def _check_watchdog(conf, fence_at):
                           f'fraction x ttl + {timeout} + 1 = '
                           f'{fence_at + timeout + 1:g} s exceeds ttl + grace '
                           f'({ttl + grace:g} s)')
+    if conf.fence.watchdog_simulated:
+        return
+    # What the driver applies is what resets the host: read it back.
+    try:
+        watchdog.check_timeout(device, timeout, watchdog_limit(conf))
+    except watchdog.TimeoutRefused as exc:
+        raise ConfigError('[fence] watchdog_timeout',
+                          f'{device}: {exc}') from exc
+    except OSError as exc:
+        raise ConfigError('[fence] watchdog_device',
+                          f'{device}: cannot open: {exc.strerror}') from exc
 
 
 def _invalid(option, call, *args, **kwargs):
@@ -234,6 +304,7 @@ def check(conf, etcd=True):
     read_all(conf)
     check_names(conf)
     check_timing(conf)
+    check_fence(conf)
     check_paths(conf)
     if etcd:
         wait_for_etcd(conf)

@@ -26,6 +26,7 @@ import time
 
 from coordinator import errors
 from coordinator.daemon import grantbook
+from coordinator.engine import inflight
 
 LOG = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ class Fencer:
     def __init__(self, last_keepalive, probe, backend, ttl, fraction=0.6,
                  action='suspend', on_event=None, clock=time.monotonic,
                  lease=0, prove=None, book=None, on_retired=None,
-                 watchdog=None, workers=8, background=True):
+                 watchdog=None, workers=8, background=True,
+                 metadata=None):
         # last_keepalive() -> when the last good keepalive was sent, on
         # ``clock`` (0: never); probe(lease) -> seconds left on that lease,
         # -1 if it is gone; raises EtcdUnavailable when etcd is unreachable.
@@ -65,6 +67,8 @@ class Fencer:
         self.book = book
         self.on_retired = on_retired or (lambda vg, lv: None)
         self.watchdog = watchdog
+        # metadata() -> inflight.View: VG lock holds and their commands.
+        self.metadata = metadata or inflight.View
         self.action = action
         self.on_event = on_event or (lambda kind, **kw: None)
         self.clock = clock
@@ -464,12 +468,14 @@ class Fencer:
         if self.watchdog is None:
             return
         booked = set(self.book.all()) if self.book else set()
-        if not booked and not self.fenced:
+        meta = self.metadata()
+        if not booked and not self.fenced and not meta.holds:
             if self.watchdog.armed and self.book:
-                # Under the book's lock: an activation that records itself
-                # after this sees the watchdog disarmed and waits for it.
+                # Under the book's lock: an activation (or a VG lock
+                # hold) that records itself after this sees the watchdog
+                # disarmed and waits for it.
                 with self.book.locked():
-                    if not self.book.all():
+                    if not self.book.all() and not self.metadata().holds:
                         self.watchdog.disarm()
             elif self.watchdog.armed:
                 self.watchdog.disarm()
@@ -480,6 +486,11 @@ class Fencer:
         # stopped in the kernel, asked just before the pet.
         valid = self.state == OK and \
             self.clock() < self.last_keepalive() + self.window
+        # A metadata command may write the VG until the kernel shows it
+        # gone (it cannot be fenced): only the valid session holding its
+        # VG lock lets the host live on.
+        if meta.commands and not (valid and meta.sessions <= {self.lease}):
+            return
         if not (valid or booked <= set(self.fenced)):
             return
         # Not under the lock (see _settle_one): a device a proof is

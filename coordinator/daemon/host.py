@@ -10,6 +10,7 @@ import uuid
 
 from coordinator import activation
 from coordinator import errors
+from coordinator.daemon import checkconf
 from coordinator.daemon import grantbook
 from coordinator.daemon import incarnation
 from coordinator.daemon import readiness
@@ -18,6 +19,7 @@ from coordinator.daemon.ops import FENCER_STARTING
 from coordinator.daemon.ops import Operations
 from coordinator.daemon.routing import Router
 from coordinator.engine import etcd as etcdlib
+from coordinator.engine import inflight
 from coordinator.engine.core import Engine
 from coordinator.engine.history import History
 from coordinator.engine.membership import Membership
@@ -84,6 +86,14 @@ class HostContext:
                               if self.watchdog_state else None,
                               history=self.history_state,
                               fencer_id=self.fencer_id)
+        # VG lock holds and their commands, for the fencer's watchdog.
+        self.inflight = inflight.Registry(
+            conf.session.state_dir, conf.cluster,
+            (lambda: watchdog.armed_in(self.watchdog_state))
+            if self.watchdog_state else None, self.book.locked,
+            lambda: self.engine.session.last_ok,
+            conf.fence.fraction * conf.session.ttl)
+        self.ops.guard.inflight = self.inflight
         if hasattr(self.backend, 'metadata'):
             self.backend.metadata = self.vg_metadata
 
@@ -178,6 +188,7 @@ class HostContext:
         started = time.monotonic()
         view = readiness.view(self.lvm, self.conf.lvm.volume_groups,
                               self.known_uuids(), self.versions())
+        view['fence'] = checkconf.fence_view(self.conf)
         if started >= self._ready[0]:
             self._ready = (started, view)
         return view

@@ -53,7 +53,17 @@ fence_opts = [
                      'in production.'),
     cfg.IntOpt('watchdog_timeout', default=5, min=1,
                help='Watchdog timeout in seconds; fraction * TTL + this '
-                    '+ 1 must not exceed TTL + grace.'),
+                    '+ 1 must not exceed TTL + grace. Read back from the '
+                    'driver at start: a driver that rejects it or applies '
+                    'a value breaking that bound refuses the start.'),
+    cfg.BoolOpt('allow_no_watchdog', default=False,
+                help='Let the lvm backend start without a watchdog_device '
+                     '(and without a storage fence): a hung or dead daemon '
+                     'then leaves its devices writable and its metadata '
+                     'commands running after other hosts take over. '
+                     'Logged at every start and shown by lvmcoord doctor '
+                     'and host list. The loop backend (sandbox) needs no '
+                     'watchdog.'),
 ]
 
 api_opts = [

@@ -17,6 +17,7 @@ import cotyledon
 
 from coordinator import errors
 from coordinator.api.server import APIServer
+from coordinator.daemon import checkconf
 from coordinator.daemon import fence
 from coordinator.daemon import grantwatch
 from coordinator.daemon import metrics
@@ -220,7 +221,9 @@ class FenceWorker(_Worker):
             retry_window=0)
         f = self.conf.fence
         dog = watchdog.Watchdog(f.watchdog_device, f.watchdog_timeout,
-                                ctx.watchdog_state) \
+                                ctx.watchdog_state,
+                                limit=checkconf.watchdog_limit(self.conf),
+                                simulated=f.watchdog_simulated) \
             if f.watchdog_device else None
         self.fencer = fencer = fence.Fencer(
             lambda: session.last_ok,
@@ -229,7 +232,8 @@ class FenceWorker(_Worker):
             self._on_event, lease=session.id,
             prove=proof.Prover(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book, ctx.vg_metadata, ctx.history),
-            book=ctx.book, on_retired=self._retired, watchdog=dog)
+            book=ctx.book, on_retired=self._retired, watchdog=dog,
+            metadata=ctx.inflight.view)
         # No grant is served until this fencer's first beat after it
         # (ops refuses on 'starting', and on a beat of an earlier run).
         try:
@@ -319,7 +323,9 @@ class FenceWorker(_Worker):
         fencer.close(list(self.ctx.book.all()) +
                      list(self.ctx.backend.active()), 'daemon stopping')
         booked = set(self.ctx.book.all())
-        if fencer.watchdog and booked <= set(fencer.fenced):
+        # A metadata command that outlived its kill keeps it armed too.
+        if fencer.watchdog and booked <= set(fencer.fenced) and \
+                not self.ctx.inflight.view().commands:
             # Every device is fenced: nothing needs the host reset. Now,
             # before the waits below: no tick pets it any more.
             fencer.watchdog.disarm()

@@ -74,7 +74,8 @@ class Engine:
         """A MetadataGuard using ``read_seqno(vg, fresh)``."""
         return metadata.MetadataGuard(self.etcd, self.keys, self.session,
                                       read_seqno, self.lock_timeout,
-                                      on_alert=on_alert, once=self.once)
+                                      on_alert=on_alert, once=self.once,
+                                      grace=self.leases.grace)
 
     def close(self, revoke=False):
         self.session.close(revoke=revoke)

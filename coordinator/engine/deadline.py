@@ -13,17 +13,24 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def bound(deadline):
+def bound(deadline, track=None):
     """Within this block, commands must be dead by ``deadline()`` (a
-    monotonic time, re-read while they run)."""
-    outer = getattr(_local, 'deadline', None)
-    _local.deadline = deadline
+    monotonic time, re-read while they run); ``track`` (an
+    inflight.Hold) is told of each command's start and end."""
+    outer = getattr(_local, 'deadline', None), getattr(_local, 'track',
+                                                        None)
+    _local.deadline, _local.track = deadline, track
     try:
         yield
     finally:
-        _local.deadline = outer
+        _local.deadline, _local.track = outer
 
 
 def current():
     """The deadline callable in force on this thread, or None."""
     return getattr(_local, 'deadline', None)
+
+
+def tracker():
+    """The inflight.Hold commands report to on this thread, or None."""
+    return getattr(_local, 'track', None)

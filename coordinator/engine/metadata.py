@@ -31,8 +31,16 @@ class MetadataGuard:
     """Runs ``action`` under the VG lock with the seqno discipline."""
 
     def __init__(self, etcd, keys, session, read_seqno, lock_timeout=60.0,
-                 rescans=3, rescan_delay=0.2, on_alert=None, once=None):
+                 rescans=3, rescan_delay=0.2, on_alert=None, once=None,
+                 grace=0.0, inflight=None):
         self.etcd = etcd
+        # A holder whose session ended mid-change is superseded only
+        # after this grace, as a grant holder is: its watchdog resets it
+        # first (doc/design.md, "The VG lock and the watchdog").
+        self.grace = grace
+        self._orphans = {}
+        # inflight.Registry: holds and their commands, for the fencer.
+        self.inflight = inflight
         self.keys = keys
         self.session = session
         # read_seqno(vg, fresh) -> int: the VG's committed seqno as this
@@ -77,7 +85,22 @@ class MetadataGuard:
         seq_key, intent_key = self.keys.vg_seqno(vg), self.keys.vg_intent(vg)
         claim = [etcdlib.op_range(seq_key), etcdlib.op_range(intent_key),
                  etcdlib.op_put(intent_key, {'host': self.session.host,
+                                             'session': self.session.id,
                                              'op': op, 'at': time.time()})]
+        # Recorded before the lock is queued for: the fencer arms the
+        # watchdog before this host can hold the lock.
+        watched = self.inflight.hold(vg, op, self.session.id) \
+            if self.inflight else None
+        try:
+            return self._change(lock, vg, op, action, timeout, also, into,
+                                after, claim, watched)
+        finally:
+            if watched:
+                watched.close()
+
+    def _change(self, lock, vg, op, action, timeout, also, into, after,
+                claim, watched):
+        seq_key, intent_key = self.keys.vg_seqno(vg), self.keys.vg_intent(vg)
         hold = lock.acquire(op, self.lock_timeout if timeout is None
                             else timeout, with_ops=claim,
                             undo_with=[etcdlib.op_delete(intent_key)])
@@ -91,6 +114,7 @@ class MetadataGuard:
         try:
             recorded = seq_kvs[0].json()['seqno'] if seq_kvs else None
             intent = intent_kvs[0].json() if intent_kvs else None
+            self._outwait(vg, intent)
             self._reconcile(vg, recorded, intent)
             if (time.monotonic() - proven > FRESH_PROOF
                     or self.session.silent_for() > self.session.ttl / 2):
@@ -99,10 +123,12 @@ class MetadataGuard:
             # The command must be dead before the lock can lapse: the
             # session (and the lock key bound to it) lives at least TTL
             # past its last keepalive.
-            with deadline.bound(self._lock_deadline):
+            with deadline.bound(self._lock_deadline, track=watched):
                 result = action()
             done = True
         finally:
+            if started and watched:
+                self._survived(vg, watched)
             if started:
                 res = self._record(hold, vg, op, seq_key, intent_key, done,
                                    also, after if done else None)
@@ -112,9 +138,57 @@ class MetadataGuard:
                 hold.release([etcdlib.op_delete(intent_key)])
         return result
 
+    def _outwait(self, vg, intent):
+        """The last holder left its intent (it did not finish) and its
+        session has ended: wait out the grace before touching the VG, so
+        its host's watchdog resets it before a queued write of its
+        command could land after ours."""
+        if not intent or self.grace <= 0:
+            return
+        session = intent.get('session')
+        if session == self.session.id:
+            return  # this host's: its own fencer and watchdog decide
+        if session is not None:
+            try:
+                if self.etcd.lease_ttl(session) > 0:
+                    return  # alive: its host fences and pets as it must
+            except errors.CoordError as exc:
+                LOG.warning('VG %s: session %x of the last holder not '
+                            'known (%s); waiting out the grace', vg,
+                            session, exc)
+        seen = self._orphans.setdefault((vg, session, intent.get('at')),
+                                        time.monotonic())
+        left = self.grace - (time.monotonic() - seen)
+        if left > 0:
+            LOG.warning('VG %s: %s lost its session during %r; waiting '
+                        '%.1f s (grace) before changing the VG', vg,
+                        intent.get('host'), intent.get('op'), left)
+            time.sleep(left)
+
+    def _survived(self, vg, watched):
+        # The lock is not let go while a command of ours may still write
+        # (killed, but in D state): it lapses only with the session, and
+        # the watchdog, unpetted while that command lives once the
+        # session is in doubt, resets this host first.
+        pause, told = 0.05, False
+        while watched.survivors():
+            if not told:
+                LOG.error('VG %s: an LVM command outlived its kill (D '
+                          'state?); the VG lock is kept until it is gone',
+                          vg)
+                told = True
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
+
     def _lock_deadline(self):
         margin = max(1.0, self.session.ttl / 5)
-        return self.session.last_ok + self.session.ttl - margin
+        last = self.session.last_ok
+        end = last + self.session.ttl - margin
+        window = getattr(self.inflight, 'window', None)
+        # Killed when the fencer stops trusting the session: a command
+        # that dies then lets the watchdog be petted again (no needless
+        # reset); one that cannot die is what the reset is for.
+        return min(end, last + window) if window else end
 
     def _reconcile(self, vg, recorded, intent):
         disk = self.read_seqno(vg, False)

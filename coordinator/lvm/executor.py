@@ -21,7 +21,7 @@ import subprocess
 import time
 
 from coordinator import errors
-from coordinator.engine import deadline
+from coordinator.engine import deadline as deadlines
 from coordinator.lvm import names
 
 KINDS = ('not-found', 'exists', 'in-use', 'no-space', 'metadata-changed',
@@ -105,10 +105,44 @@ def run_process(argv, env, timeout, deadline=None):
     ``timeout`` seconds or, sooner, once monotonic ``deadline()`` passes
     (DeadlinePassed).
     """
+    track = deadlines.tracker()
+    if track is None:
+        return _run(argv, env, timeout, deadline)
+    # Recorded as starting before the deadline is looked at: the fencer
+    # (which pets the watchdog) never misses a command started in time.
+    track.starting()
+    spawned = []
+    try:
+        if not track.may_start() or \
+                deadline and deadline() <= time.monotonic():
+            raise DeadlinePassed(f'{argv[0]} not started: the session is '
+                                 f'not provably valid')
+        return _run(argv, env, timeout, deadline,
+                    started=lambda p: (spawned.append(p),
+                                       track.started(p.pid)),
+                    reaped=lambda p: track.ended(p.pid))
+    finally:
+        if not spawned:
+            track.ended(None)
+
+
+def _run(argv, env, timeout, deadline, started=None, reaped=None):
     # stdin from /dev/null: any LVM prompt reads EOF and answers "no".
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True, start_new_session=True)
+    if started:
+        started(proc)
+    try:
+        return _wait(proc, argv, timeout, deadline)
+    finally:
+        # A command that outlived its kill (D state) stays recorded: the
+        # kernel says when it is gone (coordinator.engine.inflight).
+        if reaped and proc.poll() is not None:
+            reaped(proc)
+
+
+def _wait(proc, argv, timeout, deadline):
     end = time.monotonic() + timeout
     while True:
         left = (min(end, deadline()) if deadline else end) - time.monotonic()
@@ -210,7 +244,7 @@ class LVM:
         """Run one LVM command; its stdout, or LVMError."""
         argv = self.argv(args, config)
         what = what or ' '.join(argv[1:])
-        bound = deadline.current()
+        bound = deadlines.current()
         try:
             rc, out, err = self.runner(argv, self._env(), self.timeout,
                                        **({'deadline': bound} if bound

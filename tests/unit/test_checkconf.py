@@ -1,13 +1,18 @@
 """lvmcoordd's start-up checks: each bad option is refused with one line
 naming it (coordinator.daemon.checkconf)."""
+import errno
 import grp
 import os
+import struct
 
 from oslo_config import cfg
 import pytest
 
 from coordinator import conf as conflib
+from coordinator.cli import doctor
+from coordinator.cli import hosts
 from coordinator.daemon import checkconf
+from coordinator.daemon import watchdog
 
 
 def make_conf(tmp_path, **options):
@@ -137,3 +142,110 @@ def test_bad_endpoint_url_is_named(tmp_path):
     with pytest.raises(checkconf.ConfigError) as exc:
         checkconf.wait_for_etcd(conf)
     assert str(exc.value) == "[etcd] endpoints: not an http(s) URL: 'ftp://x'"
+
+
+# -- the watchdog: required on the lvm backend, its timeout read back --
+
+class FakeDriver:
+    """A watchdog driver's two timeout ioctls: ``applies(asked)`` is what
+    it sets (None: it rejects the value with EINVAL)."""
+
+    def __init__(self, applies, current=30):
+        self.applies, self.current = applies, current
+
+    def __call__(self, fd, request, arg):
+        if request == watchdog._WDIOC_SETTIMEOUT:
+            got = self.applies(struct.unpack('i', arg)[0])
+            if got is None:
+                raise OSError(errno.EINVAL, 'Invalid argument')
+            self.current = got
+            return struct.pack('i', got)
+        assert request == watchdog._WDIOC_GETTIMEOUT
+        return struct.pack('i', self.current)
+
+
+def test_lvm_backend_without_watchdog_is_refused(tmp_path):
+    conf = make_conf(tmp_path, lvm__activation_backend='lvm')
+    line = refused(conf)
+    assert line.startswith('[fence] watchdog_device: the lvm backend needs '
+                           'a watchdog'), line
+    assert 'allow_no_watchdog' in line and '\n' not in line
+
+
+def test_lvm_backend_opt_out_is_logged_and_published(tmp_path, caplog):
+    conf = make_conf(tmp_path, lvm__activation_backend='lvm',
+                     fence__allow_no_watchdog='true')
+    checkconf.check(conf, etcd=False)
+    assert any('UNPROTECTED' in r.getMessage() and r.levelname == 'ERROR'
+               for r in caplog.records)
+    assert checkconf.fence_view(conf) == {'watchdog': None, 'storage': None,
+                                          'unprotected': True}
+    row = hosts.host_row('compute-1', {'lease': 1},
+                         {'vgs': {}, 'problems': {},
+                          'fence': checkconf.fence_view(conf)})
+    assert 'UNPROTECTED' in row[-1].human_readable()
+
+
+def test_loop_backend_needs_no_watchdog(tmp_path):
+    conf = make_conf(tmp_path, lvm__activation_backend='loop')
+    checkconf.check(conf, etcd=False)
+    assert not checkconf.fence_view(conf)['unprotected']
+
+
+def test_doctor_shows_the_opt_out(tmp_path):
+    class Ctx:
+        pass
+    ctx = Ctx()
+    ctx.conf = make_conf(tmp_path, lvm__activation_backend='lvm',
+                         fence__allow_no_watchdog='true')
+    [(name, status, detail)] = doctor.check_fence(ctx)
+    assert (name, status) == ('fence', doctor.WARN)
+    assert 'UNPROTECTED' in detail and 'allow_no_watchdog' in detail
+    ctx.conf = make_conf(tmp_path, lvm__activation_backend='lvm')
+    assert doctor.check_fence(ctx)[0][1] == doctor.FAIL
+
+
+@pytest.mark.parametrize('applies, line', [
+    (lambda t: None, '[fence] watchdog_timeout: /dev/null: the driver '
+                     'rejected 5 s (Invalid argument); it applies 30 s'),
+    (lambda t: 60, '[fence] watchdog_timeout: /dev/null: 5 s asked, the '
+                   'driver applied 60 s, more than the bound allows (6 s)'),
+])
+def test_watchdog_timeout_is_read_back(tmp_path, monkeypatch, applies,
+                                       line):
+    driver = FakeDriver(applies)
+    monkeypatch.setattr(watchdog, '_ioctl', driver)
+    conf = make_conf(tmp_path, fence__watchdog_device='/dev/null',
+                     lvm__activation_backend='lvm')
+    assert refused(conf) == line
+
+
+def test_watchdog_timeout_applied_within_the_bound_passes(tmp_path,
+                                                          monkeypatch):
+    driver = FakeDriver(lambda t: t - 1)  # a driver that rounds down
+    monkeypatch.setattr(watchdog, '_ioctl', driver)
+    checkconf.check(make_conf(tmp_path, fence__watchdog_device='/dev/null',
+                              lvm__activation_backend='lvm'), etcd=False)
+    assert driver.current == 4
+
+
+def test_watchdog_not_read_back_is_refused(tmp_path, monkeypatch):
+    # /dev/null takes no watchdog ioctl: not a watchdog at all.
+    line = refused(make_conf(tmp_path, fence__watchdog_device='/dev/null'))
+    assert line.startswith('[fence] watchdog_timeout: /dev/null: 5 s asked, '
+                           'the applied timeout cannot be read back'), line
+
+
+def test_arming_refuses_a_timeout_beyond_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(watchdog, '_ioctl', FakeDriver(lambda t: 60))
+    dog = watchdog.Watchdog('/dev/null', 5, str(tmp_path / 'armed'),
+                            limit=6)
+    with pytest.raises(watchdog.TimeoutRefused):
+        dog.pet()
+    assert not dog.armed and not watchdog.armed_in(str(tmp_path / 'armed'))
+
+
+def test_bound_is_the_same_for_grants_and_the_vg_lock(tmp_path):
+    conf = make_conf(tmp_path)
+    # ttl 10, grace 3, fraction 0.6: 10 + 3 - 6 - 1.
+    assert checkconf.watchdog_limit(conf) == 6

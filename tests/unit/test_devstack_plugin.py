@@ -705,6 +705,8 @@ def test_lvmcoord_conf(stacked, node, host, creator):
     assert conf['lvm']['volume_groups'] == VG
     assert conf['lvm']['activation_backend'] == 'auto'
     assert conf['fence']['action'] == 'suspend'
+    # no watchdog device given: the logged opt-out the lvm backend needs
+    assert conf['fence']['allow_no_watchdog'] == 'True'
     assert conf['api']['socket_path'] == str(node.socket)
     # cinder-volume and nova-compute run as the stack user
     stack_gid = pwd.getpwnam(getpass.getuser()).pw_gid

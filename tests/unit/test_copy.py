@@ -10,25 +10,10 @@ from coordinator import errors
 from coordinator.api import schema
 from coordinator.daemon import copy
 from coordinator.engine import modes
+from tests.unit.fakes import NoGuard
 
 MiB = 1 << 20
 
-
-class NoGuard:
-    """devguard.DeviceGuard that lets everything through."""
-
-    @contextlib.contextmanager
-    def command(self, vg, lv, what):
-        yield None
-
-    def verify(self, vg, lv, what):
-        return None
-
-    def check_making(self, vg, lv, what):
-        return None
-
-    def absent(self, vg, lv, what):
-        return None
 
 
 class FakeOps:

@@ -4,7 +4,6 @@ outliving the command) then the merge polled to its end in the foreground
 (`lvm lvpoll --polloperation merge`), so that no LVM process writes the
 VG metadata outside the lock. A normal activation is unchanged. Fake
 command runner, fake dmsetup, fake leases (no kernel, no etcd)."""
-import contextlib
 import types
 
 import pytest
@@ -13,6 +12,7 @@ from coordinator import errors
 from coordinator.activation import lvm as lvmb
 from coordinator.daemon import ops as opsmod
 from coordinator.lvm import executor
+from tests.unit.fakes import NoGuard
 
 
 class Runner:
@@ -35,22 +35,6 @@ class Backend(lvmb.LVMBackend):
         raise errors.LVMError('dmsetup: Device does not exist',
                               kind='not-found')
 
-
-class NoGuard:
-    """devguard.DeviceGuard that lets everything through."""
-
-    @contextlib.contextmanager
-    def command(self, vg, lv, what):
-        yield None
-
-    def verify(self, vg, lv, what):
-        return None
-
-    def check_making(self, vg, lv, what):
-        return None
-
-    def absent(self, vg, lv, what):
-        return None
 
 
 class Ops(opsmod.Operations):

@@ -7,23 +7,7 @@ import pytest
 from coordinator import errors
 from coordinator.daemon import snapshots
 from coordinator.engine import modes
-
-
-class NoGuard:
-    """devguard.DeviceGuard that lets everything through."""
-
-    @contextlib.contextmanager
-    def command(self, vg, lv, what):
-        yield None
-
-    def verify(self, vg, lv, what):
-        return None
-
-    def check_making(self, vg, lv, what):
-        return None
-
-    def absent(self, vg, lv, what):
-        return None
+from tests.unit.fakes import NoGuard
 
 
 class FakeOps:

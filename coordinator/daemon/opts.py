@@ -54,6 +54,20 @@ fence_opts = [
     cfg.IntOpt('watchdog_timeout', default=5, min=1,
                help='Watchdog timeout in seconds; fraction * TTL + this '
                     '+ 1 must not exceed TTL + grace.'),
+    cfg.StrOpt('storage', default='none', choices=['none', 'scsi-pr'],
+               help='Fence at the storage too: scsi-pr registers a key per '
+                    'daemon incarnation on every path of the shared LU '
+                    '(SCSI-3 persistent reservations) and removes a dead '
+                    'holder\'s key before its LVs are granted elsewhere '
+                    '(doc/design.md, "The storage fence"). Every host of a '
+                    'cluster must use the same mode.'),
+    cfg.ListOpt('storage_devices', default=[],
+                help='The shared LU as this host sees it (a dm-multipath '
+                     'map or a SCSI disk) for storage = scsi-pr.'),
+    cfg.StrOpt('storage_reservation', default='wear',
+               choices=['wear', 'wero'],
+               help='Reservation type: Write Exclusive, All Registrants '
+                    '(wear) or Registrants Only (wero).'),
 ]
 
 api_opts = [

@@ -1,0 +1,135 @@
+"""StorageFence: the connector plus what etcd records about it.
+
+- `storage/mode`: the cluster's `[fence] storage` (first host writes it;
+  a host configured otherwise is refused at start, naming both);
+- `storage/keys/<host>`: the key this host registered, its session, when
+  (no lease: another host must read it after the session is gone);
+- `storage/fences/<host>-<key>`: a proven storage fence (who, which key,
+  when, by whom, why).
+"""
+import logging
+import threading
+import time
+
+from coordinator import errors
+from coordinator.engine import etcd as etcdlib
+from coordinator.storage import base
+from coordinator.storage import parse
+
+LOG = logging.getLogger(__name__)
+
+
+class StorageFence:
+    """Register this incarnation, and fence another at the storage."""
+
+    def __init__(self, connector, etcd, keys, session, emit=None):
+        self.connector = connector
+        self.etcd, self.keys, self.session = etcd, keys, session
+        self.emit = emit or (lambda kind, **fields: None)
+        # (host, session) proven fenced by this process: a key once
+        # removed never comes back (a new incarnation has a new key).
+        self._proven = set()
+        self._mutex = threading.Lock()
+
+    @property
+    def mode(self):
+        return self.connector.name
+
+    @property
+    def active(self):
+        """Whether a removed key stops writes (scsi-pr)."""
+        return self.connector.fences
+
+    def check_mode(self):
+        """Record the cluster's mode, or refuse ours if it differs."""
+        key = self.keys.storage_mode()
+        mine = {'mode': self.mode, 'host': self.session.host,
+                'at': time.time()}
+        res = self.etcd.txn([etcdlib.cmp_create(key, 0)],
+                            [etcdlib.op_put(key, mine)],
+                            [etcdlib.op_range(key)])
+        if res.succeeded:
+            return mine
+        recorded = res.ranges[0][0].json()
+        if recorded.get('mode') != self.mode:
+            raise errors.InvalidInput(
+                'fence.storage',
+                f'this host is configured with storage = {self.mode}, the '
+                f'cluster runs storage = {recorded.get("mode")} (recorded '
+                f'by {recorded.get("host")} in {self.keys.storage_mode()})')
+        return recorded
+
+    def register(self):
+        """Register the current session's key on every path; record it."""
+        if not self.active:
+            return {}
+        key = base.key_for(self.session.id)
+        paths = self.connector.register(key)
+        self.etcd.put(self.keys.storage_key(self.session.host), {
+            'key': parse.key_hex(key), 'session': self.session.id,
+            'paths': paths, 'at': time.time()})
+        LOG.info('storage: key %s registered (%s)', parse.key_hex(key),
+                 ', '.join(f'{p}: {v}' for p, v in paths.items()))
+        self.emit('storage-registered', key=parse.key_hex(key), paths=paths)
+        return paths
+
+    def registered(self):
+        """Whether the current session's key is on the LU."""
+        return self.active and self.session.id and \
+            base.key_for(self.session.id) in self.connector.keys()
+
+    def fence(self, host, session, why):
+        """True once ``host``'s incarnation ``session`` is proven unable to
+        write the LU: its key preempted (with abort) and gone from READ
+        KEYS, under a fencing reservation, and the fence recorded. False
+        (logged) when it cannot be proven: the caller falls back to the
+        host-side fence and its grace."""
+        if not self.active or not session or host == self.session.host:
+            # Our own older incarnation shares our nexuses: removing its
+            # key proves nothing about devices on this host.
+            return False
+        with self._mutex:
+            if (host, session) in self._proven:
+                return True
+        started = time.monotonic()
+        try:
+            victim = base.key_for(session)
+            own = base.key_for(self.session.id)
+            proven = self.connector.preempt(own, victim)
+        except (base.StorageError, ValueError, errors.CoordError) as exc:
+            LOG.error('storage: cannot fence %s (session %x): %s', host,
+                      session, exc)
+            return False
+        if not proven:
+            LOG.error('storage: key %s of %s still registered after '
+                      'PREEMPT AND ABORT', parse.key_hex(victim), host)
+            return False
+        took = time.monotonic() - started
+        record = {'host': host, 'key': parse.key_hex(victim),
+                  'session': session, 'by': self.session.host,
+                  'at': time.time(), 'why': why, 'took': round(took, 3)}
+        try:
+            self.etcd.put(self.keys.storage_fence(host, victim), record)
+        except errors.CoordError as exc:
+            LOG.error('storage: fence of %s not recorded: %s', host, exc)
+            return False
+        with self._mutex:
+            self._proven.add((host, session))
+        LOG.warning('storage: fenced %s (key %s) for %s in %.3fs', host,
+                    parse.key_hex(victim), why, took)
+        self.emit('storage-fenced', victim=host, key=parse.key_hex(victim),
+                  why=why, took=round(took, 3))
+        return True
+
+
+def load(conf, etcd, keys, session, emit=None, runner=None):
+    """The StorageFence `[fence] storage` asks for."""
+    fence = getattr(conf, 'fence', None)
+    mode = getattr(fence, 'storage', 'none') if fence else 'none'
+    if mode == 'scsi-pr':
+        from coordinator.storage import scsi_pr
+        connector = scsi_pr.ScsiPR(fence.storage_devices,
+                                   fence.storage_reservation, runner)
+    else:
+        connector = base.NoStorageFence()
+    return StorageFence(connector, etcd, keys, session, emit)

@@ -71,6 +71,8 @@ class HostContext:
                               self.vg_metadata,
                               (lambda: watchdog.armed_in(self.watchdog_state))
                               if self.watchdog_state else None)
+        if self.engine.storage:
+            self.engine.storage.emit = self.emit
         if hasattr(self.backend, 'metadata'):
             self.backend.metadata = self.vg_metadata
 
@@ -93,6 +95,9 @@ class HostContext:
         # Negative: a beat from before a reboot (monotonic restarted).
         if age < 0 or age > max(3.0, 8 * self.conf.fence.interval):
             return f'its fencer has not run for {age:.1f}s'
+        if beat['state'] == 'storage-unregistered':
+            return ('its reservation key is not registered on the shared '
+                    'LU yet ([fence] storage = scsi-pr)')
         if beat['state'] != 'ok':
             return (f'its fencer has fenced this host (session '
                     f'{beat["state"]}); waiting for the session to be '

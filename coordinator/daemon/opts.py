@@ -64,6 +64,10 @@ fence_opts = [
     cfg.ListOpt('storage_devices', default=[],
                 help='The shared LU as this host sees it (a dm-multipath '
                      'map or a SCSI disk) for storage = scsi-pr.'),
+    cfg.ListOpt('storage_volume_groups', default=[],
+                help='The VGs whose PVs are all on storage_devices (the '
+                     'storage fence shortens their takeovers only); '
+                     'empty: every VG of [lvm] volume_groups.'),
     cfg.StrOpt('storage_reservation', default='wear',
                choices=['wear', 'wero'],
                help='Reservation type: Write Exclusive, All Registrants '

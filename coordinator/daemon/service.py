@@ -204,6 +204,9 @@ class FenceWorker(_Worker):
             reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book, fencer, ctx.emit,
                                started=_started(os.getppid()))
+        storage = ctx.engine.storage
+        registrar = _Registrar(storage, session, self.stopping) \
+            if storage and storage.active else None
         watch = grantwatch.GrantWatch(ctx.etcd, ctx.keys, ctx.engine.leases,
                                       ctx.book, fencer)
         threading.Thread(target=watch.run, args=(self.stopping,),
@@ -218,6 +221,9 @@ class FenceWorker(_Worker):
                                       'session replaced')
                 fencer.rearm(current)
             state = fencer.tick()
+            if registrar and not registrar.done(session.id):
+                # No grant before the LU lets this incarnation write.
+                state = 'storage-unregistered'
             try:
                 ctx.beat_fencer(state)
             except OSError:
@@ -264,6 +270,38 @@ class FenceWorker(_Worker):
         if fencer.watchdog and booked <= set(fencer.fenced):
             # Every device is fenced: nothing needs the host reset.
             fencer.watchdog.disarm()
+
+
+class _Registrar:
+    """Registers each new session's key at the storage, in a thread of
+    its own (sg_persist may wait on a dead path; the fencer never does).
+    Started once the devices found at start are fenced; a replaced
+    session's key is registered after fence_existing() ran for it."""
+
+    RETRY = 2.0
+
+    def __init__(self, storage, session, stopping):
+        self.storage, self.session, self.stopping = storage, session, stopping
+        self.registered = 0
+        threading.Thread(target=self._run, name='storage-register',
+                         daemon=True).start()
+
+    def done(self, session_id):
+        """Whether ``session_id``'s key is registered."""
+        return bool(session_id) and self.registered == session_id
+
+    def _run(self):
+        while not self.stopping.is_set():
+            current = self.session.id
+            if current and current != self.registered:
+                try:
+                    self.storage.register()
+                    self.registered = current
+                except Exception as exc:
+                    LOG.error('storage: key of session %x not registered '
+                              'yet: %s', current, exc)
+            self.stopping.wait(self.RETRY if current != self.registered
+                               else 0.2)
 
 
 def build(conf):

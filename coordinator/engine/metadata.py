@@ -31,8 +31,12 @@ class MetadataGuard:
     """Runs ``action`` under the VG lock with the seqno discipline."""
 
     def __init__(self, etcd, keys, session, read_seqno, lock_timeout=60.0,
-                 rescans=3, rescan_delay=0.2, on_alert=None, once=None):
+                 rescans=3, rescan_delay=0.2, on_alert=None, once=None,
+                 storage=None):
         self.etcd = etcd
+        # storage(vg, host, session, why): fences at the storage the holder
+        # that died mid-command (its metadata write may still be queued).
+        self.storage = storage
         self.keys = keys
         self.session = session
         # read_seqno(vg, fresh) -> int: the VG's committed seqno as this
@@ -77,7 +81,8 @@ class MetadataGuard:
         seq_key, intent_key = self.keys.vg_seqno(vg), self.keys.vg_intent(vg)
         claim = [etcdlib.op_range(seq_key), etcdlib.op_range(intent_key),
                  etcdlib.op_put(intent_key, {'host': self.session.host,
-                                             'op': op, 'at': time.time()})]
+                                             'op': op, 'at': time.time(),
+                                             'session': self.session.id})]
         hold = lock.acquire(op, self.lock_timeout if timeout is None
                             else timeout, with_ops=claim,
                             undo_with=[etcdlib.op_delete(intent_key)])
@@ -91,6 +96,7 @@ class MetadataGuard:
         try:
             recorded = seq_kvs[0].json()['seqno'] if seq_kvs else None
             intent = intent_kvs[0].json() if intent_kvs else None
+            self._fence_died(vg, intent)
             self._reconcile(vg, recorded, intent)
             if (time.monotonic() - proven > FRESH_PROOF
                     or self.session.silent_for() > self.session.ttl / 2):
@@ -111,6 +117,21 @@ class MetadataGuard:
             else:
                 hold.release([etcdlib.op_delete(intent_key)])
         return result
+
+    def _fence_died(self, vg, intent):
+        """An intent left by another session: its holder lost the lock
+        mid-command, and the command may still be queued below LVM.
+        Remove that incarnation's key first (with scsi-pr)."""
+        if not (self.storage and intent and intent.get('session')) or \
+                intent['session'] == self.session.id:
+            return
+        if self.etcd.lease_ttl(intent['session']) > 0:
+            return  # alive: the same daemon after a restart, not fenced
+        if self.storage(vg, intent['host'], intent['session'],
+                        f'VG {vg} lock after {intent.get("op")!r}') is False:
+            LOG.error('VG %s: %s died during %r and could not be fenced '
+                      'at the storage; going on under the host-side fence',
+                      vg, intent['host'], intent.get('op'))
 
     def _lock_deadline(self):
         margin = max(1.0, self.session.ttl / 5)

@@ -22,8 +22,12 @@ LOG = logging.getLogger(__name__)
 class StorageFence:
     """Register this incarnation, and fence another at the storage."""
 
-    def __init__(self, connector, etcd, keys, session, emit=None):
+    def __init__(self, connector, etcd, keys, session, emit=None,
+                 vgs=None):
         self.connector = connector
+        # The VGs on the fenced LU (None: every VG): a takeover elsewhere
+        # proves nothing by removing a key from this LU.
+        self.vgs = set(vgs) if vgs else None
         self.etcd, self.keys, self.session = etcd, keys, session
         self.emit = emit or (lambda kind, **fields: None)
         # (host, session) proven fenced by this process: a key once
@@ -77,6 +81,14 @@ class StorageFence:
         """Whether the current session's key is on the LU."""
         return self.active and self.session.id and \
             base.key_for(self.session.id) in self.connector.keys()
+
+    def covers(self, vg):
+        """Whether ``vg``'s PVs are on the fenced LU."""
+        return self.active and (self.vgs is None or vg in self.vgs)
+
+    def fence_lv(self, vg, host, session, why):
+        """fence() for a takeover in ``vg``; None outside the LU."""
+        return self.fence(host, session, why) if self.covers(vg) else None
 
     def fence(self, host, session, why):
         """True once ``host``'s incarnation ``session`` is proven unable to
@@ -132,4 +144,27 @@ def load(conf, etcd, keys, session, emit=None, runner=None):
                                    fence.storage_reservation, runner)
     else:
         connector = base.NoStorageFence()
-    return StorageFence(connector, etcd, keys, session, emit)
+    vgs = (list(fence.storage_volume_groups) or
+           list(conf.lvm.volume_groups)) if mode == 'scsi-pr' else None
+    return StorageFence(connector, etcd, keys, session, emit, vgs)
+
+
+class _Host:
+    """Who we are, for the records written before a session exists."""
+
+    def __init__(self, host):
+        self.host, self.id = host, 0
+
+
+def check_at_start(conf, runner=None):
+    """Refuse a start whose storage fence cannot work: a mode other than
+    the cluster's (naming both), an LU without PR support (naming it).
+    The first host records the cluster's mode."""
+    from coordinator.engine import etcd as etcdlib_
+    from coordinator.engine import keys as keyslib
+    keys = keyslib.Keys(conf.etcd.prefix, conf.cluster)
+    etcd = etcdlib_.Etcd.from_conf(conf)
+    fence = load(conf, etcd, keys, _Host(conf.host), runner=runner)
+    report = fence.connector.check()
+    fence.check_mode()
+    return report

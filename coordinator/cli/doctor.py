@@ -275,8 +275,54 @@ def check_daemon(ctx):
                            f'{len(status.get("active", []))} LV(s) active')]
 
 
+def check_storage(ctx, connector=None):
+    """[fence] storage: PR support of the LU (REPORT CAPABILITIES), the
+    reservation held, and this host's key on every path."""
+    from coordinator.storage import base
+    from coordinator.storage import parse
+    from coordinator.storage import scsi_pr
+    f = ctx.conf.fence
+    if f.storage == 'none':
+        return [('storage fence', OK, 'none: the host fences itself only')]
+    try:
+        conn = connector or scsi_pr.ScsiPR(f.storage_devices,
+                                           f.storage_reservation)
+        caps = conn.check()
+        held = conn.reservation()
+        path_keys = conn.path_keys()
+    except base.StorageError as exc:
+        return [('storage fence', FAIL, str(exc))]
+    rows = [('storage fence', OK, f'scsi-pr on {", ".join(conn.devices)}: '
+             + '; '.join(f'{p}: {v}' for p, v in sorted(caps.items())))]
+    if held is None or held[1] not in parse.FENCING_TYPES:
+        rows.append(('reservation', FAIL, f'no fencing reservation held '
+                     f'({held}): any host can write the LU'))
+    else:
+        name = next(n for n, t in parse.TYPE_NAMES.items() if t == held[1])
+        rows.append(('reservation', OK, f'type {held[1]} ({name})'))
+    kv = ctx.etcd.get(ctx.keys.storage_key(ctx.conf.host))
+    mine = int(kv.json()['key'], 16) if kv else None
+    paths = sorted(path_keys)
+    for path in paths:
+        keys = path_keys[path]
+        if isinstance(keys, str):
+            rows.append((f'key on {path}', FAIL, keys))
+        elif mine is None:
+            rows.append((f'key on {path}', FAIL, 'no key recorded for this '
+                         'host (daemon never registered?)'))
+        else:
+            # READ KEYS lists one entry per registered nexus: ours must be
+            # there once for each of our paths.
+            count = keys.count(mine)
+            status = OK if count >= len(paths) else FAIL
+            rows.append((f'key on {path}', status,
+                         f'{parse.key_hex(mine)} registered through '
+                         f'{count} of {len(paths)} path(s)'))
+    return rows
+
+
 CHECKS = (check_etcd, check_clock, check_session, check_vgs, check_filter,
-          check_daemon)
+          check_daemon, check_storage)
 
 
 class Doctor(lister.Lister):

@@ -205,7 +205,8 @@ class FenceWorker(_Worker):
                                ctx.book, fencer, ctx.emit,
                                started=_started(os.getppid()))
         storage = ctx.engine.storage
-        registrar = _Registrar(storage, session, self.stopping) \
+        registrar = _Registrar(storage, session, self.stopping,
+                               lambda: fencer.lease) \
             if storage and storage.active else None
         watch = grantwatch.GrantWatch(ctx.etcd, ctx.keys, ctx.engine.leases,
                                       ctx.book, fencer)
@@ -276,12 +277,21 @@ class _Registrar:
     """Registers each new session's key at the storage, in a thread of
     its own (sg_persist may wait on a dead path; the fencer never does).
     Started once the devices found at start are fenced; a replaced
-    session's key is registered after fence_existing() ran for it."""
+    session's key is registered after fence_existing() ran for it.
+
+    A path that was down then is given the current key later, but only
+    while that key is still on the LU through another path and the
+    session is fresh: a key that is gone was preempted (another host may
+    hold our LVs), and is never registered again."""
 
     RETRY = 2.0
+    REPAIR = 10.0
 
-    def __init__(self, storage, session, stopping):
+    def __init__(self, storage, session, stopping, armed):
         self.storage, self.session, self.stopping = storage, session, stopping
+        # The session the fencer watches: it has fenced every device of
+        # the sessions before it (fence_existing, then rearm).
+        self.armed = armed
         self.registered = 0
         threading.Thread(target=self._run, name='storage-register',
                          daemon=True).start()
@@ -293,15 +303,25 @@ class _Registrar:
     def _run(self):
         while not self.stopping.is_set():
             current = self.session.id
-            if current and current != self.registered:
-                try:
+            try:
+                if current and current != self.registered and \
+                        current == self.armed():
                     self.storage.register()
                     self.registered = current
-                except Exception as exc:
-                    LOG.error('storage: key of session %x not registered '
-                              'yet: %s', current, exc)
-            self.stopping.wait(self.RETRY if current != self.registered
-                               else 0.2)
+                elif current and current == self.registered:
+                    self.storage.repair(
+                        lambda c=current: self.session.id == c and
+                        self.session.silent_for() < self.session.ttl / 2)
+            except Exception as exc:
+                LOG.error('storage: key of session %x not registered%s: '
+                          '%s', current, '' if current != self.registered
+                          else ' on every path', exc)
+            if current != self.registered:
+                # Soon after the fencer rearms (a grant waits on this).
+                self.stopping.wait(0.2 if current != self.armed()
+                                   else self.RETRY)
+            else:
+                self.stopping.wait(self.REPAIR)
 
 
 def build(conf):

@@ -12,6 +12,7 @@ import threading
 import time
 
 from coordinator import errors
+from coordinator.daemon import metrics
 from coordinator.engine import etcd as etcdlib
 from coordinator.storage import base
 from coordinator.storage import parse
@@ -77,6 +78,29 @@ class StorageFence:
         self.emit('storage-registered', key=parse.key_hex(key), paths=paths)
         return paths
 
+    def repair(self, fresh):
+        """Register the current key on paths that lack it, if it is still
+        on the LU and ``fresh()`` (our session provably alive) holds just
+        before; the paths registered, or {}."""
+        if not self.active or not self.session.id:
+            return {}
+        key = base.key_for(self.session.id)
+        per_path = self.connector.path_keys()
+        counts = [v.count(key) for v in per_path.values()
+                  if not isinstance(v, str)]
+        if not counts or max(counts) >= len(per_path):
+            return {}       # no path answers, or registered through each
+        if max(counts) == 0:
+            LOG.error('storage: our key %s is gone from the LU (preempted);'
+                      ' not registering it again', parse.key_hex(key))
+            return {}
+        if not fresh():
+            return {}
+        done = self.connector.register(key)
+        LOG.warning('storage: key %s registered again on %s',
+                    parse.key_hex(key), done)
+        return done
+
     def registered(self):
         """Whether the current session's key is on the LU."""
         return self.active and self.session.id and \
@@ -111,20 +135,24 @@ class StorageFence:
         except (base.StorageError, ValueError, errors.CoordError) as exc:
             LOG.error('storage: cannot fence %s (session %x): %s', host,
                       session, exc)
+            metrics.PREEMPTS.labels(result='failed').inc()
             return False
         if not proven:
             LOG.error('storage: key %s of %s still registered after '
                       'PREEMPT AND ABORT', parse.key_hex(victim), host)
+            metrics.PREEMPTS.labels(result='unproven').inc()
             return False
         took = time.monotonic() - started
         record = {'host': host, 'key': parse.key_hex(victim),
                   'session': session, 'by': self.session.host,
-                  'at': time.time(), 'why': why, 'took': round(took, 3)}
+                  'at': time.time(), 'why': why, 'took': round(took, 3),
+                  'aborted': getattr(self.connector, 'aborts', True)}
         try:
             self.etcd.put(self.keys.storage_fence(host, victim), record)
         except errors.CoordError as exc:
             LOG.error('storage: fence of %s not recorded: %s', host, exc)
             return False
+        metrics.PREEMPTS.labels(result='proven').inc()
         with self._mutex:
             self._proven.add((host, session))
         LOG.warning('storage: fenced %s (key %s) for %s in %.3fs', host,

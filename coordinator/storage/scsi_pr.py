@@ -165,18 +165,22 @@ class ScsiPR(base.Connector):
                     f'--param-sark={parse.key_hex(victim)}',
                     f'--prout-type={self.rtype}']
             try:
-                try:
-                    self._sg(path, '--out', '--preempt-abort', *argv)
-                except base.StorageError as exc:
-                    # tgtd implements PREEMPT but not PREEMPT AND ABORT
-                    # (ILLEGAL REQUEST): the key goes all the same, only
-                    # the victim's commands already queued at the target
-                    # are not aborted.
-                    if getattr(exc, 'rc', None) != ILLEGAL_REQUEST:
-                        raise
-                    LOG.warning('%s: no PREEMPT AND ABORT; PREEMPT', path)
-                    self.aborts = False
-                    self._sg(path, '--out', '--preempt', *argv)
+                if self.aborts:
+                    try:
+                        self._sg(path, '--out', '--preempt-abort', *argv)
+                        return True
+                    except base.StorageError as exc:
+                        # tgtd implements PREEMPT but not PREEMPT AND
+                        # ABORT (ILLEGAL REQUEST): the key goes all the
+                        # same; only the victim's commands already queued
+                        # at the target are not aborted.
+                        if getattr(exc, 'rc', None) != ILLEGAL_REQUEST:
+                            raise
+                        LOG.warning('%s: no PREEMPT AND ABORT (%s); '
+                                    'PREEMPT from now on', path,
+                                    str(exc).splitlines()[0])
+                        self.aborts = False
+                self._sg(path, '--out', '--preempt', *argv)
             except base.StorageError as exc:
                 # Another host preempted it first: no registration has
                 # that key any more (RESERVATION CONFLICT); READ KEYS

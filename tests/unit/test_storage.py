@@ -253,3 +253,55 @@ def test_unit_attention_is_retried_once(sysfs):
     conn = scsi_pr.ScsiPR([mplu], 'wear', lambda argv: answers.pop(0),
                           sys_root)
     assert conn.keys() == []
+
+
+def test_doctor_reports_pr_support_reservation_and_key_per_path(sysfs):
+    import types
+
+    from coordinator.cli import doctor
+    from coordinator.engine import keys as keyslib
+    lu = FakeLU()
+    conn = connector(lu, 'g1', sysfs)
+    conn.register(0xa1)
+    keys = keyslib.Keys()
+    record = types.SimpleNamespace(json=lambda: {'key': '0xa1'})
+    ctx = types.SimpleNamespace(
+        conf=types.SimpleNamespace(host='g1', fence=types.SimpleNamespace(
+            storage='scsi-pr')),
+        keys=keys, etcd=types.SimpleNamespace(get=lambda k: record))
+    rows = {r[0]: r[1:] for r in doctor.check_storage(ctx, conn)}
+    assert rows['storage fence'][0] == 'ok'
+    assert rows['reservation'] == (
+        'ok', 'type 7 (write exclusive, all registrants)')
+    assert rows['key on /dev/sda'] == (
+        'ok', '0xa1 registered through 2 of 2 path(s)')
+    # A path whose nexus lost its registration (another host preempted
+    # us, a path that was down when we registered) is a failure.
+    del lu.regs[('g1', '/dev/sdb')]
+    rows = {r[0]: r[1:] for r in doctor.check_storage(ctx, conn)}
+    assert rows['key on /dev/sdb'][0] == 'fail'
+    rows = doctor.check_storage(ctx, connector(FakeLU(pr=False), 'g1',
+                                               sysfs))
+    assert rows[0][1] == 'fail' and 'persistent reservations' in rows[0][2]
+
+
+def test_repair_gives_a_path_back_the_current_key_never_a_removed_one(
+        sysfs):
+    import types
+
+    from coordinator.storage import fence
+    lu = FakeLU()
+    conn = connector(lu, 'g1', sysfs)
+    session = types.SimpleNamespace(id=0xa1, host='g1')
+    sf = fence.StorageFence(conn, None, None, session)
+    conn.register(0xa1)
+    assert sf.repair(lambda: True) == {}     # every path has it
+    # A path that was down while we registered: given the key again.
+    del lu.regs[('g1', '/dev/sdb')]
+    assert sf.repair(lambda: False) == {}    # not while the session is stale
+    assert sf.repair(lambda: True) == {'/dev/sda': 'ok', '/dev/sdb': 'ok'}
+    assert lu.regs[('g1', '/dev/sdb')] == 0xa1
+    # Preempted: the key is on no path; it never comes back.
+    lu.regs.clear()
+    assert sf.repair(lambda: True) == {}
+    assert lu.regs == {}

@@ -205,22 +205,37 @@ class FenceWorker(_Worker):
                                ctx.book, fencer, ctx.emit,
                                started=_started(os.getppid()))
         storage = ctx.engine.storage
-        registrar = _Registrar(storage, session, self.stopping,
-                               lambda: fencer.lease) \
+        registrar = _Registrar(storage, session, self.stopping) \
             if storage and storage.active else None
+        # With a storage fence, nothing fenced is proven (resumed) before
+        # this incarnation's key is on the LU: the fencer is held (LOST:
+        # no proof, no grant) until the registrar has registered it.
+        held = None
+        if registrar:
+            held = session.id
+            fencer.state = fence.LOST
+            registrar.allow(held)
         watch = grantwatch.GrantWatch(ctx.etcd, ctx.keys, ctx.engine.leases,
                                       ctx.book, fencer)
         threading.Thread(target=watch.run, args=(self.stopping,),
                          name='grant-watch', daemon=True).start()
         while True:
             current = session.id
-            if current and current != fencer.lease:
+            if current and current != fencer.lease and current != held:
                 # A new session: the old one ended with every grant bound
                 # to it. Fence what is not yet, then prove each under the
-                # new one.
+                # new one (once its key is registered, if storage fenced).
                 fencer.fence_existing(list(ctx.book.all()),
                                       'session replaced')
-                fencer.rearm(current)
+                if registrar:
+                    held = current
+                    registrar.allow(current)
+                else:
+                    fencer.rearm(current)
+            if held and registrar.done(held):
+                if session.id == held:
+                    fencer.rearm(held)
+                held = None
             state = fencer.tick()
             if registrar and not registrar.done(session.id):
                 # No grant before the LU lets this incarnation write.
@@ -287,14 +302,19 @@ class _Registrar:
     RETRY = 2.0
     REPAIR = 10.0
 
-    def __init__(self, storage, session, stopping, armed):
+    def __init__(self, storage, session, stopping):
         self.storage, self.session, self.stopping = storage, session, stopping
-        # The session the fencer watches: it has fenced every device of
-        # the sessions before it (fence_existing, then rearm).
-        self.armed = armed
+        # The session whose older incarnations' devices the fencer has
+        # fenced (at start, or fence_existing on a replaced session).
+        self.allowed = 0
         self.registered = 0
         threading.Thread(target=self._run, name='storage-register',
                          daemon=True).start()
+
+    def allow(self, session_id):
+        """Let ``session_id``'s key be registered: nothing of an older
+        incarnation can write through it."""
+        self.allowed = session_id
 
     def done(self, session_id):
         """Whether ``session_id``'s key is registered."""
@@ -305,7 +325,7 @@ class _Registrar:
             current = self.session.id
             try:
                 if current and current != self.registered and \
-                        current == self.armed():
+                        current == self.allowed:
                     self.storage.register()
                     self.registered = current
                 elif current and current == self.registered:
@@ -318,7 +338,7 @@ class _Registrar:
                           else ' on every path', exc)
             if current != self.registered:
                 # Soon after the fencer rearms (a grant waits on this).
-                self.stopping.wait(0.2 if current != self.armed()
+                self.stopping.wait(0.2 if current != self.allowed
                                    else self.RETRY)
             else:
                 self.stopping.wait(self.REPAIR)

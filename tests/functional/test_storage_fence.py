@@ -114,3 +114,46 @@ def test_cluster_mode_mismatch_is_refused_naming_both(etcd_server, lu):
     assert 'storage = none' in str(exc.value) and \
         'storage = scsi-pr' in str(exc.value)
     alpha.close(revoke=True)
+
+
+def test_vg_lock_after_a_holder_that_died_mid_command(etcd_server, lu):
+    """alpha dies holding the VG lock during lvcreate (its intent stays,
+    its lock key goes with its session); beta takes the lock and, before
+    its own command runs, alpha's key is preempted and the fence
+    recorded: alpha's metadata write still queued below LVM cannot land."""
+    eps = etcd_server.endpoints
+    alpha, beta = engine(eps, 'alpha', lu), engine(eps, 'beta', lu)
+    fake = lu[0]
+    victim = alpha.session.id
+    started, release = threading.Event(), threading.Event()
+
+    def stuck():
+        started.set()
+        release.wait(30)   # the command in D state
+    guard = alpha.guard(lambda vg, fresh: 1)
+    t = threading.Thread(target=lambda: _quiet(guard.change, 'vg0',
+                                               'lvcreate', stuck))
+    t.start()
+    assert started.wait(10)
+    expire(alpha)
+    seen = {}
+
+    def action():
+        seen['keys'] = list(fake.regs.values())
+        seen['fence'] = beta.etcd.get(beta.keys.storage_fence('alpha',
+                                                              victim))
+    beta.guard(lambda vg, fresh: 1).change('vg0', 'lvcreate', action,
+                                           timeout=30)
+    release.set()
+    t.join(30)
+    assert victim not in seen['keys']
+    assert seen['fence'] and seen['fence'].json()['by'] == 'beta'
+    assert 'VG vg0' in seen['fence'].json()['why']
+    beta.close(revoke=True)
+
+
+def _quiet(fn, *args):
+    try:
+        fn(*args)
+    except Exception:   # alpha's lock is lost: what the test is about
+        pass

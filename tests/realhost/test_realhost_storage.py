@@ -15,6 +15,7 @@ import pytest
 from coordinator.engine import etcd as etcdlib
 from coordinator.engine import keys as keyslib
 from tests.realhost import iscsi
+from tests.realhost.cluster import GRACE
 from tests.realhost.cluster import MP_VG
 from tests.realhost.cluster import ROOT
 from tests.realhost.cluster import TTL
@@ -209,6 +210,182 @@ def test_s1_sigstopped_holder_is_fenced_at_the_target(pr, record):
         t for t in g1.guest.sh(f'dmsetup table {MP_VG}-vol--s',
                                check=False).splitlines()
         if ' linear ' in t], timeout=180)
+    g2.ok('deactivate', vg=MP_VG, lv=lv)
+
+
+def fence_of(etcd, host, key):
+    """The storage fence recorded for ``host``'s ``key`` (hex), or None."""
+    kv = etcd.get(KEYS.storage_fence(host.name, int(key, 16)))
+    return kv.json() if kv else None
+
+
+def new_key(etcd, host, old):
+    """Wait until ``host`` registered a key other than ``old``."""
+    return wait_for(f'{host.name} registered with a new key', lambda: (
+        lambda r: r if r and r['key'] != old else None)(
+        registered(etcd, host)), timeout=240)
+
+
+def retired(host, lv):
+    """Whether host's device of mpvg/lv is gone or the error target."""
+    table = host.guest.sh(f'dmsetup table {MP_VG}-{lv.replace("-", "--")}',
+                          check=False)
+    return ' linear ' not in f' {table} '
+
+
+@pytest.mark.timeout(600)
+def test_s2_cut_holder_rejoins_with_a_new_key(pr, record):
+    """g1 holds vol-x and vol-o (a writer on vol-o); g1 is cut from etcd,
+    g2 takes vol-x over after preempting g1's key; healed, g1 retires
+    vol-x, registers a new key, and vol-o serves I/O again only after
+    that: no write of vol-o succeeds between the preempt and the new
+    registration."""
+    (g1, g2), inis, etcd = pr
+    taken, other = 'vol-x', 'vol-o'
+    for lv in (taken, other):
+        g2.ok('create', vg=MP_VG, lv=lv, size=8 * MiB)
+        g1.ok('activate', vg=MP_VG, lv=lv, instance=f'vm-{lv}')
+    key1 = registered(etcd, g1)['key']
+    log = g1.guest.guest_path('writer-o.log')
+    g1.guest.spawn('writer-o', argv=writer_argv(dev(other), 'g1', 0, 64,
+                                                0.05, log))
+    try:
+        wait_for('writer running', lambda: len(writes(
+            g1, 'writer-o.log', 'ok')) >= 20)
+        g1.proxy.cut()
+        try:
+            got = g2.ok('activate', vg=MP_VG, lv=taken, instance='vm-x2',
+                        wait=TTL * 4)
+            assert got['host'] == 'g2', got
+            fence = fence_of(etcd, g1, key1)
+            assert fence, 'no storage fence recorded before the grant'
+        finally:
+            g1.proxy.heal()
+        heal = time.time()
+        new = new_key(etcd, g1, key1)
+        assert int(new['key'], 16) in lu_keys(g2, inis['g2'])
+        assert int(key1, 16) not in lu_keys(g2, inis['g2'])
+        wait_for('g1 retires vol-x', lambda: retired(g1, taken),
+                 timeout=180)
+        g1.offset = g1.guest.clock_offset()
+        reg_at = wait_for('g1 logs its registration', lambda: [
+            t for t, _ in g1.log_lines(f'storage: key {new["key"]} '
+                                       f'registered')], timeout=60)[0]
+        wait_for('vol-o writes succeeding after the heal', lambda: [
+            w for w in writes(g1, 'writer-o.log', 'ok')
+            if g1.to_host(float(w[0])) > heal], timeout=180)
+    finally:
+        g1.guest.signal('writer-o', 9)
+    fenced_at = g2.to_host(fence['at'])
+    # Between the preempt and the new key, vol-o cannot write (g1 fenced
+    # it itself, then the LU refused its key): nothing succeeded then.
+    between = [w for w in writes(g1, 'writer-o.log', 'ok')
+               if fenced_at < g1.to_host(float(w[1])) < reg_at]
+    assert not between, (fenced_at, reg_at, between[:3])
+    # Nor did any fail: the write held in g1's suspended device went out
+    # once the new key was on the LU (a resume before it: EBADE).
+    failed = [w for w in writes(g1, 'writer-o.log') if w[4] != 'ok']
+    assert not failed, failed[:3]
+    record.update(heal_to_registered_s=round(reg_at - heal, 2),
+                  new_key=new['key'])
+    assert g1.ok('show', vg=MP_VG, lv=other)['holders'][0]['host'] == 'g1'
+    g1.ok('deactivate', vg=MP_VG, lv=other)
+    g2.ok('deactivate', vg=MP_VG, lv=taken)
+
+
+@pytest.mark.timeout(600)
+def test_s3_paused_guest_queued_writes_fail_at_the_target(pr, record):
+    """g1's whole guest is paused (QMP stop) with a writer on vol-q, for
+    longer than TTL + grace; g2 takes vol-q over and stamps it; g1
+    continues: its queued writes fail at the target, none lands; g1
+    comes back with a new key and retires vol-q."""
+    (g1, g2), inis, etcd = pr
+    lv = 'vol-q'
+    g2.ok('create', vg=MP_VG, lv=lv, size=8 * MiB)
+    g1.ok('activate', vg=MP_VG, lv=lv, instance='vm-q')
+    key1 = registered(etcd, g1)['key']
+    log = g1.guest.guest_path('writer-q.log')
+    g1.guest.spawn('writer-q', argv=writer_argv(dev(lv), 'g1', 0, 64,
+                                                0.05, log))
+    try:
+        wait_for('writer running', lambda: len(writes(
+            g1, 'writer-q.log', 'ok')) >= 20)
+        g1.guest.qmp_cmd('stop')
+        paused = time.time()
+        try:
+            got = g2.ok('activate', vg=MP_VG, lv=lv, instance='vm-q2',
+                        wait=TTL * 4)
+            assert got['host'] == 'g2', got
+            assert fence_of(etcd, g1, key1), 'no storage fence recorded'
+            g2.blockio('fill', dev(lv), 'g2', 0, 64)
+            # Paused past TTL + grace in all, as the scenario asks.
+            left = paused + TTL + GRACE + 1 - time.time()
+            if left > 0:
+                time.sleep(left)
+        finally:
+            g1.guest.qmp_cmd('cont')
+        record['paused_s'] = round(time.time() - paused, 1)
+        done = len(writes(g1, 'writer-q.log'))
+        # What was queued in g1 goes out now and fails at the target (or
+        # is held by g1's own fence, then failed by the retired device).
+        wait_for('a write of g1 failing after cont', lambda: [
+            w for w in writes(g1, 'writer-q.log')[done:] if w[4] != 'ok'],
+            timeout=240)
+    finally:
+        g1.guest.signal('writer-q', 9)
+    record['writer_errors'] = sorted({w[4] for w in writes(
+        g1, 'writer-q.log') if w[4] != 'ok'})
+    stamps = json.loads(g2.blockio('stamps', dev(lv), 0, 64))
+    assert all(s.startswith('g2:') for s in stamps), \
+        [s for s in stamps if not s.startswith('g2:')][:5]
+    g1.sync_clock()
+    new_key(etcd, g1, key1)
+    wait_for('g1 retires vol-q', lambda: retired(g1, lv), timeout=180)
+    g2.ok('deactivate', vg=MP_VG, lv=lv)
+
+
+def key_count(host, ini, key):
+    """How many nexuses carry ``key`` (hex) on the LU."""
+    return lu_keys(host, ini).count(int(key, 16))
+
+
+@pytest.mark.timeout(900)
+def test_s4_reinstated_path_does_not_bring_back_an_old_key(cluster, pr,
+                                                           record):
+    """Portal 2 is cut; g1 (its daemon then SIGSTOPped) is taken over and
+    its key preempted; portal 2 comes back and multipathd reinstates the
+    path: the old key stays gone. g1, continued, registers its new key
+    through both paths, and so does g2 (a path that lost its
+    registration is given the current key again)."""
+    (g1, g2), inis, etcd = pr
+    ini = inis['g1']
+    lv = 'vol-r'
+    g2.ok('create', vg=MP_VG, lv=lv, size=8 * MiB)
+    g1.ok('activate', vg=MP_VG, lv=lv, instance='vm-r')
+    key1 = registered(etcd, g1)['key']
+    mark = ini.log_size()
+    cluster.target.cut(1)
+    try:
+        wait_for('g1 failing one path', lambda: 'remaining active paths: 1'
+                 in ini.log_since(mark), timeout=180)
+        stop_and_take_over(g1, g2, etcd, lv, 'vm-r2')
+        assert key_count(g2, inis['g2'], key1) == 0
+    finally:
+        mark = ini.log_size()
+        cluster.target.heal(1)
+    g1.guest.signal('lvmcoordd', signal.SIGCONT)
+    wait_for('g1 reinstating the path', lambda: 'remaining active paths: 2'
+             in ini.log_since(mark), timeout=240)
+    new = new_key(etcd, g1, key1)
+    # Both hosts' current keys through both of their paths (the
+    # registrar repairs a path that lost its registration within 10 s).
+    for host in (g1, g2):
+        key = registered(etcd, host)['key']
+        wait_for(f'{host.name} registered through both paths', lambda k=key:
+                 key_count(g2, inis['g2'], k) >= 2, timeout=120)
+    assert key_count(g2, inis['g2'], key1) == 0
+    record['new_key'] = new['key']
+    wait_for('g1 retires vol-r', lambda: retired(g1, lv), timeout=180)
     g2.ok('deactivate', vg=MP_VG, lv=lv)
 
 

@@ -129,6 +129,13 @@ class StorageFence:
                 return True
         started = time.monotonic()
         try:
+            if self.etcd.lease_ttl(session) > 0:
+                # Its holder key is gone but the session lives (an entry
+                # out of step): removing the key would cut a live host
+                # off the LU. The grace decides, as without a fence.
+                LOG.warning('storage: not fencing %s: session %x is alive',
+                            host, session)
+                return False
             victim = base.key_for(session)
             own = base.key_for(self.session.id)
             proven = self.connector.preempt(own, victim)

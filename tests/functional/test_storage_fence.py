@@ -35,9 +35,15 @@ def engine(endpoints, host, lu, vgs=('vg0',)):
     return eng
 
 
-def expire(eng):
-    """The host stops (SIGSTOP, a paused VM): no keepalive, no release."""
+def expire(eng, wait=False):
+    """The host stops (SIGSTOP, a paused VM): no keepalive, no release;
+    ``wait``: until etcd has let its session lease expire."""
+    lease = eng.session.id
     eng.session.close(revoke=False)
+    deadline = time.monotonic() + 30
+    while wait and eng.etcd.lease_ttl(lease) > 0:
+        assert time.monotonic() < deadline, 'session never expired'
+        time.sleep(0.2)   # etcd's lessor: no event to wait on
 
 
 def test_takeover_fences_at_the_storage_instead_of_waiting(etcd_server, lu):
@@ -66,7 +72,7 @@ def test_racing_preempts_of_one_key(etcd_server, lu):
     alpha = engine(eps, 'alpha', lu)
     takers = [engine(eps, h, lu) for h in ('beta', 'gamma', 'delta')]
     victim = alpha.session.id
-    expire(alpha)
+    expire(alpha, wait=True)
     results = {}
 
     def fence(eng):
@@ -157,3 +163,12 @@ def _quiet(fn, *args):
         fn(*args)
     except Exception:   # alpha's lock is lost: what the test is about
         pass
+
+
+def test_a_live_session_is_never_preempted(etcd_server, lu):
+    eps = etcd_server.endpoints
+    alpha, beta = engine(eps, 'alpha', lu), engine(eps, 'beta', lu)
+    assert beta.storage.fence('alpha', alpha.session.id, 'test') is False
+    assert alpha.session.id in lu[0].regs.values()
+    alpha.close(revoke=True)
+    beta.close(revoke=True)

@@ -68,10 +68,12 @@ fence_opts = [
                 help='The VGs whose PVs are all on storage_devices (the '
                      'storage fence shortens their takeovers only); '
                      'empty: every VG of [lvm] volume_groups.'),
-    cfg.StrOpt('storage_reservation', default='wear',
-               choices=['wear', 'wero'],
-               help='Reservation type: Write Exclusive, All Registrants '
-                    '(wear) or Registrants Only (wero).'),
+    cfg.StrOpt('storage_reservation', default='wero',
+               choices=['wero', 'wear'],
+               help='Reservation type: Write Exclusive, Registrants Only '
+                    '(wero: preempting the holder hands the reservation '
+                    'to the preempter) or All Registrants (wear; tgtd '
+                    'mishandles preempting its holder).'),
 ]
 
 api_opts = [

@@ -75,7 +75,13 @@ def read_reservation(text):
     for line in text.splitlines():
         m = _RES_TYPE.search(line)
         if m:
-            rtype = TYPE_NAMES.get(m.group(1).strip().lower().rstrip(','))
+            name = m.group(1).strip().lower().rstrip(',')
+            # A code sg_persist has no name for: "obsolete [0]" (tgtd
+            # after an All Registrants holder was preempted: its holder
+            # pointer dangles), "reserved [9]".
+            other = re.search(r'\[(\d+)\]', name)
+            rtype = TYPE_NAMES.get(name, int(other.group(1)) if other
+                                   else None)
     if key is None or rtype is None:
         raise ValueError(f'cannot read the reservation in: '
                          f'{text.strip()[:200]!r}')

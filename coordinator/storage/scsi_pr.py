@@ -3,8 +3,9 @@
 Each host registers its incarnation's key on every path of the shared LU
 (REGISTER AND IGNORE EXISTING KEY: a path whose nexus carried an older
 key of ours gets the new one); one registrant reserves the LU Write
-Exclusive, All Registrants (or Registrants Only), so only registered
-nexuses can write. A takeover PREEMPTs AND ABORTs the old incarnation's
+Exclusive, Registrants Only (or All Registrants), so only registered
+nexuses can write; preempting the holder's key hands the reservation to
+the preempter. A takeover PREEMPTs AND ABORTs the old incarnation's
 key (its queued commands are aborted at the target too) and proves it
 gone with READ KEYS. sg_persist runs with argument lists, never a shell;
 its output is read by coordinator.storage.parse."""
@@ -46,7 +47,7 @@ class ScsiPR(base.Connector):
     name = 'scsi-pr'
     fences = True
 
-    def __init__(self, devices, rtype='wear', runner=None, sys_root='/sys'):
+    def __init__(self, devices, rtype='wero', runner=None, sys_root='/sys'):
         if not devices:
             raise base.StorageError('[fence] storage = scsi-pr needs the '
                                     'shared LU in [fence] storage_devices')
@@ -123,7 +124,11 @@ class ScsiPR(base.Connector):
         if held is None or held[1] not in parse.FENCING_TYPES:
             raise base.StorageError(
                 f'{self.devices[0]}: no fencing reservation held after '
-                f'registering (reservation {held})')
+                f'registering (reservation type '
+                f'{held[1] if held else None}, key '
+                f'{parse.key_hex(held[0]) if held else None}); an operator '
+                f'must clear it (sg_persist --out --clear) while no host '
+                f'writes')
         return done
 
     def _first(self, fn):

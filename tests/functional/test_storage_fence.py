@@ -26,7 +26,7 @@ def lu(tmp_path):
 def engine(endpoints, host, lu, vgs=('vg0',)):
     fake, root = lu
     etcd = etcdlib.Etcd(endpoints, timeout=2.0, retry_window=20.0)
-    conn = scsi_pr.ScsiPR([f'/dev/{host}-sda'], 'wear', fake.runner(host),
+    conn = scsi_pr.ScsiPR([f'/dev/{host}-sda'], 'wero', fake.runner(host),
                           sys_root=root)
     eng = Engine(etcd, host, 'test', ttl=3, grace=GRACE,
                  storage=lambda e: storagelib.StorageFence(

@@ -179,7 +179,7 @@ def test_s1_sigstopped_holder_is_fenced_at_the_target(pr, record):
         keys = lu_keys(g2, inis['g2'])
         late = g2.guest.run(['sg_persist', '-n', '-o', '-P', '-K',
                              registered(etcd, g2)['key'], '-S', key1, '-T',
-                             '7', f'/dev/{inis["g2"].disks()[1]}'],
+                             '5', f'/dev/{inis["g2"].disks()[1]}'],
                             check=False)
         assert late['rc'] in (6, 24), late
         assert lu_keys(g2, inis['g2']) == keys

@@ -43,6 +43,16 @@ RES = '''  PR generation=0x4, Reservation follows:
     Key=0x0
     scope: LU_SCOPE,  type: Write Exclusive, all registrants
 '''
+# tgtd after the holder of an All Registrants reservation was preempted
+# (its pr_holder points at freed memory, reused by the next registration).
+DANGLING_RES = '''  PR generation=0x7b, Reservation follows:
+    Key=0x5b74a250a640facd
+    scope: LU_SCOPE,  type: obsolete [0]
+'''
+WERO_RES = '''  PR generation=0x9, Reservation follows:
+    Key=0x5b74a250a640fa6b
+    scope: LU_SCOPE,  type: Write Exclusive, registrants only
+'''
 MPATH_RES = '''  PR generation=0x5, Reservation follows:
    Key = 0x0
   scope = LU_SCOPE, type = Write Exclusive, all registrants
@@ -71,6 +81,10 @@ def test_read_reservation():
     assert parse.read_reservation(RES) == (4, (0, parse.WE_ALL_REGISTRANTS))
     assert parse.read_reservation(MPATH_RES) == (
         5, (0, parse.WE_ALL_REGISTRANTS))
+    assert parse.read_reservation(DANGLING_RES) == (
+        0x7b, (0x5b74a250a640facd, 0))
+    assert parse.read_reservation(WERO_RES) == (
+        9, (0x5b74a250a640fa6b, parse.WE_REGISTRANTS_ONLY))
     with pytest.raises(ValueError):
         parse.read_reservation('  PR generation=0x4, Reservation follows:\n')
 
@@ -92,13 +106,20 @@ def test_key_is_the_session():
 
 
 class FakeLU:
-    """Registrations per I_T nexus (path, initiator) and one reservation,
-    as tgtd keeps them; sg_persist's argv in, (rc, out, err) out."""
+    """Registrations per I_T nexus (initiator, path) and one reservation
+    (type, holder nexus), as tgtd's spc.c keeps them; sg_persist's argv
+    in, (rc, out, err) out. Like tgtd: PREEMPT only (no PREEMPT AND
+    ABORT unless ``abort``); preempting the holder of a Registrants Only
+    reservation hands it to the preempter, preempting the holder of an
+    All Registrants one leaves it dangling (type 0)."""
+
+    NAMES = {5: 'Write Exclusive, registrants only',
+             7: 'Write Exclusive, all registrants'}
 
     def __init__(self, pr=True, abort=False):
         self.pr, self.abort = pr, abort
         self.regs = {}        # (initiator, path) -> key
-        self.res = None       # type
+        self.res = None       # (type, holder nexus, holder key)
         self.gen = 0
         self.calls = []
 
@@ -116,6 +137,7 @@ class FakeLU:
         opts = dict(a.split('=', 1) for a in args if '=' in a)
         rk = int(opts.get('--param-rk', '0'), 16)
         sark = int(opts.get('--param-sark', '0'), 16)
+        rtype = int(opts.get('--prout-type', '0'))
         if '--report-capabilities' in args:
             return 0, CAPS, ''
         if '--read-keys' in args:
@@ -129,17 +151,25 @@ class FakeLU:
             if self.res is None:
                 return 0, f'  PR generation={self.gen:#x}, there is NO ' \
                     'reservation held\n', ''
+            t, _, key = self.res
+            name = self.NAMES.get(t, f'obsolete [{t}]')
+            shown = 0 if t == 7 else key
             return 0, (f'  PR generation={self.gen:#x}, Reservation '
-                       f'follows:\n    Key=0x0\n    scope: LU_SCOPE,  type: '
-                       f'Write Exclusive, all registrants\n'), ''
+                       f'follows:\n    Key={shown:#x}\n    scope: LU_SCOPE,'
+                       f'  type: {name}\n'), ''
         if '--register-ignore' in args:
             self.regs[nexus] = sark
+            if self.res and self.res[1] == nexus:
+                self.res = (self.res[0], nexus, sark)
             self.gen += 1
             return 0, '', ''
         if '--reserve' in args:
             if self.regs.get(nexus) != rk:
                 return 24, '', 'Reservation conflict'
-            self.res = self.res or 7
+            if self.res is None:
+                self.res = (rtype, nexus, rk)
+            elif self.res[1] != nexus:
+                return 24, '', 'Reservation conflict'
             return 0, '', ''
         if '--preempt-abort' in args and not self.abort:
             return 5, '', 'PR out (Preempt and abort): bad field in cdb'
@@ -147,8 +177,15 @@ class FakeLU:
             if self.regs.get(nexus) != rk or \
                     sark not in self.regs.values():
                 return 24, '', 'PR out (Preempt): Reservation conflict'
-            for n in [n for n, k in self.regs.items() if k == sark]:
+            if self.res and self.res[0] != 7 and self.res[2] == sark:
+                self.res = (rtype, nexus, rk)
+            gone = [n for n, k in self.regs.items() if k == sark]
+            for n in gone:
                 del self.regs[n]
+            if self.res and self.res[0] == 7 and self.res[1] in gone:
+                # tgtd frees the holder's registration and keeps
+                # pointing at it: type 0, whatever key reuses the memory.
+                self.res = (0, None, 0)
             self.gen += 1
             return 0, '', ''
         raise AssertionError(argv)
@@ -172,9 +209,9 @@ def sysfs(tmp_path):
     return str(tmp_path / 'sys'), str(dev / 'mplu')
 
 
-def connector(lu, ini, sysfs):
+def connector(lu, ini, sysfs, rtype='wero'):
     sys_root, mplu = sysfs
-    return scsi_pr.ScsiPR([mplu], 'wear', lu.runner(ini), sys_root)
+    return scsi_pr.ScsiPR([mplu], rtype, lu.runner(ini), sys_root)
 
 
 def test_paths_of_a_multipath_map(sysfs):
@@ -186,7 +223,7 @@ def test_register_every_path_and_reserve(sysfs):
     lu = FakeLU()
     a = connector(lu, 'g1', sysfs)
     assert a.register(0xa1) == {'/dev/sda': 'ok', '/dev/sdb': 'ok'}
-    assert lu.res == 7
+    assert lu.res == (5, ('g1', '/dev/sda'), 0xa1)
     assert lu.regs == {('g1', '/dev/sda'): 0xa1, ('g1', '/dev/sdb'): 0xa1}
     # Never through a shell: every call is an argv list.
     assert all(isinstance(argv, list) and argv[0] == 'sg_persist'
@@ -208,6 +245,25 @@ def test_preempt_removes_the_victim_and_proves_it(sysfs):
     assert not lu.write_ok('g1', '/dev/sda')
     assert not lu.write_ok('g1', '/dev/sdb')
     assert lu.write_ok('g2', '/dev/sdb')
+    # g1 held the reservation: it is g2's now, still Registrants Only.
+    assert b.reservation() == (0xb1, parse.WE_REGISTRANTS_ONLY)
+    # g1 comes back with a new key; the reservation stays fencing.
+    a.register(0xa2)
+    assert b.reservation()[1] == parse.WE_REGISTRANTS_ONLY
+
+
+def test_all_registrants_on_tgtd_loses_its_type_and_is_not_a_proof(sysfs):
+    lu = FakeLU()
+    a = connector(lu, 'g1', sysfs, 'wear')
+    b = connector(lu, 'g2', sysfs, 'wear')
+    a.register(0xa1)
+    b.register(0xb1)
+    # The holder's key removed: tgtd's reservation dangles (type 0),
+    # which proves nothing, and a registration then says why.
+    assert b.preempt(0xb1, 0xa1) is False
+    with pytest.raises(base.StorageError) as exc:
+        a.register(0xa2)
+    assert 'no fencing reservation' in str(exc.value)
 
 
 def test_racing_preempts_are_harmless(sysfs):
@@ -227,6 +283,7 @@ def test_preempt_unproven_without_a_fencing_reservation(sysfs):
     lu.regs[('g2', '/dev/sda')] = 0xb1
     lu.regs[('g1', '/dev/sda')] = 0xa1
     # No reservation: an unregistered host can still write.
+    assert lu.res is None
     assert b.preempt(0xb1, 0xa1) is False
 
 
@@ -250,7 +307,7 @@ def test_check_refuses_an_lu_without_pr_naming_it(sysfs):
 def test_unit_attention_is_retried_once(sysfs):
     sys_root, mplu = sysfs
     answers = [(6, '', 'Unit attention'), (0, NO_KEYS, '')]
-    conn = scsi_pr.ScsiPR([mplu], 'wear', lambda argv: answers.pop(0),
+    conn = scsi_pr.ScsiPR([mplu], 'wero', lambda argv: answers.pop(0),
                           sys_root)
     assert conn.keys() == []
 
@@ -272,7 +329,7 @@ def test_doctor_reports_pr_support_reservation_and_key_per_path(sysfs):
     rows = {r[0]: r[1:] for r in doctor.check_storage(ctx, conn)}
     assert rows['storage fence'][0] == 'ok'
     assert rows['reservation'] == (
-        'ok', 'type 7 (write exclusive, all registrants)')
+        'ok', 'type 5 (write exclusive, registrants only)')
     assert rows['key on /dev/sda'] == (
         'ok', '0xa1 registered through 2 of 2 path(s)')
     # A path whose nexus lost its registration (another host preempted

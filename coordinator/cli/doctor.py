@@ -302,22 +302,22 @@ def check_storage(ctx, connector=None):
         rows.append(('reservation', OK, f'type {held[1]} ({name})'))
     kv = ctx.etcd.get(ctx.keys.storage_key(ctx.conf.host))
     mine = int(kv.json()['key'], 16) if kv else None
-    paths = sorted(path_keys)
-    for path in paths:
+    missing = conn.unregistered(mine) if mine else []
+    for path in sorted(path_keys):
         keys = path_keys[path]
         if isinstance(keys, str):
             rows.append((f'key on {path}', FAIL, keys))
         elif mine is None:
             rows.append((f'key on {path}', FAIL, 'no key recorded for this '
                          'host (daemon never registered?)'))
+        elif path in missing:
+            rows.append((f'key on {path}', FAIL,
+                         f'this path does not carry {parse.key_hex(mine)}'
+                         + ('' if mine in keys else ' (nor any path: '
+                            'preempted; restart the daemon)')))
         else:
-            # READ KEYS lists one entry per registered nexus: ours must be
-            # there once for each of our paths.
-            count = keys.count(mine)
-            status = OK if count >= len(paths) else FAIL
-            rows.append((f'key on {path}', status,
-                         f'{parse.key_hex(mine)} registered through '
-                         f'{count} of {len(paths)} path(s)'))
+            rows.append((f'key on {path}', OK, f'{parse.key_hex(mine)} '
+                         f'registered'))
     return rows
 
 

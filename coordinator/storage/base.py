@@ -54,6 +54,15 @@ class Connector:
         key; True once READ KEYS shows ``victim`` gone."""
         return False
 
+    def unregistered(self, key):
+        """The paths whose nexus does not carry ``key`` (a path that was
+        down when we registered, or came back as a new nexus)."""
+        return []
+
+    def register_paths(self, key, paths):
+        """REGISTER AND IGNORE EXISTING KEY ``key`` on ``paths`` only."""
+        return {}
+
     def path_keys(self):
         """{path: [keys registered on the LU, as read through it]}: a path
         that cannot answer maps to the error text."""

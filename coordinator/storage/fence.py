@@ -79,24 +79,24 @@ class StorageFence:
         return paths
 
     def repair(self, fresh):
-        """Register the current key on paths that lack it, if it is still
-        on the LU and ``fresh()`` (our session provably alive) holds just
-        before; the paths registered, or {}."""
+        """Register the current key on paths whose nexus lacks it, if it
+        is still on the LU and ``fresh()`` (our session provably alive)
+        holds just before; the paths registered, or {}."""
         if not self.active or not self.session.id:
             return {}
         key = base.key_for(self.session.id)
-        per_path = self.connector.path_keys()
-        counts = [v.count(key) for v in per_path.values()
-                  if not isinstance(v, str)]
-        if not counts or max(counts) >= len(per_path):
-            return {}       # no path answers, or registered through each
-        if max(counts) == 0:
+        missing = self.connector.unregistered(key)
+        if not missing:
+            return {}
+        if key not in self.connector.keys():
+            # Preempted (every registration with it went at once): another
+            # host may hold our LVs now; this key never comes back.
             LOG.error('storage: our key %s is gone from the LU (preempted);'
                       ' not registering it again', parse.key_hex(key))
             return {}
         if not fresh():
             return {}
-        done = self.connector.register(key)
+        done = self.connector.register_paths(key, missing)
         LOG.warning('storage: key %s registered again on %s',
                     parse.key_hex(key), done)
         return done

@@ -131,6 +131,35 @@ class ScsiPR(base.Connector):
                 f'writes')
         return done
 
+    def unregistered(self, key):
+        out = []
+        for path in self.paths():
+            # REGISTER with our key as both keys changes nothing on a
+            # nexus that carries it and is refused (RESERVATION CONFLICT)
+            # on one that does not: tgtd has no READ FULL STATUS to ask.
+            try:
+                self._sg(path, '--out', '--register',
+                         f'--param-rk={parse.key_hex(key)}',
+                         f'--param-sark={parse.key_hex(key)}')
+            except base.StorageError as exc:
+                if getattr(exc, 'rc', None) == RES_CONFLICT:
+                    out.append(path)
+                else:
+                    LOG.info('%s: cannot tell its registration: %s', path,
+                             exc)
+        return out
+
+    def register_paths(self, key, paths):
+        done = {}
+        for path in paths:
+            try:
+                self._sg(path, '--out', '--register-ignore',
+                         f'--param-sark={parse.key_hex(key)}')
+                done[path] = 'ok'
+            except base.StorageError as exc:
+                done[path] = str(exc)
+        return done
+
     def _first(self, fn):
         """fn(path) on the first path that answers; StorageError if none
         does."""

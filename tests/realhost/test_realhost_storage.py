@@ -349,6 +349,14 @@ def key_count(host, ini, key):
     return lu_keys(host, ini).count(int(key, 16))
 
 
+def every_path_carries(host, ini, key):
+    """Whether each of host's paths is a nexus registered with ``key``:
+    REGISTER with it as both keys is refused on one that is not."""
+    return all(host.guest.run(['sg_persist', '-n', '-o', '-G', '-K', key,
+                               '-S', key, f'/dev/{d}'], check=False)['rc']
+               == 0 for d in ini.disks())
+
+
 @pytest.mark.timeout(900)
 def test_s4_reinstated_path_does_not_bring_back_an_old_key(cluster, pr,
                                                            record):
@@ -381,8 +389,9 @@ def test_s4_reinstated_path_does_not_bring_back_an_old_key(cluster, pr,
     # registrar repairs a path that lost its registration within 10 s).
     for host in (g1, g2):
         key = registered(etcd, host)['key']
-        wait_for(f'{host.name} registered through both paths', lambda k=key:
-                 key_count(g2, inis['g2'], k) >= 2, timeout=120)
+        wait_for(f'{host.name} registered through both paths',
+                 lambda h=host, k=key: every_path_carries(
+                     h, inis[h.name], k), timeout=120)
     assert key_count(g2, inis['g2'], key1) == 0
     record['new_key'] = new['key']
     wait_for('g1 retires vol-r', lambda: retired(g1, lv), timeout=180)

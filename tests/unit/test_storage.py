@@ -157,6 +157,12 @@ class FakeLU:
             return 0, (f'  PR generation={self.gen:#x}, Reservation '
                        f'follows:\n    Key={shown:#x}\n    scope: LU_SCOPE,'
                        f'  type: {name}\n'), ''
+        if '--register' in args:
+            if self.regs.get(nexus) != rk:
+                return 24, '', 'PR out (Register): Reservation conflict'
+            self.regs[nexus] = sark
+            self.gen += 1
+            return 0, '', ''
         if '--register-ignore' in args:
             self.regs[nexus] = sark
             if self.res and self.res[1] == nexus:
@@ -330,8 +336,7 @@ def test_doctor_reports_pr_support_reservation_and_key_per_path(sysfs):
     assert rows['storage fence'][0] == 'ok'
     assert rows['reservation'] == (
         'ok', 'type 5 (write exclusive, registrants only)')
-    assert rows['key on /dev/sda'] == (
-        'ok', '0xa1 registered through 2 of 2 path(s)')
+    assert rows['key on /dev/sda'] == ('ok', '0xa1 registered')
     # A path whose nexus lost its registration (another host preempted
     # us, a path that was down when we registered) is a failure.
     del lu.regs[('g1', '/dev/sdb')]
@@ -353,12 +358,15 @@ def test_repair_gives_a_path_back_the_current_key_never_a_removed_one(
     sf = fence.StorageFence(conn, None, None, session)
     conn.register(0xa1)
     assert sf.repair(lambda: True) == {}     # every path has it
-    # A path that was down while we registered: given the key again.
-    del lu.regs[('g1', '/dev/sdb')]
+    # A path that came back as a new nexus (tgtd: a new iSCSI session):
+    # the old nexus's registration stays behind, still listed by READ
+    # KEYS, the new one has none. Only the path is given the key.
+    lu.regs[('g1-old', '/dev/sdb')] = lu.regs.pop(('g1', '/dev/sdb'))
+    assert conn.unregistered(0xa1) == ['/dev/sdb']
     assert sf.repair(lambda: False) == {}    # not while the session is stale
-    assert sf.repair(lambda: True) == {'/dev/sda': 'ok', '/dev/sdb': 'ok'}
+    assert sf.repair(lambda: True) == {'/dev/sdb': 'ok'}
     assert lu.regs[('g1', '/dev/sdb')] == 0xa1
-    # Preempted: the key is on no path; it never comes back.
+    # Preempted: the key is on no nexus; it never comes back.
     lu.regs.clear()
     assert sf.repair(lambda: True) == {}
     assert lu.regs == {}

@@ -3,7 +3,7 @@
 #   make test   - the whole test suite (unit + functional, real etcd + LVM,
 #                 and the real-kernel tier: qemu guests, device-mapper)
 PYTHON ?= python3
-DEB_PACKAGES := lvm2 etcd-server shellcheck
+DEB_PACKAGES := lvm2 etcd-server etcd-client shellcheck
 STAMP := .setup-done
 
 .PHONY: setup demo test unit functional bench pep8 genconfig clean

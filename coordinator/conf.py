@@ -50,6 +50,12 @@ session_opts = [
     cfg.StrOpt('state_dir', default='/var/lib/lvmcoord',
                help='Where the session id is kept so a restarted daemon '
                     'resumes the same session.'),
+    cfg.StrOpt('machine_id',
+               help='This machine\'s identity, recorded with the session '
+                    'so a second machine configured with the same host '
+                    'name is refused (doc/design.md, "Host identity"). '
+                    'Default: the content of /etc/machine-id. Set it only '
+                    'where several simulated hosts share one machine.'),
 ]
 
 lock_opts = [

@@ -30,6 +30,8 @@ BUILTIN = {
     'doctor': 'coordinator.cli.doctor:Doctor',
     'drain': 'coordinator.cli.drain:Drain',
     'wait-ready': 'coordinator.cli.ready:WaitReady',
+    'history show': 'coordinator.cli.history:HistoryShow',
+    'history accept': 'coordinator.cli.history:HistoryAccept',
 }
 
 

@@ -174,6 +174,14 @@ def check_session(ctx):
         return [('session', FAIL, f'cannot ask etcd: {exc}')]
     if left <= 0:
         return [('session', FAIL, f'session {lease_id:x} has expired')]
+    # The live record under this host name: this machine's?
+    from coordinator.engine import identity
+    kv = ctx.etcd.get(ctx.keys.session(ctx.conf.host))
+    why = identity.conflict(kv.json() if kv else None, ctx.conf.host,
+                            identity.machine_id(ctx.conf.session.machine_id),
+                            lease_id, ctx.conf.session.state_dir)
+    if why:
+        return [('session', FAIL, why)]
     return [('session', OK, f'session {lease_id:x} alive, {left} s left')]
 
 
@@ -269,6 +277,11 @@ def check_daemon(ctx):
         status = ctx.client(timeout=10.0).call('status')
     except errors.CoordError as exc:
         return [('daemon', FAIL, str(exc))]
+    rewound = (status.get('history') or {}).get('rewound')
+    if rewound:
+        return [('daemon', FAIL, f'host {status.get("host")} holds every '
+                                 f'device fenced: etcd history rewound '
+                                 f'({rewound}); doc/runbook-etcd-restore.md')]
     return [('daemon', OK, f'host {status.get("host")}, session '
                            f'{status.get("session")}, backend '
                            f'{status.get("backend")}, '
@@ -321,8 +334,27 @@ def check_storage(ctx, connector=None):
     return rows
 
 
+def check_history(ctx):
+    """etcd's history: no host found it rewound (a restore from an older
+    backup) without an operator accepting it."""
+    from coordinator.engine import history
+    epoch_kv, revision = history.read_epoch(ctx.etcd, ctx.keys)
+    if epoch_kv is None:
+        return [('history', WARN, 'no cluster epoch in etcd yet (the first '
+                                  'daemon writes it)')]
+    epoch = epoch_kv.json()
+    rewound = epoch.get('rewound')
+    if rewound:
+        return [('history', FAIL, f'{rewound.get("by")} found etcd\'s '
+                                  f'history rewound: {rewound.get("reason")}'
+                                  f'; doc/runbook-etcd-restore.md')]
+    return [('history', OK, f'epoch {epoch.get("id")}, generation '
+                            f'{epoch.get("generation")}, revision '
+                            f'{revision}')]
+
+
 CHECKS = (check_etcd, check_clock, check_session, check_vgs, check_filter,
-          check_daemon, check_storage)
+          check_history, check_daemon, check_storage)
 
 
 class Doctor(lister.Lister):

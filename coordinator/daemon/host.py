@@ -17,6 +17,7 @@ from coordinator.daemon.ops import Operations
 from coordinator.daemon.routing import Router
 from coordinator.engine import etcd as etcdlib
 from coordinator.engine.core import Engine
+from coordinator.engine.history import History
 from coordinator.engine.membership import Membership
 from coordinator.lvm import executor
 from coordinator.lvm import vgview
@@ -36,6 +37,14 @@ class HostContext:
         self.conf = conf
         self.engine = Engine.from_conf(conf, attached=attached)
         self.etcd, self.keys = self.engine.etcd, self.engine.keys
+        # What etcd history this host has seen: every answer of etcd
+        # raises the mark (or, below it, calls for a check).
+        self.history = History(self.etcd, self.keys, conf.host,
+                               conf.session.state_dir, conf.cluster)
+        for client in {id(c): c for c in (
+                self.etcd, getattr(self.engine.session, 'keepalive_etcd',
+                                   None)) if c is not None}.values():
+            client.on_answer.append(self.history.hint)
         backend = conf.lvm.activation_backend
         if backend == 'auto':
             backend = 'lvm' if activation.has_device_mapper() else 'loop'
@@ -70,7 +79,8 @@ class HostContext:
                               self.book, self.fencer_problem,
                               self.vg_metadata,
                               (lambda: watchdog.armed_in(self.watchdog_state))
-                              if self.watchdog_state else None)
+                              if self.watchdog_state else None,
+                              history=self.history_state)
         if self.engine.storage:
             self.engine.storage.emit = self.emit
         if hasattr(self.backend, 'metadata'):
@@ -83,9 +93,24 @@ class HostContext:
             json.dump({'at': time.monotonic(), 'state': state}, f)
         os.replace(tmp, self.fencer_beat)
 
+    def history_state(self):
+        """The history mark as `lvmcoord status` shows it."""
+        mark = self.history.mark()
+        rewound = mark.get('rewound')
+        return {'epoch': mark.get('epoch'),
+                'generation': mark.get('generation'),
+                'revision': mark.get('revision'),
+                'rewound': rewound.get('reason') if rewound else None}
+
     def fencer_problem(self):
-        """Why this host must not take grants now (fencer down or
-        fenced), or None."""
+        """Why this host must not take grants now (etcd's history
+        rewound, fencer down or fenced), or None."""
+        rewound = self.history.rewound()
+        if rewound:
+            return (f'etcd\'s history was rewound ({rewound}); every '
+                    f'device stays fenced until an operator accepts it '
+                    f'(lvmcoord history accept, '
+                    f'doc/runbook-etcd-restore.md)')
         try:
             with open(self.fencer_beat) as f:
                 beat = json.load(f)

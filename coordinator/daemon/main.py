@@ -62,6 +62,15 @@ def main(argv=None):
     if conf.check_config:
         print('lvmcoordd: configuration OK')
         return 0
+    from coordinator.daemon import claim
+    try:
+        # Held by the master for its life (the workers inherit it).
+        state_lock = claim.lock_state_dir(conf.session.state_dir)
+        claim.check_host_name(conf)
+    except claim.Refused as exc:
+        LOG.error('start refused: %s', exc)
+        print(f'lvmcoordd: start refused: {exc}', file=sys.stderr)
+        return 1
     made = None
     if conf.metrics.port and 'PROMETHEUS_MULTIPROC_DIR' not in os.environ:
         # Workers are processes: metrics are aggregated through files.
@@ -82,6 +91,8 @@ def main(argv=None):
     finally:
         if made and os.getpid() == master:
             shutil.rmtree(made, ignore_errors=True)
+        if os.getpid() == master:
+            os.close(state_lock)
     return 0
 
 

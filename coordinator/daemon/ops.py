@@ -33,7 +33,8 @@ class Operations:
 
     def __init__(self, engine, lvm, backend, router, vgs, read_seqno,
                  readiness=None, members=None, events=None, book=None,
-                 fencer_alive=None, metadata=None, watchdog_armed=None):
+                 fencer_alive=None, metadata=None, watchdog_armed=None,
+                 history=None):
         self.engine = engine
         self.host = engine.host
         self.leases = engine.leases
@@ -57,6 +58,8 @@ class Operations:
         # watchdog_armed() -> bool, None without a watchdog: no device is
         # made here while a dead daemon would leave it unwatched.
         self.watchdog_armed = watchdog_armed
+        # history() -> the etcd history mark (coordinator.engine.history)
+        self.history = history or (lambda: None)
 
     def handle(self, op, args):
         """Dispatch one validated request."""
@@ -402,6 +405,7 @@ class Operations:
                 'devices': {f'{vg}/{lv}': info['path']
                             for (vg, lv), info in active.items()},
                 'fencer': self.fencer_alive() or 'ok',
+                'history': self.history(),
                 'readiness': self.readiness()}
 
     def op_hosts(self):

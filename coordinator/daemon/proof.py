@@ -35,13 +35,17 @@ def covers(lv_extents, device_extents):
 class Prover:
     """prove(vg, lv) for the Fencer, from the grant book, LVM and etcd."""
 
-    def __init__(self, leases, lvm, backend, book, metadata=None):
+    def __init__(self, leases, lvm, backend, book, metadata=None,
+                 history=None):
         self.leases = leases
         self.lvm = lvm
         self.backend = backend
         self.book = book
         # metadata(vg) -> mda.VGInfo or None (then lvs answers).
         self.metadata = metadata or (lambda vg: None)
+        # coordinator.engine.history.History: a restored etcd's old
+        # ledger proves nothing.
+        self.history = history
         self.reasons = {}
 
     def __call__(self, vg, lv):
@@ -59,6 +63,18 @@ class Prover:
 
     def _verdict(self, vg, lv):
         record = self.book.get(vg, lv)
+        if self.history is not None:
+            # Read fresh: a host cut off since before a backup has seen
+            # nothing newer than it, and learns of the restore here
+            # (another host told etcd's epoch) before anything resumes.
+            rewound, floor = self.history.floor()
+            if rewound:
+                return fence.KEEP, f'etcd history rewound: {rewound}'
+            if record and record.get('token') and \
+                    record['token'] < floor:
+                return fence.RETIRE, (
+                    f'granted (token {record["token"]}) before etcd\'s '
+                    f'restored history was accepted (floor {floor})')
         ident = self.backend.identity(vg, lv)
         if ident is None:
             if record and record.get('state') == grantbook.ACTIVATING and \

@@ -26,6 +26,7 @@ from coordinator.daemon import supervise
 from coordinator.daemon import watchdog
 from coordinator.daemon.host import HostContext
 from coordinator.engine import etcd as etcdlib
+from coordinator.engine import identity
 
 LOG = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class SessionWorker(_Worker):
         eng.open()
         self.ctx.emit('session', resumed=eng.session.resumed,
                       session=f'{eng.session.id:x}')
+        self._rewound = None
+        self._check_history()
         view = self.ctx.readiness(fresh=True)
         self.ctx.record_uuids(view)
         self.ctx.membership.join(view)
@@ -79,6 +82,7 @@ class SessionWorker(_Worker):
         self.ctx.known_uuids = self._known_uuids
         beat_every = max(1, int(self.ctx.membership.heartbeat_interval))
         ticks = 0
+        refused = None
         while not self.stopping.wait(1.0):
             ticks += 1
             if eng.session.lost:
@@ -86,13 +90,26 @@ class SessionWorker(_Worker):
                 # session so this host can be granted LVs again.
                 try:
                     eng.session.reopen()
+                except identity.NameTaken as exc:
+                    # Another machine took the name meanwhile (after a
+                    # partition): never take it back; stay fenced.
+                    if str(exc) != refused:
+                        refused = str(exc)
+                        LOG.error('session: not reopened: %s', refused)
+                        self.ctx.emit('host-name-taken', message=refused)
+                    continue
                 except errors.CoordError as exc:
                     LOG.warning('session: cannot open a new one yet: %s',
                                 exc)
                     continue
+                refused = None
                 self.ctx.emit('session-reopened',
                               session=f'{eng.session.id:x}')
             metrics.KEEPALIVE.set(eng.session.keepalive_rtt)
+            # An answer below the mark calls for a check at once; every
+            # 15 s one learns what other hosts found (or an accept).
+            if self.ctx.history.suspect or ticks % 15 == 0:
+                self._check_history()
             # Idle etcd traffic per host stays under 1 request/s: the
             # lock-queue metric is read only when metrics are served, tooz's
             # membership lease (TTL = session TTL) refreshed every TTL/2,
@@ -117,6 +134,20 @@ class SessionWorker(_Worker):
                 # a session loss): join again rather than die.
                 LOG.warning('membership: %s; joining again', exc)
                 self._rejoin()
+
+    def _check_history(self):
+        try:
+            why = self.ctx.history.check()
+        except errors.CoordError as exc:
+            LOG.warning('history: not checked: %s', exc)
+            return
+        if why and why != self._rewound:
+            self.ctx.emit('history-rewound', reason=why)
+        elif self._rewound and not why:
+            self.ctx.emit('history-accepted',
+                          generation=(self.ctx.history.epoch or {}).get(
+                              'generation'))
+        self._rewound = why
 
     def _known_uuids(self):
         at, uuids = self._uuids
@@ -196,7 +227,7 @@ class FenceWorker(_Worker):
             ctx.backend, self.conf.session.ttl, f.fraction, f.action,
             self._on_event, lease=session.id,
             prove=proof.Prover(ctx.engine.leases, ctx.lvm, ctx.backend,
-                               ctx.book, ctx.vg_metadata),
+                               ctx.book, ctx.vg_metadata, ctx.history),
             book=ctx.book, on_retired=self._retired, watchdog=dog)
         # Incomplete, devices found stay fenced until proven; fencing goes
         # on.
@@ -219,7 +250,10 @@ class FenceWorker(_Worker):
                                       ctx.book, fencer)
         threading.Thread(target=watch.run, args=(self.stopping,),
                          name='grant-watch', daemon=True).start()
+        rewound = None
         while True:
+            with errors.logged(LOG, 'fencer: history not judged'):
+                rewound = self._hold_rewound(rewound)
             current = session.id
             if current and current != fencer.lease and current != held:
                 # A new session: the old one ended with every grant bound
@@ -246,6 +280,19 @@ class FenceWorker(_Worker):
                 LOG.exception('fencer: cannot record its heartbeat')
             if self.stopping.wait(fencer.next_tick(f.interval)):
                 return
+
+    def _hold_rewound(self, before):
+        """etcd's history was rewound: every device stays fenced (each
+        proof keeps it) until an operator accepts it."""
+        ctx = self.ctx
+        why = ctx.history.rewound()
+        if why:
+            # The kernel's list once, the book on every tick after.
+            keys = list(ctx.book.all())
+            if not before:
+                keys += list(ctx.backend.active())
+            self.fencer.fence_existing(keys, f'etcd history rewound: {why}')
+        return why
 
     def _on_event(self, kind, **fields):
         if kind == 'fenced':

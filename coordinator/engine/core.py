@@ -17,14 +17,14 @@ class Engine:
     def __init__(self, etcd, host, cluster='default', prefix='/lvmcoord',
                  ttl=10, keepalive_interval=None, state_file=None, grace=3.0,
                  lock_timeout=60.0, session=None, keepalive_etcd=None,
-                 storage=None):
+                 machine=None, storage=None):
         self.etcd = etcd
         self.host = host
         self.keys = keyslib.Keys(prefix, cluster)
         # Worker processes pass an AttachedSession kept alive elsewhere.
         self.session = session or sessionlib.Session(
             etcd, self.keys, host, ttl, keepalive_interval, state_file,
-            keepalive_etcd)
+            keepalive_etcd, machine)
         # One per process: its lease is granted once and shared.
         self.once = oncelib.Once(etcd, self.keys.once())
         # The storage fence (coordinator.storage.fence), or None.
@@ -55,7 +55,7 @@ class Engine:
                    conf.etcd.prefix, conf.session.ttl,
                    conf.session.keepalive_interval or None, state,
                    conf.lease.grace, conf.lock.acquire_timeout, session,
-                   quick, lambda eng: storagelib.load(
+                   quick, conf.session.machine_id, lambda eng: storagelib.load(
                        conf, eng.etcd, eng.keys, eng.session))
 
     def open(self):

@@ -14,6 +14,11 @@ class Keys:
     def sessions(self):
         return f'{self.root}sessions/'
 
+    def epoch(self):
+        """The cluster epoch: which etcd history this is
+        (coordinator.engine.history)."""
+        return f'{self.root}epoch'
+
     def vg_lock(self, vg):
         """Prefix of the VG metadata lock's queue (one key per waiter)."""
         return f'{self.root}vg/{vg}/lock/'

@@ -13,6 +13,8 @@ import threading
 import time
 
 from coordinator import errors
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import identity
 
 LOG = logging.getLogger(__name__)
 
@@ -21,7 +23,7 @@ class Session:
     """This host's etcd lease, its keepalive, and its loss detection."""
 
     def __init__(self, etcd, keys, host, ttl=10, keepalive_interval=None,
-                 state_file=None, keepalive_etcd=None):
+                 state_file=None, keepalive_etcd=None, machine=None):
         self.etcd = etcd
         # Keepalives go through a client with short timeouts, so a hung
         # member (a stopped leader) costs a fraction of a second before the
@@ -34,6 +36,11 @@ class Session:
         # most of the fence window (fraction * TTL) to recover in.
         self.interval = keepalive_interval or self.ttl / 6.0
         self.state_file = state_file
+        # Recorded with the session: a host name is not an identity.
+        self.machine = identity.machine_id(machine)
+        # Extra fields other parts put in the session record (e.g. a
+        # storage-fence key): {name: value}, merged as they are.
+        self.record_fields = {}
         self.id = 0
         self.resumed = False
         self.lost = False
@@ -50,24 +57,30 @@ class Session:
         self._on_lost.append(callback)
 
     def open(self):
-        """Resume the persisted lease if still alive, else grant a new one."""
+        """Resume the persisted lease if still alive, else grant a new one;
+        NameTaken (nothing written) if another machine's session is live
+        under this host name."""
         sent = time.monotonic()
         lease_id = self._resume()
         if lease_id:
             self.resumed = True
+        else:
+            self.resumed = False
+            lease_id = self.etcd.lease_grant(self.ttl)
+        try:
+            self._claim(lease_id)
+        except identity.NameTaken:
+            if not self.resumed:
+                self.etcd.lease_revoke(lease_id)
+            raise
+        if self.resumed:
             LOG.info('resumed session %x for %s', lease_id, self.host)
         else:
-            lease_id = self.etcd.lease_grant(self.ttl)
             LOG.info('opened session %x for %s (ttl %ss)', lease_id,
                      self.host, self.ttl)
         self.id, self.lost, self.last_ok = lease_id, False, sent
         self._save()
         self._beat(sent)
-        self.etcd.put(self.keys.session(self.host),
-                      {'host': self.host, 'lease': lease_id,
-                       'pid': os.getpid(), 'ttl': self.ttl,
-                       'since': time.time()},
-                      lease=lease_id)
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._keepalive_loop,
@@ -75,6 +88,36 @@ class Session:
                                             daemon=True)
             self._thread.start()
         return self
+
+    def record(self, lease_id):
+        """The session record (JSON: other fields may join it)."""
+        return dict(self.record_fields, host=self.host, lease=lease_id,
+                    pid=os.getpid(), ttl=self.ttl, since=time.time(),
+                    **identity.fields(self.machine, self._state_dir()))
+
+    def _state_dir(self):
+        return os.path.dirname(os.path.abspath(self.state_file)) \
+            if self.state_file else None
+
+    def _claim(self, lease_id):
+        # Read, judge, then write guarded by what was read: a record
+        # written meanwhile (another machine's) is judged in turn, never
+        # overwritten.
+        key = self.keys.session(self.host)
+        while True:
+            kv = self.etcd.get(key)
+            why = identity.conflict(kv.json() if kv else None, self.host,
+                                    self.machine,
+                                    lease_id if self.resumed else 0,
+                                    self._state_dir())
+            if why:
+                raise identity.NameTaken(why)
+            res = self.etcd.txn(
+                [etcdlib.cmp_mod(key, kv.mod_revision if kv else 0)],
+                [etcdlib.op_put(key, self.record(lease_id),
+                                lease=lease_id)])
+            if res.succeeded:
+                return
 
     def reopen(self):
         """After a loss: drop the persisted id and open a fresh session."""
@@ -94,6 +137,12 @@ class Session:
         except (OSError, ValueError, KeyError) as exc:
             LOG.warning('ignoring unreadable session state %s: %s',
                         self.state_file, exc)
+            return 0
+        # Not another machine's (a cloned state dir): its lease is not
+        # ours to keep alive.
+        kv = self.etcd.get(self.keys.session(self.host))
+        if identity.conflict(kv.json() if kv else None, self.host,
+                             self.machine, lease_id, self._state_dir()):
             return 0
         # A keepalive both checks the lease exists and restarts its TTL.
         if self.etcd.lease_keepalive(lease_id) > 0:

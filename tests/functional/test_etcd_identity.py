@@ -46,6 +46,7 @@ def host_permissions(keys, host):
     group = 'tooz/groups/' + keys.tooz_group().decode() + '/'
     perms = [(root, _end(root), 'READ'),
              (keys.session(host), None, 'READWRITE'),
+             (keys.epoch(), None, 'READWRITE'),
              (group, _end(group), 'READWRITE')]
     for sub in ('vg/', 'leases/', 'requests/', 'replies/', 'events/',
                 'once/'):

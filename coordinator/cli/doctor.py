@@ -313,6 +313,52 @@ def check_daemon(ctx):
                            f'{len(status.get("active", []))} LV(s) active')]
 
 
+def check_storage(ctx, connector=None):
+    """[fence] storage: PR support of the LU (REPORT CAPABILITIES), the
+    reservation held, and this host's key on every path."""
+    from coordinator.storage import base
+    from coordinator.storage import parse
+    from coordinator.storage import scsi_pr
+    f = ctx.conf.fence
+    if f.storage == 'none':
+        return [('storage fence', OK, 'none: the host fences itself only')]
+    try:
+        conn = connector or scsi_pr.ScsiPR(f.storage_devices,
+                                           f.storage_reservation)
+        caps = conn.check()
+        held = conn.reservation()
+        path_keys = conn.path_keys()
+    except base.StorageError as exc:
+        return [('storage fence', FAIL, str(exc))]
+    rows = [('storage fence', OK, f'scsi-pr on {", ".join(conn.devices)}: '
+             + '; '.join(f'{p}: {v}' for p, v in sorted(caps.items())))]
+    if held is None or held[1] not in parse.FENCING_TYPES:
+        rows.append(('reservation', FAIL, f'no fencing reservation held '
+                     f'({held}): any host can write the LU'))
+    else:
+        name = next(n for n, t in parse.TYPE_NAMES.items() if t == held[1])
+        rows.append(('reservation', OK, f'type {held[1]} ({name})'))
+    kv = ctx.etcd.get(ctx.keys.storage_key(ctx.conf.host))
+    mine = int(kv.json()['key'], 16) if kv else None
+    missing = conn.unregistered(mine) if mine else []
+    for path in sorted(path_keys):
+        keys = path_keys[path]
+        if isinstance(keys, str):
+            rows.append((f'key on {path}', FAIL, keys))
+        elif mine is None:
+            rows.append((f'key on {path}', FAIL, 'no key recorded for this '
+                         'host (daemon never registered?)'))
+        elif path in missing:
+            rows.append((f'key on {path}', FAIL,
+                         f'this path does not carry {parse.key_hex(mine)}'
+                         + ('' if mine in keys else ' (nor any path: '
+                            'preempted; restart the daemon)')))
+        else:
+            rows.append((f'key on {path}', OK, f'{parse.key_hex(mine)} '
+                         f'registered'))
+    return rows
+
+
 def check_history(ctx):
     """etcd's history: no host found it rewound (a restore from an older
     backup) without an operator accepting it."""
@@ -333,7 +379,7 @@ def check_history(ctx):
 
 
 CHECKS = (check_etcd, check_clock, check_session, check_vgs, check_filter,
-          check_history, check_fence, check_daemon)
+          check_history, check_fence, check_storage, check_daemon)
 
 
 class Doctor(lister.Lister):

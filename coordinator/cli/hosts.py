@@ -10,7 +10,7 @@ from coordinator import cli
 LOG = logging.getLogger(__name__)
 
 COLUMNS = ('Host', 'Session', 'Alive since', 'VGs seen', 'PV devices',
-           'Multipath', 'Problems')
+           'Multipath', 'Problems', 'Storage key')
 
 
 class VGsColumn(columns.FormattableColumn):
@@ -35,7 +35,20 @@ class MultipathColumn(columns.FormattableColumn):
                          for d, m in sorted(flags.items()))
 
 
-def host_row(host, session, view, members_error=None):
+def storage_key(session, record):
+    """The reservation key a host registered ([fence] storage =
+    scsi-pr), marked when it belongs to another session than the live
+    one (a key another host may have removed)."""
+    if not record:
+        return None
+    key = record.get('key')
+    lease_id = (session or {}).get('lease')
+    if lease_id and record.get('session') == lease_id:
+        return key
+    return f'{key} (session {record.get("session", 0):x}, not live)'
+
+
+def host_row(host, session, view, members_error=None, storage=None):
     """One row of COLUMNS from a session value and a readiness view."""
     # Either may be None: the host is then missing from that source.
     vgs = (view or {}).get('vgs', {})
@@ -63,7 +76,8 @@ def host_row(host, session, view, members_error=None):
                        for vg, e in vgs.items()}),
             cli.ListColumn(devices),
             MultipathColumn(multipath),
-            cli.DictColumn(problems))
+            cli.DictColumn(problems),
+            storage_key(session, storage))
 
 
 def read_members(ctx):
@@ -92,6 +106,10 @@ class HostList(lister.Lister):
         members, error = read_members(ctx)
         if error:
             LOG.warning('%s', error)
-        rows = [host_row(h, sessions.get(h), members.get(h), error)
+        kvs, _ = ctx.etcd.range(ctx.keys.storage_keys(), prefix=True)
+        cut = len(ctx.keys.storage_keys())
+        keys = {kv.key[cut:]: kv.json() for kv in kvs}
+        rows = [host_row(h, sessions.get(h), members.get(h), error,
+                         keys.get(h))
                 for h in sorted(set(sessions) | set(members))]
         return COLUMNS, rows

@@ -308,3 +308,14 @@ def check(conf, etcd=True):
     check_paths(conf)
     if etcd:
         wait_for_etcd(conf)
+        check_storage(conf)
+
+
+def check_storage(conf):
+    """[fence] storage: the cluster's mode, and an LU that supports it."""
+    from coordinator.storage import base as storage_base
+    from coordinator.storage import fence as storage_fence
+    try:
+        storage_fence.check_at_start(conf)
+    except (storage_base.StorageError, errors.InvalidInput) as exc:
+        raise ConfigError('[fence] storage', str(exc)) from exc

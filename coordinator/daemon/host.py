@@ -94,6 +94,8 @@ class HostContext:
             lambda: self.engine.session.last_ok,
             conf.fence.fraction * conf.session.ttl)
         self.ops.guard.inflight = self.inflight
+        if self.engine.storage:
+            self.engine.storage.emit = self.emit
         if hasattr(self.backend, 'metadata'):
             self.backend.metadata = self.vg_metadata
 
@@ -145,6 +147,9 @@ class HostContext:
         # Negative: a beat from before a reboot (monotonic restarted).
         if age < 0 or age > max(3.0, 8 * self.conf.fence.interval):
             return f'its fencer has not run for {age:.1f}s'
+        if beat['state'] == 'storage-unregistered':
+            return ('its reservation key is not registered on the shared '
+                    'LU yet ([fence] storage = scsi-pr)')
         if beat['state'] != 'ok':
             return (f'its fencer has fenced this host (session '
                     f'{beat["state"]}); waiting for the session to be '

@@ -27,13 +27,14 @@ class _Off:
 
 
 LOCK_WAIT = GRANTS = RELEASES = FENCES = KEEPALIVE = QUEUE_DEPTH = _Off()
+PREEMPTS = _Off()
 _enabled = False
 
 
 def enable():
     """Record metrics from now on (the real prometheus_client ones)."""
     global LOCK_WAIT, GRANTS, RELEASES, FENCES, KEEPALIVE, QUEUE_DEPTH
-    global _enabled
+    global PREEMPTS, _enabled
     if _enabled:
         return
     import prometheus_client as prom
@@ -45,6 +46,9 @@ def enable():
     RELEASES = prom.Counter('lvmcoord_releases',
                             'Activation leases released')
     FENCES = prom.Counter('lvmcoord_fences', 'Fencing actions taken')
+    PREEMPTS = prom.Counter('lvmcoord_storage_preempts',
+                            'Storage fences: keys preempted, by result',
+                            ['result'])
     KEEPALIVE = prom.Gauge('lvmcoord_keepalive_seconds',
                            'Round trip of the last session keepalive',
                            multiprocess_mode='livemax')

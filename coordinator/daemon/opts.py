@@ -64,6 +64,26 @@ fence_opts = [
                      'Logged at every start and shown by lvmcoord doctor '
                      'and host list. The loop backend (sandbox) needs no '
                      'watchdog.'),
+    cfg.StrOpt('storage', default='none', choices=['none', 'scsi-pr'],
+               help='Fence at the storage too: scsi-pr registers a key per '
+                    'daemon incarnation on every path of the shared LU '
+                    '(SCSI-3 persistent reservations) and removes a dead '
+                    'holder\'s key before its LVs are granted elsewhere '
+                    '(doc/design.md, "The storage fence"). Every host of a '
+                    'cluster must use the same mode.'),
+    cfg.ListOpt('storage_devices', default=[],
+                help='The shared LU as this host sees it (a dm-multipath '
+                     'map or a SCSI disk) for storage = scsi-pr.'),
+    cfg.ListOpt('storage_volume_groups', default=[],
+                help='The VGs whose PVs are all on storage_devices (the '
+                     'storage fence shortens their takeovers only); '
+                     'empty: every VG of [lvm] volume_groups.'),
+    cfg.StrOpt('storage_reservation', default='wero',
+               choices=['wero', 'wear'],
+               help='Reservation type: Write Exclusive, Registrants Only '
+                    '(wero: preempting the holder hands the reservation '
+                    'to the preempter) or All Registrants (wear; tgtd '
+                    'mishandles preempting its holder).'),
 ]
 
 api_opts = [

@@ -249,6 +249,17 @@ class FenceWorker(_Worker):
             reconcile.at_start(ctx.engine.leases, ctx.lvm, ctx.backend,
                                ctx.book, fencer, ctx.emit,
                                reconcile.quiesce_wait(self.conf))
+        storage = ctx.engine.storage
+        registrar = _Registrar(storage, session, self.stopping) \
+            if storage and storage.active else None
+        # With a storage fence, nothing fenced is proven (resumed) before
+        # this incarnation's key is on the LU: the fencer is held (LOST:
+        # no proof, no grant) until the registrar has registered it.
+        held = None
+        if registrar:
+            held = session.id
+            fencer.state = fence.LOST
+            registrar.allow(held)
         watch = grantwatch.GrantWatch(ctx.etcd, ctx.keys, ctx.engine.leases,
                                       ctx.book, fencer)
         threading.Thread(target=watch.run, args=(self.stopping,),
@@ -258,14 +269,25 @@ class FenceWorker(_Worker):
             with errors.logged(LOG, 'fencer: history not judged'):
                 rewound = self._hold_rewound(rewound)
             current = session.id
-            if current and current != fencer.lease:
+            if current and current != fencer.lease and current != held:
                 # A new session: the old one ended with every grant bound
                 # to it. Fence what is not yet, then prove each under the
-                # new one.
+                # new one (once its key is registered, if storage fenced).
                 fencer.fence_existing(list(ctx.book.all()),
                                       'session replaced')
-                fencer.rearm(current)
+                if registrar:
+                    held = current
+                    registrar.allow(current)
+                else:
+                    fencer.rearm(current)
+            if held and registrar.done(held):
+                if session.id == held:
+                    fencer.rearm(held)
+                held = None
             state = fencer.tick()
+            if registrar and not registrar.done(session.id):
+                # No grant before the LU lets this incarnation write.
+                state = 'storage-unregistered'
             try:
                 ctx.beat_fencer(state)
             except OSError:
@@ -337,6 +359,62 @@ class FenceWorker(_Worker):
             with errors.logged(LOG, f'{vg}/{lv}: fenced, not parked'):
                 self.ctx.backend.park(
                     vg, lv, **fence.address(self.ctx.book.get(vg, lv)))
+
+
+class _Registrar:
+    """Registers each new session's key at the storage, in a thread of
+    its own (sg_persist may wait on a dead path; the fencer never does).
+    Started once the devices found at start are fenced; a replaced
+    session's key is registered after fence_existing() ran for it.
+
+    A path that was down then is given the current key later, but only
+    while that key is still on the LU through another path and the
+    session is fresh: a key that is gone was preempted (another host may
+    hold our LVs), and is never registered again."""
+
+    RETRY = 2.0
+    REPAIR = 10.0
+
+    def __init__(self, storage, session, stopping):
+        self.storage, self.session, self.stopping = storage, session, stopping
+        # The session whose older incarnations' devices the fencer has
+        # fenced (at start, or fence_existing on a replaced session).
+        self.allowed = 0
+        self.registered = 0
+        threading.Thread(target=self._run, name='storage-register',
+                         daemon=True).start()
+
+    def allow(self, session_id):
+        """Let ``session_id``'s key be registered: nothing of an older
+        incarnation can write through it."""
+        self.allowed = session_id
+
+    def done(self, session_id):
+        """Whether ``session_id``'s key is registered."""
+        return bool(session_id) and self.registered == session_id
+
+    def _run(self):
+        while not self.stopping.is_set():
+            current = self.session.id
+            try:
+                if current and current != self.registered and \
+                        current == self.allowed:
+                    self.storage.register()
+                    self.registered = current
+                elif current and current == self.registered:
+                    self.storage.repair(
+                        lambda c=current: self.session.id == c and
+                        self.session.silent_for() < self.session.ttl / 2)
+            except Exception as exc:
+                LOG.error('storage: key of session %x not registered%s: '
+                          '%s', current, '' if current != self.registered
+                          else ' on every path', exc)
+            if current != self.registered:
+                # Soon after the fencer rearms (a grant waits on this).
+                self.stopping.wait(0.2 if current != self.allowed
+                                   else self.RETRY)
+            else:
+                self.stopping.wait(self.REPAIR)
 
 
 def build(conf):

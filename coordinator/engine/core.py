@@ -8,6 +8,7 @@ from coordinator.engine import metadata
 from coordinator.engine import once as oncelib
 from coordinator.engine import session as sessionlib
 from coordinator.engine import vglock
+from coordinator.storage import fence as storagelib
 
 
 class Engine:
@@ -16,7 +17,7 @@ class Engine:
     def __init__(self, etcd, host, cluster='default', prefix='/lvmcoord',
                  ttl=10, keepalive_interval=None, state_file=None, grace=3.0,
                  lock_timeout=60.0, session=None, keepalive_etcd=None,
-                 machine=None):
+                 machine=None, storage=None):
         self.etcd = etcd
         self.host = host
         self.keys = keyslib.Keys(prefix, cluster)
@@ -26,8 +27,12 @@ class Engine:
             keepalive_etcd, machine)
         # One per process: its lease is granted once and shared.
         self.once = oncelib.Once(etcd, self.keys.once())
+        # The storage fence (coordinator.storage.fence), or None.
+        self.storage = storage(self) if storage else None
+        fence = self.storage.fence_lv if self.storage and \
+            self.storage.active else None
         self.leases = lease.LeaseTable(etcd, self.keys, self.session, grace,
-                                       self.once)
+                                       self.once, fence)
         self.lock_timeout = lock_timeout
 
     @staticmethod
@@ -50,7 +55,8 @@ class Engine:
                    conf.etcd.prefix, conf.session.ttl,
                    conf.session.keepalive_interval or None, state,
                    conf.lease.grace, conf.lock.acquire_timeout, session,
-                   quick, conf.session.machine_id)
+                   quick, conf.session.machine_id, lambda eng: storagelib.load(
+                       conf, eng.etcd, eng.keys, eng.session))
 
     def open(self):
         """Open or resume the session; drop lock entries that a process of
@@ -72,10 +78,13 @@ class Engine:
 
     def guard(self, read_seqno, on_alert=None):
         """A MetadataGuard using ``read_seqno(vg, fresh)``."""
+        fence = self.storage.fence_lv if self.storage and \
+            self.storage.active else None
         return metadata.MetadataGuard(self.etcd, self.keys, self.session,
                                       read_seqno, self.lock_timeout,
                                       on_alert=on_alert, once=self.once,
-                                      grace=self.leases.grace)
+                                      grace=self.leases.grace,
+                                      storage=fence)
 
     def close(self, revoke=False):
         self.session.close(revoke=revoke)

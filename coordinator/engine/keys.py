@@ -72,6 +72,24 @@ class Keys:
         """Prefix of the event log (fences, breaks, alerts)."""
         return f'{self.root}events/'
 
+    def storage_mode(self):
+        """The cluster's storage fence mode ([fence] storage)."""
+        return f'{self.root}storage/mode'
+
+    def storage_key(self, host):
+        """The reservation key ``host`` registered last, and its session."""
+        return f'{self.storage_keys()}{host}'
+
+    def storage_keys(self):
+        return f'{self.root}storage/keys/'
+
+    def storage_fence(self, host, key):
+        """A storage fence of ``host``'s incarnation with ``key``."""
+        return f'{self.storage_fences()}{host}-{int(key):x}'
+
+    def storage_fences(self):
+        return f'{self.root}storage/fences/'
+
     def tooz_group(self):
         """The tooz membership group of this cluster."""
         return self.root.strip('/').replace('/', '.').encode()

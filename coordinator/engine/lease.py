@@ -31,8 +31,13 @@ WRITTEN_MAX = 4096
 class LeaseTable:
     """Grant, release, list and watch activation leases for this host."""
 
-    def __init__(self, etcd, keys, session, grace=3.0, once=None):
+    def __init__(self, etcd, keys, session, grace=3.0, once=None,
+                 storage=None):
         self.etcd = etcd
+        # storage(vg, host, session, why) -> True once that incarnation is
+        # fenced at the storage (coordinator.storage.fence): then the
+        # grace protects nothing and is not waited.
+        self.storage = storage
         self.keys = keys
         self.session = session
         self.grace = grace
@@ -166,6 +171,9 @@ class LeaseTable:
     def grace_left(self, vg, lv, holder):
         """Seconds before a holder whose session ended may be superseded."""
         if holder.alive:
+            return 0.0
+        if self.storage and not holder.broken and self.storage(
+                vg, holder.host, holder.session, f'takeover of {vg}/{lv}'):
             return 0.0
         seen = self._orphans.setdefault(
             (vg, lv, holder.host, holder.session, holder.broken),

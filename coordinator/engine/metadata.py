@@ -32,7 +32,7 @@ class MetadataGuard:
 
     def __init__(self, etcd, keys, session, read_seqno, lock_timeout=60.0,
                  rescans=3, rescan_delay=0.2, on_alert=None, once=None,
-                 grace=0.0, inflight=None):
+                 grace=0.0, inflight=None, storage=None):
         self.etcd = etcd
         # A holder whose session ended mid-change is superseded only
         # after this grace, as a grant holder is: its watchdog resets it
@@ -41,6 +41,9 @@ class MetadataGuard:
         self._orphans = {}
         # inflight.Registry: holds and their commands, for the fencer.
         self.inflight = inflight
+        # storage(vg, host, session, why): fences at the storage the holder
+        # that died mid-command (its metadata write may still be queued).
+        self.storage = storage
         self.keys = keys
         self.session = session
         # read_seqno(vg, fresh) -> int: the VG's committed seqno as this
@@ -114,7 +117,10 @@ class MetadataGuard:
         try:
             recorded = seq_kvs[0].json()['seqno'] if seq_kvs else None
             intent = intent_kvs[0].json() if intent_kvs else None
-            self._outwait(vg, intent)
+            if not self._fence_died(vg, intent):
+                # Not fenced at the storage: its watchdog must reset it
+                # first.
+                self._outwait(vg, intent)
             self._reconcile(vg, recorded, intent)
             if (time.monotonic() - proven > FRESH_PROOF
                     or self.session.silent_for() > self.session.ttl / 2):
@@ -179,6 +185,24 @@ class MetadataGuard:
                 told = True
             time.sleep(pause)
             pause = min(1.0, pause * 2)
+
+    def _fence_died(self, vg, intent):
+        """An intent left by another session: its holder lost the lock
+        mid-command, and the command may still be queued below LVM.
+        Remove that incarnation's key first (with scsi-pr); True once
+        that is proven (no grace to wait out then)."""
+        if not (self.storage and intent and intent.get('session')) or \
+                intent['session'] == self.session.id:
+            return False
+        if self.etcd.lease_ttl(intent['session']) > 0:
+            return False  # alive: its own host fences, not fenced here
+        fenced = self.storage(vg, intent['host'], intent['session'],
+                              f'VG {vg} lock after {intent.get("op")!r}')
+        if fenced is False:
+            LOG.error('VG %s: %s died during %r and could not be fenced '
+                      'at the storage; going on under the host-side fence',
+                      vg, intent['host'], intent.get('op'))
+        return bool(fenced)
 
     def _lock_deadline(self):
         margin = max(1.0, self.session.ttl / 5)

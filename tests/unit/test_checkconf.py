@@ -183,7 +183,8 @@ def test_lvm_backend_opt_out_is_logged_and_published(tmp_path, caplog):
     row = hosts.host_row('compute-1', {'lease': 1},
                          {'vgs': {}, 'problems': {},
                           'fence': checkconf.fence_view(conf)})
-    assert 'UNPROTECTED' in row[-1].human_readable()
+    problems = row[hosts.COLUMNS.index('Problems')]
+    assert 'UNPROTECTED' in problems.human_readable()
 
 
 def test_loop_backend_needs_no_watchdog(tmp_path):

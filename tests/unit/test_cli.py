@@ -297,6 +297,16 @@ def test_host_row_missing_sources():
     assert row[5].human_readable() == '-'
 
 
+def test_host_row_storage_key():
+    assert hosts.host_row('h1', {'lease': 255}, None)[7] is None
+    row = hosts.host_row('h1', {'lease': 255}, None, storage={
+        'key': '0xff', 'session': 255})
+    assert row[7] == '0xff'
+    row = hosts.host_row('h1', {'lease': 256}, None, storage={
+        'key': '0xff', 'session': 255})
+    assert row[7] == '0xff (session ff, not live)'
+
+
 def holder(host='h1', alive=True, token=9, instance='i-1'):
     return Holder(host=host, mode='migration', instance=instance,
                   token=token, since=1700000000.0, session=5, alive=alive)

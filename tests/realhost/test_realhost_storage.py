@@ -1,0 +1,419 @@
+"""The storage fence on the real target (issue 21): tgtd's SPC-3
+persistent reservations, the iSCSI LU seen through dm-multipath in g1
+and g2, `[fence] storage = scsi-pr` on both.
+
+Runs after the other tier files, on the same booted cluster; the hosts
+get `storage = none` back at the end (the cluster's mode record too).
+"""
+import json
+import signal
+import sys
+import time
+
+import pytest
+
+from coordinator.engine import etcd as etcdlib
+from coordinator.engine import keys as keyslib
+from tests.realhost import iscsi
+from tests.realhost.cluster import GRACE
+from tests.realhost.cluster import MP_VG
+from tests.realhost.cluster import ROOT
+from tests.realhost.cluster import TTL
+from tests.realhost.cluster import MiB
+from tests.realhost.test_realhost import writer_argv
+from tests.realhost.test_realhost import writes
+from tests.realhost.vm import wait_for
+
+KEYS = keyslib.Keys('/lvmcoord', 'realhost')
+BLOCKS = 256
+
+
+def dev(lv):
+    return f'/dev/{MP_VG}/{lv}'
+
+
+def pr_config(host):
+    """host's config with the storage fence on the multipath LU."""
+    host.write_config(fence__storage='scsi-pr',
+                      fence__storage_devices=iscsi.MAP,
+                      fence__storage_volume_groups=MP_VG)
+
+
+@pytest.fixture(scope='module')
+def pr(cluster):
+    """g1 and g2 on the iSCSI LU with storage = scsi-pr (restarted)."""
+    inis = cluster.multipath_lu(['g1', 'g2'])
+    hosts = [cluster.host('g1'), cluster.host('g2')]
+    etcd = etcdlib.Etcd(cluster.etcd.endpoints, timeout=5.0)
+    for h in hosts:
+        h.stop_daemon()
+    # The cluster ran storage = none so far: an operator's switch.
+    etcd.delete(KEYS.storage_mode())
+    for h in hosts:
+        pr_config(h)
+        h.start_daemon()
+    for h in hosts:
+        wait_for(f'{h.name} registered', lambda h=h: registered(etcd, h),
+                 timeout=180)
+    yield hosts, inis, etcd
+    for h in hosts:
+        h.guest.signal('lvmcoordd', signal.SIGCONT)
+        h.stop_daemon()
+    etcd.delete(KEYS.storage_mode())
+    for h in hosts:
+        h.write_config()
+        h.start_daemon()
+
+
+def registered(etcd, host):
+    """The key recorded for host's current session, if registered."""
+    kv = etcd.get(KEYS.storage_key(host.name))
+    session = etcd.get(KEYS.session(host.name))
+    if kv and session and kv.json()['session'] == session.json()['lease']:
+        return kv.json()
+    return None
+
+
+def lu_keys(host, ini):
+    """The keys on the LU as READ KEYS through host's first path."""
+    out = host.guest.sh(f'sg_persist -n -i -k /dev/{ini.disks()[0]} || '
+                        f'sg_persist -n -i -k /dev/{ini.disks()[0]}')
+    from coordinator.storage import parse
+    return parse.read_keys(out)[1]
+
+
+@pytest.mark.timeout(300)
+def test_s7_lu_without_pr_is_refused_at_start(pr, record):
+    """storage = scsi-pr on a disk without persistent reservations (the
+    guest's virtio disk): the daemon's start checks refuse it, naming
+    the device."""
+    (g1, _), _, _ = pr
+    with open(g1.guest.host_path('lvmcoord.conf')) as f:
+        text = f.read().replace(f'storage_devices = {iscsi.MAP}',
+                                'storage_devices = /dev/vda')
+    assert 'storage_devices = /dev/vda' in text
+    with open(g1.guest.host_path('lvmcoord-nopr.conf'), 'w') as f:
+        f.write(text)
+    out = g1.guest.run([sys.executable, '-m', 'coordinator.daemon.main',
+                        '--config-file', '/rh/lvmcoord-nopr.conf',
+                        '--check-config'], cwd=ROOT, timeout=180,
+                       check=False)
+    assert out['rc'] == 1, out
+    assert '/dev/vda' in out['err'] and 'persistent reservations' in \
+        out['err'], out
+    # The LU itself passes the same checks.
+    ok = g1.guest.run([sys.executable, '-m', 'coordinator.daemon.main',
+                       '--config-file', '/rh/lvmcoord.conf',
+                       '--check-config'], cwd=ROOT, timeout=180,
+                      check=False)
+    assert ok['rc'] == 0, ok
+
+
+def stop_and_take_over(g1, g2, etcd, lv, instance):
+    """SIGSTOP g1's daemon (no watchdog in the tier), g2 takes lv over.
+    {figures}: g1's last keepalive (its own beat file), g2's fence record
+    and grant, on this machine's clock."""
+    g1.guest.signal('lvmcoordd', signal.SIGSTOP)
+    stopped = time.time()
+    victim = registered(etcd, g1) or etcd.get(
+        KEYS.storage_key(g1.name)).json()
+    # g1's last keepalive as its own session worker noted it
+    # (CLOCK_MONOTONIC in its beat file), on g1's wall clock.
+    last = float(g1.guest.sh(
+        'python3 -c "import time; print(time.time() - time.monotonic() + '
+        'float(open(\'/rh/state/session-realhost.json.beat\').read()))"'))
+    got = g2.ok('activate', vg=MP_VG, lv=lv, instance=instance,
+                wait=TTL * 4)
+    assert got['host'] == 'g2', got
+    show = g2.ok('show', vg=MP_VG, lv=lv)
+    since = next(h for h in show['holders'] if h['host'] == 'g2')['since']
+    fence = etcd.get(KEYS.storage_fence(g1.name, int(victim['key'], 16)))
+    assert fence, 'no storage fence recorded before the grant'
+    fence = fence.json()
+    return {'stopped': stopped, 'last_keepalive': g1.to_host(last),
+            'fenced_at': g2.to_host(fence['at']),
+            'granted_at': g2.to_host(since), 'key': victim['key'],
+            'fence': fence}
+
+
+def resume(g1, etcd):
+    """SIGCONT g1's daemon: a new session, a new key, registered."""
+    old = etcd.get(KEYS.storage_key(g1.name)).json()['key']
+    g1.guest.signal('lvmcoordd', signal.SIGCONT)
+    new = wait_for('g1 registered with a new key', lambda: (
+        registered(etcd, g1) or {}).get('key') not in (None, old),
+        timeout=240)
+    assert new
+    return registered(etcd, g1)
+
+
+@pytest.mark.timeout(600)
+def test_s1_sigstopped_holder_is_fenced_at_the_target(pr, record):
+    """g1 holds vol-s, a writer on it keeps writing like a VM; g1's
+    daemon is SIGSTOPped (no watchdog); g2 takes vol-s over after
+    preempting g1's key. Every write g1 starts after the preempt fails
+    at the target, none lands (g2's stamps stay); racing preempts of
+    the key from both hosts are harmless; g1, continued, re-registers
+    with a new key."""
+    (g1, g2), inis, etcd = pr
+    lv = 'vol-s'
+    g2.ok('create', vg=MP_VG, lv=lv, size=16 * MiB)
+    g1.ok('activate', vg=MP_VG, lv=lv, instance='vm-s')
+    key1 = registered(etcd, g1)['key']
+    assert int(key1, 16) in lu_keys(g2, inis['g2'])
+    log = g1.guest.guest_path('writer-s.log')
+    g1.guest.spawn('writer-s', argv=writer_argv(dev(lv), 'g1', 0, BLOCKS,
+                                                0.05, log))
+    try:
+        wait_for('writer running', lambda: len(writes(
+            g1, 'writer-s.log', 'ok')) >= 20)
+        t = stop_and_take_over(g1, g2, etcd, lv, 'vm-s2')
+        record.update(
+            stop_to_grant_s=round(t['granted_at'] - t['stopped'], 2),
+            keepalive_to_grant_s=round(t['granted_at'] -
+                                       t['last_keepalive'], 2),
+            preempt_took_s=t['fence']['took'], ttl_s=TTL)
+        assert int(key1, 16) not in lu_keys(g2, inis['g2'])
+        # A racer that comes late (another host preempting the same key)
+        # is refused by the target, harmlessly: RESERVATION CONFLICT.
+        keys = lu_keys(g2, inis['g2'])
+        late = g2.guest.run(['sg_persist', '-n', '-o', '-P', '-K',
+                             registered(etcd, g2)['key'], '-S', key1, '-T',
+                             '5', f'/dev/{inis["g2"].disks()[1]}'],
+                            check=False)
+        assert late['rc'] in (6, 24), late
+        assert lu_keys(g2, inis['g2']) == keys
+        g2.blockio('fill', dev(lv), 'g2', 0, BLOCKS)
+        filled = time.time()
+        # g1's writer keeps trying for a while after the fill.
+        wait_for('g1 writes failing after the fill', lambda: len([
+            w for w in writes(g1, 'writer-s.log')
+            if g1.to_host(float(w[0])) > filled + 1 and w[4] != 'ok'])
+            >= 5, timeout=120)
+    finally:
+        g1.guest.signal('writer-s', 9)
+    late = [w for w in writes(g1, 'writer-s.log', 'ok')
+            if g1.to_host(float(w[0])) > t['fenced_at']]
+    assert not late, (t, late[:3])
+    failed = {w[4] for w in writes(g1, 'writer-s.log')
+              if w[4] != 'ok'}
+    record['writer_errors'] = sorted(failed)
+    stamps = json.loads(g2.blockio('stamps', dev(lv), 0, BLOCKS))
+    assert all(s.startswith('g2:') for s in stamps), \
+        [s for s in stamps if not s.startswith('g2:')][:5]
+    # Continued, g1 comes back with a new key, and its device of vol-s
+    # is retired (it lost the grant).
+    new = resume(g1, etcd)
+    assert new['key'] != key1
+    assert int(new['key'], 16) in lu_keys(g2, inis['g2'])
+    wait_for('g1 retires vol-s', lambda: not [
+        t for t in g1.guest.sh(f'dmsetup table {MP_VG}-vol--s',
+                               check=False).splitlines()
+        if ' linear ' in t], timeout=180)
+    g2.ok('deactivate', vg=MP_VG, lv=lv)
+
+
+def fence_of(etcd, host, key):
+    """The storage fence recorded for ``host``'s ``key`` (hex), or None."""
+    kv = etcd.get(KEYS.storage_fence(host.name, int(key, 16)))
+    return kv.json() if kv else None
+
+
+def new_key(etcd, host, old):
+    """Wait until ``host`` registered a key other than ``old``."""
+    return wait_for(f'{host.name} registered with a new key', lambda: (
+        lambda r: r if r and r['key'] != old else None)(
+        registered(etcd, host)), timeout=240)
+
+
+def retired(host, lv):
+    """Whether host's device of mpvg/lv is gone or the error target."""
+    table = host.guest.sh(f'dmsetup table {MP_VG}-{lv.replace("-", "--")}',
+                          check=False)
+    return ' linear ' not in f' {table} '
+
+
+@pytest.mark.timeout(600)
+def test_s2_cut_holder_rejoins_with_a_new_key(pr, record):
+    """g1 holds vol-x and vol-o (a writer on vol-o); g1 is cut from etcd,
+    g2 takes vol-x over after preempting g1's key; healed, g1 retires
+    vol-x, registers a new key, and vol-o serves I/O again only after
+    that: no write of vol-o succeeds between the preempt and the new
+    registration."""
+    (g1, g2), inis, etcd = pr
+    taken, other = 'vol-x', 'vol-o'
+    for lv in (taken, other):
+        g2.ok('create', vg=MP_VG, lv=lv, size=8 * MiB)
+        g1.ok('activate', vg=MP_VG, lv=lv, instance=f'vm-{lv}')
+    key1 = registered(etcd, g1)['key']
+    log = g1.guest.guest_path('writer-o.log')
+    g1.guest.spawn('writer-o', argv=writer_argv(dev(other), 'g1', 0, 64,
+                                                0.05, log))
+    try:
+        wait_for('writer running', lambda: len(writes(
+            g1, 'writer-o.log', 'ok')) >= 20)
+        g1.proxy.cut()
+        try:
+            got = g2.ok('activate', vg=MP_VG, lv=taken, instance='vm-x2',
+                        wait=TTL * 4)
+            assert got['host'] == 'g2', got
+            fence = fence_of(etcd, g1, key1)
+            assert fence, 'no storage fence recorded before the grant'
+        finally:
+            g1.proxy.heal()
+        heal = time.time()
+        new = new_key(etcd, g1, key1)
+        assert int(new['key'], 16) in lu_keys(g2, inis['g2'])
+        assert int(key1, 16) not in lu_keys(g2, inis['g2'])
+        wait_for('g1 retires vol-x', lambda: retired(g1, taken),
+                 timeout=180)
+        g1.offset = g1.guest.clock_offset()
+        reg_at = wait_for('g1 logs its registration', lambda: [
+            t for t, _ in g1.log_lines(f'storage: key {new["key"]} '
+                                       f'registered')], timeout=60)[0]
+        wait_for('vol-o writes succeeding after the heal', lambda: [
+            w for w in writes(g1, 'writer-o.log', 'ok')
+            if g1.to_host(float(w[0])) > heal], timeout=180)
+    finally:
+        g1.guest.signal('writer-o', 9)
+    fenced_at = g2.to_host(fence['at'])
+    # Between the preempt and the new key, vol-o cannot write (g1 fenced
+    # it itself, then the LU refused its key): nothing succeeded then.
+    between = [w for w in writes(g1, 'writer-o.log', 'ok')
+               if fenced_at < g1.to_host(float(w[1])) < reg_at]
+    assert not between, (fenced_at, reg_at, between[:3])
+    # Nor did any fail: the write held in g1's suspended device went out
+    # once the new key was on the LU (a resume before it: EBADE).
+    failed = [w for w in writes(g1, 'writer-o.log') if w[4] != 'ok']
+    assert not failed, failed[:3]
+    record.update(heal_to_registered_s=round(reg_at - heal, 2),
+                  new_key=new['key'])
+    assert g1.ok('show', vg=MP_VG, lv=other)['holders'][0]['host'] == 'g1'
+    g1.ok('deactivate', vg=MP_VG, lv=other)
+    g2.ok('deactivate', vg=MP_VG, lv=taken)
+
+
+@pytest.mark.timeout(600)
+def test_s3_paused_guest_queued_writes_fail_at_the_target(pr, record):
+    """g1's whole guest is paused (QMP stop) with a writer on vol-q, for
+    longer than TTL + grace; g2 takes vol-q over and stamps it; g1
+    continues: its queued writes fail at the target, none lands; g1
+    comes back with a new key and retires vol-q."""
+    (g1, g2), inis, etcd = pr
+    lv = 'vol-q'
+    g2.ok('create', vg=MP_VG, lv=lv, size=8 * MiB)
+    g1.ok('activate', vg=MP_VG, lv=lv, instance='vm-q')
+    key1 = registered(etcd, g1)['key']
+    log = g1.guest.guest_path('writer-q.log')
+    g1.guest.spawn('writer-q', argv=writer_argv(dev(lv), 'g1', 0, 64,
+                                                0.05, log))
+    try:
+        wait_for('writer running', lambda: len(writes(
+            g1, 'writer-q.log', 'ok')) >= 20)
+        g1.guest.qmp_cmd('stop')
+        paused = time.time()
+        try:
+            got = g2.ok('activate', vg=MP_VG, lv=lv, instance='vm-q2',
+                        wait=TTL * 4)
+            assert got['host'] == 'g2', got
+            assert fence_of(etcd, g1, key1), 'no storage fence recorded'
+            g2.blockio('fill', dev(lv), 'g2', 0, 64)
+            # Paused past TTL + grace in all, as the scenario asks.
+            left = paused + TTL + GRACE + 1 - time.time()
+            if left > 0:
+                time.sleep(left)
+        finally:
+            g1.guest.qmp_cmd('cont')
+        record['paused_s'] = round(time.time() - paused, 1)
+        done = len(writes(g1, 'writer-q.log'))
+        # What was queued in g1 goes out now and fails at the target (or
+        # is held by g1's own fence, then failed by the retired device).
+        wait_for('a write of g1 failing after cont', lambda: [
+            w for w in writes(g1, 'writer-q.log')[done:] if w[4] != 'ok'],
+            timeout=240)
+    finally:
+        g1.guest.signal('writer-q', 9)
+    record['writer_errors'] = sorted({w[4] for w in writes(
+        g1, 'writer-q.log') if w[4] != 'ok'})
+    stamps = json.loads(g2.blockio('stamps', dev(lv), 0, 64))
+    assert all(s.startswith('g2:') for s in stamps), \
+        [s for s in stamps if not s.startswith('g2:')][:5]
+    g1.sync_clock()
+    new_key(etcd, g1, key1)
+    wait_for('g1 retires vol-q', lambda: retired(g1, lv), timeout=180)
+    g2.ok('deactivate', vg=MP_VG, lv=lv)
+
+
+def key_count(host, ini, key):
+    """How many nexuses carry ``key`` (hex) on the LU."""
+    return lu_keys(host, ini).count(int(key, 16))
+
+
+def every_path_carries(host, ini, key):
+    """Whether each of host's paths is a nexus registered with ``key``:
+    REGISTER with it as both keys is refused on one that is not."""
+    return all(host.guest.run(['sg_persist', '-n', '-o', '-G', '-K', key,
+                               '-S', key, f'/dev/{d}'], check=False)['rc']
+               == 0 for d in ini.disks())
+
+
+@pytest.mark.timeout(900)
+def test_s4_reinstated_path_does_not_bring_back_an_old_key(cluster, pr,
+                                                           record):
+    """Portal 2 is cut; g1 (its daemon then SIGSTOPped) is taken over and
+    its key preempted; portal 2 comes back and multipathd reinstates the
+    path: the old key stays gone. g1, continued, registers its new key
+    through both paths, and so does g2 (a path that lost its
+    registration is given the current key again)."""
+    (g1, g2), inis, etcd = pr
+    ini = inis['g1']
+    lv = 'vol-r'
+    g2.ok('create', vg=MP_VG, lv=lv, size=8 * MiB)
+    g1.ok('activate', vg=MP_VG, lv=lv, instance='vm-r')
+    key1 = registered(etcd, g1)['key']
+    mark = ini.log_size()
+    cluster.target.cut(1)
+    try:
+        wait_for('g1 failing one path', lambda: 'remaining active paths: 1'
+                 in ini.log_since(mark), timeout=180)
+        stop_and_take_over(g1, g2, etcd, lv, 'vm-r2')
+        assert key_count(g2, inis['g2'], key1) == 0
+    finally:
+        mark = ini.log_size()
+        cluster.target.heal(1)
+    g1.guest.signal('lvmcoordd', signal.SIGCONT)
+    wait_for('g1 reinstating the path', lambda: 'remaining active paths: 2'
+             in ini.log_since(mark), timeout=240)
+    new = new_key(etcd, g1, key1)
+    # Both hosts' current keys through both of their paths (the
+    # registrar repairs a path that lost its registration within 10 s).
+    for host in (g1, g2):
+        key = registered(etcd, host)['key']
+        wait_for(f'{host.name} registered through both paths',
+                 lambda h=host, k=key: every_path_carries(
+                     h, inis[h.name], k), timeout=120)
+    assert key_count(g2, inis['g2'], key1) == 0
+    record['new_key'] = new['key']
+    wait_for('g1 retires vol-r', lambda: retired(g1, lv), timeout=180)
+    g2.ok('deactivate', vg=MP_VG, lv=lv)
+
+
+@pytest.mark.timeout(900)
+def test_s6_takeover_time_with_the_storage_fence(pr, record):
+    """Three takeovers of a SIGSTOPped holder: last keepalive (the
+    holder's own beat) -> grant (the taker's ledger entry), from the
+    daemons' own timestamps."""
+    (g1, g2), _, etcd = pr
+    lv = 'vol-t'
+    g2.ok('create', vg=MP_VG, lv=lv, size=8 * MiB)
+    runs = []
+    for i in range(3):
+        wait_for('g1 serving', lambda: 'result' in g1.api('status'),
+                 timeout=180)
+        g1.ok('activate', vg=MP_VG, lv=lv, instance=f'vm-t{i}', wait=60)
+        t = stop_and_take_over(g1, g2, etcd, lv, f'vm-t{i}b')
+        runs.append(round(t['granted_at'] - t['last_keepalive'], 2))
+        resume(g1, etcd)
+        g2.ok('deactivate', vg=MP_VG, lv=lv)
+    record.update(keepalive_to_grant_s=runs, ttl_s=TTL,
+                  target_s=TTL + 1)

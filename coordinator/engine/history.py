@@ -197,6 +197,8 @@ class History:
         if mark.get('rewound') and not self._accepted(mark, epoch):
             return mark['rewound']['reason']
         fresh = not mark.get('epoch') or self._accepted(mark, epoch)
+        if not fresh and revision < mark.get('revision', 0):
+            revision = self._probe(mark, revision)
         if fresh:
             # Adopted (first use, or an accepted restore): judged as a
             # mark at etcd's epoch, seen nothing yet (a flag still holds).
@@ -230,6 +232,27 @@ class History:
                      'history accept; doc/runbook-etcd-restore.md)', why)
         self._tell(epoch_kv, epoch, why)
         return why
+
+    def _probe(self, mark, revision):
+        # A read below the mark is proof of nothing: one served around an
+        # etcd leader change was seen below a revision this host had seen
+        # (the chaos run's etcd-leader-stop). A write is committed above
+        # every revision committed before it: below the mark, etcd's
+        # history is older than what this host saw.
+        try:
+            wrote = self.etcd.put(self.keys.history_probe(self.host),
+                                  {'mark': mark.get('revision', 0),
+                                   'read': revision, 'at': time.time()})
+        except errors.CoordError as exc:
+            LOG.warning('history: read revision %s below the mark %s, and '
+                        'no write to prove it: %s', revision,
+                        mark.get('revision', 0), exc)
+            return revision
+        if wrote >= mark.get('revision', 0):
+            LOG.warning('history: a read of revision %s, below the mark %s, '
+                        'was stale: a write is at revision %s', revision,
+                        mark.get('revision', 0), wrote)
+        return max(revision, wrote)
 
     @staticmethod
     def _accepted(mark, epoch):

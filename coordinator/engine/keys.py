@@ -19,6 +19,10 @@ class Keys:
         (coordinator.engine.history)."""
         return f'{self.root}epoch'
 
+    def history_probe(self, host):
+        """A write of ``host``'s that proves etcd's revision (history.py)."""
+        return f'{self.root}history/{host}'
+
     def vg_lock(self, vg):
         """Prefix of the VG metadata lock's queue (one key per waiter)."""
         return f'{self.root}vg/{vg}/lock/'

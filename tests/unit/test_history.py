@@ -50,6 +50,11 @@ class FakeEtcd:
         value, mod = self.kv[key]
         return [etcdlib.KV(key, value, mod, mod, 1, 0)], self.revision
 
+    def put(self, key, value, lease=0):
+        self.revision += 1
+        self.kv[key] = (json.dumps(value), self.revision)
+        return self.revision
+
     def txn(self, compare, success, failure=()):
         key = etcdlib.unb64(compare[0]['key']).decode()
         have = self.kv.get(key, (None, 0))[1]
@@ -87,3 +92,29 @@ def test_rewound_until_accepted_then_the_floor_holds(tmp_path):
     epoch = json.loads(etcd.kv[keys.epoch()][0])
     assert epoch['accepted']['rewound']['by'] == 'h1'
     assert 'rewound' not in epoch
+
+
+class StaleRead(FakeEtcd):
+    """A read answered below what was committed (seen around an etcd
+    leader change); writes are where etcd really is."""
+
+    stale = 0
+
+    def range(self, key):
+        kvs, revision = super().range(key)
+        return kvs, revision - self.stale
+
+
+def test_a_stale_read_below_the_mark_is_no_restore(tmp_path):
+    etcd, keys = StaleRead(), keyslib.Keys('/t', 'c')
+    a = history.History(etcd, keys, 'h1', str(tmp_path / 'a'), 'c')
+    assert a.check() is None
+    etcd.revision += 10
+    assert a.check() is None
+    seen = a.mark()['revision']
+    etcd.stale = 3
+    assert a.check() is None and a.rewound() is None
+    assert a.mark()['revision'] > seen  # the probe's write, committed
+    # A real restore: the write too lands below the mark.
+    etcd.stale, etcd.revision = 0, seen - 6
+    assert 'older backup' in a.check()

@@ -82,6 +82,17 @@ def describe_thread(thread):
     return f'session {getattr(s, "id", 0):x} of {getattr(s, "host", "?")}'
 
 
+# {pid: owner}: processes a longer-lived owner started on a test's behalf
+# (lazily, inside a test: the real-kernel cluster's tgtd), owned by the
+# session whatever test was running when they started.
+ADOPTED = {}
+
+
+def adopt(pid, owner):
+    """Let the session own process ``pid`` (its owner stops it then)."""
+    ADOPTED[pid] = owner
+
+
 class Tracker:
     """Who started which thread/process, and what outlived its owner."""
 
@@ -100,7 +111,9 @@ class Tracker:
         for key, cmd in descendants().items():
             if key not in self.seen_procs:
                 self.seen_procs.add(key)
-                self.owned.append(('process', key, owner, scope,
+                adopted = ADOPTED.get(key[0])
+                self.owned.append(('process', key, adopted or owner,
+                                   'session' if adopted else scope,
                                    f'process {key[0]} ({cmd})'))
 
     def collect(self, scopes, grace=THREAD_GRACE):

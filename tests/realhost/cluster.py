@@ -19,6 +19,7 @@ import time
 
 from coordinator.sandbox.etcd import EtcdCluster
 from coordinator.sandbox.proxy import Proxy
+from tests import leakcheck
 from tests.realhost import iscsi
 from tests.realhost import vm
 
@@ -260,6 +261,10 @@ class Cluster:
             self.target = iscsi.Target(os.path.join(self.dir, 'iscsi'),
                                        os.path.join(self.dir, 'mplu.raw'),
                                        MP_LU_SIZE).start()
+            # The cluster's, for every scenario after the one that asked
+            # first (stopped with the cluster).
+            leakcheck.adopt(self.target.proc.pid,
+                            'the real-kernel cluster (iSCSI target)')
         todo = [self.host(n) for n in names if n not in self.initiators]
         if not todo:
             return {n: self.initiators[n] for n in names}

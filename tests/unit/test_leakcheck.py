@@ -1,6 +1,6 @@
 """The leak check of tests/conftest.py (tests/leakcheck.py): a session
 keepalive thread or a child process that outlives its owner's scope is
-named with its owner, and stopped (issue 22 item 13)."""
+named with its owner, and stopped."""
 import subprocess
 import sys
 import threading
@@ -85,3 +85,23 @@ def test_scopes_end_with_the_last_item_of_each():
     assert leakcheck.ended_scopes(b1, c1) == ['function', 'class', 'module',
                                               'package']
     assert leakcheck.ended_scopes(c1, None) == list(leakcheck.SCOPES)
+
+
+def test_an_adopted_process_belongs_to_the_session():
+    """Started inside a test for the whole run (the tier's tgtd): no leak
+    when that test's scopes end, one when the session's does."""
+    tracker = leakcheck.Tracker()
+    proc = subprocess.Popen([sys.executable, '-c',
+                             'import time; time.sleep(120)'])
+    try:
+        leakcheck.adopt(proc.pid, 'the cluster')
+        tracker.snapshot('tests/x.py::test_g', 'module')
+        assert tracker.collect(['function', 'module'], grace=0) == []
+        assert proc.poll() is None
+        leaks = tracker.collect(['session'], grace=0)
+        assert len(leaks) == 1 and leaks[0].endswith('started by the cluster')
+    finally:
+        leakcheck.ADOPTED.pop(proc.pid, None)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -23,10 +23,10 @@ $(STAMP): requirements.txt test-requirements.txt extra-requirements.txt setup.cf
 demo: setup
 	lvmcoord-demo
 
-# One pytest run: the real-kernel tier's guests boot when its first
-# scenario starts (tests/realhost sorts between functional and unit).
+# Two pytest runs side by side (tests/streams.sh): the real-kernel tier
+# (tests/realhost) and everything else; both mostly wait on session TTLs.
 test: setup setup-realhost
-	LVMCOORD_REALHOST=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests
+	PYTHON=$(PYTHON) tests/streams.sh
 
 .PHONY: test-chaos
 # The fixed-seed chaos run alone (tests/functional/test_chaos.py,

@@ -521,6 +521,21 @@ class LVMBackend(base.Backend):
             return None
         return uuid if uuid.startswith('LVM-') else None
 
+    def retired(self, vg, lv, dm_uuid=None):
+        """Of a device retire() left in the kernel (still open): None
+        once it is gone, True while it maps only the error target, False
+        if a table was loaded into it since (LVM run by hand)."""
+        name = self._name(vg, lv, dm_uuid)
+        if name is None:
+            return None
+        try:
+            table = parse_table(self._dmsetup('table', name))
+        except errors.LVMError as exc:
+            if exc.kind == 'not-found':
+                return None
+            raise
+        return bool(table) and all(t[2] == 'error' for t in table)
+
     def _name(self, vg, lv, dm_uuid):
         """The current dm name of vg/lv's device (found by ``dm_uuid``
         when known: it may have been renamed), or None if there is none."""

@@ -26,6 +26,7 @@ import time
 
 from coordinator import errors
 from coordinator.daemon import grantbook
+from coordinator.daemon import retirees
 from coordinator.engine import inflight
 
 LOG = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class Fencer:
         # Fenced but not marked in the book (its lock was busy): fenced
         # again every tick until marked.
         self._unmarked = set()
+        # Retired, still open in the kernel: retired again if reloaded.
+        self.retirees = retirees.Retirees(backend, self.on_event)
         # Set by close() (an orderly stop): no proof resumes any more.
         self.closed = False
         self._mutex = threading.RLock()
@@ -95,8 +98,8 @@ class Fencer:
     def tick(self):
         """Probe when needed and act; returns the state. Never raises: a
         fencer that dies is a host that cannot fence."""
-        for step in (self._deadline, self._recheck, self._pet, self._probe,
-                     self._pet):
+        for step in (self._deadline, self._recheck, self._reretire,
+                     self._pet, self._probe, self._pet):
             try:
                 if step == self._pet:
                     step()
@@ -151,6 +154,10 @@ class Fencer:
                   ', '.join(f'{v}/{lv}' for v, lv in done) or 'none', took)
         self.on_event('fenced', reason='found writable in the kernel',
                       lvs=done, took=round(took, 4))
+
+    def _reretire(self):
+        if len(self.retirees):
+            self.retirees.check(self.book.all() if self.book else {})
 
     def _live(self, keys, records=None):
         """Which of ``keys`` the kernel shows writable (a check that fails
@@ -417,7 +424,11 @@ class Fencer:
                 self.on_event('resumed', lvs=[(vg, lv)])
             elif verdict == RETIRE:
                 self.backend.retire(vg, lv, **at)
-                self.on_retired(vg, lv)
+                try:
+                    self.on_retired(vg, lv)
+                finally:
+                    # After the record is dropped: watched from now on.
+                    self.retirees.add((vg, lv), at)
                 self.on_event('retired', lvs=[(vg, lv)])
             else:
                 # GONE: no device any more; the grant it was for goes the
@@ -504,6 +515,9 @@ class Fencer:
                           'kernel though fenced',
                           ', '.join(f'{v}/{lv}' for v, lv in sorted(live)))
         if live:
+            return
+        if self.retirees.unsafe:
+            # A retired device writable again, not retired yet.
             return
         if not valid:
             LOG.debug('fencer: watchdog petted (every device fenced)')

@@ -5,8 +5,12 @@ import signal
 import subprocess
 import sys
 import time
+from urllib import parse
 
 import pytest
+
+from coordinator.sandbox.cluster import Cluster
+from coordinator.sandbox.proxy import Proxy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
@@ -76,3 +80,26 @@ def actors(tmp_path):
     yield start
     for a in started:
         a.stop()
+
+
+@pytest.fixture
+def partitioned():
+    """Two sandbox hosts (TTL 6 s); compute-1 reaches etcd through a
+    Proxy the test cuts: yields (cluster, proxy)."""
+    proxies = {}
+
+    def endpoints_for(host, eps):
+        if host != 'compute-1':
+            return eps
+        url = parse.urlsplit(eps[0])
+        proxies[host] = Proxy(url.hostname, url.port)
+        return [proxies[host].url]
+
+    cluster = Cluster(hosts=('compute-1', 'compute-2'), ttl=6, grace=1.0,
+                      endpoints_for=endpoints_for)
+    try:
+        with cluster:
+            yield cluster, proxies['compute-1']
+    finally:
+        for p in proxies.values():
+            p.close()

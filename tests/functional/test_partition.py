@@ -2,67 +2,11 @@
 any other host is granted its LV, every time; and resume when the link
 heals while its session is still valid."""
 import os
-import threading
 import time
-from urllib import parse
 
-import pytest
-
-from coordinator.sandbox.cluster import Cluster
-from coordinator.sandbox.proxy import Proxy
+from tests.functional.rowatch import ROWatch
 
 MiB = 1 << 20
-
-
-class ROWatch:
-    """Records when a loop device first turned read-only (= fenced)."""
-
-    def __init__(self, device_path):
-        loop = os.path.basename(os.path.realpath(device_path))
-        self.path = f'/sys/block/{loop}/ro'
-        self.fenced_at = None
-        self.unfenced_at = None
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.stop.is_set():
-            try:
-                with open(self.path) as f:
-                    ro = f.read().strip() == '1'
-            except OSError:
-                ro = None
-            now = time.monotonic()
-            if ro and self.fenced_at is None:
-                self.fenced_at = now
-            if ro is False and self.fenced_at is not None and \
-                    self.unfenced_at is None:
-                self.unfenced_at = now
-            time.sleep(0.005)
-
-    def close(self):
-        self.stop.set()
-        self.thread.join()
-
-
-@pytest.fixture
-def partitioned():
-    proxies = {}
-
-    def endpoints_for(host, eps):
-        if host != 'compute-1':
-            return eps
-        url = parse.urlsplit(eps[0])
-        proxies[host] = Proxy(url.hostname, url.port)
-        return [proxies[host].url]
-
-    cluster = Cluster(hosts=('compute-1', 'compute-2'), ttl=6, grace=1.0,
-                      endpoints_for=endpoints_for)
-    with cluster:
-        yield cluster, proxies['compute-1']
-    for p in proxies.values():
-        p.close()
 
 
 def wait_for(predicate, timeout, what):

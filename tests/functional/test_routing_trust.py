@@ -35,7 +35,7 @@ VG = 'vgx'
 TARGET, CALLER, OTHER = 'target', 'caller', 'other'
 
 
-def wait_for(condition, timeout=30.0, what='condition'):
+def wait_for(condition, timeout=60.0, what='condition'):
     """Poll ``condition`` until true (generous deadline, no fixed sleep)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -63,7 +63,8 @@ def test_r2_no_refresh_reloads_a_retired_device(cluster, record):
     """The old holder's device, retired by a forced break while still open
     (as a VM keeps it), stays `error` through a local and a routed
     refresh: both are refused (lvchange --refresh would load the linear
-    table again, writable)."""
+    table again, writable); an admin's lvchange --refresh by hand is
+    undone by the fencer (retired again)."""
     g1, g2, g3 = cluster.hosts
     lv = 'vol-rg'
     g1.ok('create', vg=VG, lv=lv, size=16 * MiB)
@@ -84,6 +85,16 @@ def test_r2_no_refresh_reloads_a_retired_device(cluster, record):
         assert not g2.dm_info(lv)['suspended']
         for reply in replies:
             refused(reply, 'lease-conflict')
+        # The admin, by hand: LVM loads the linear table into the open,
+        # retired device; the fencer retires it again on a tick.
+        before = time.time()
+        g2.guest.run(['lvchange', '--refresh', f'{VG}/{lv}'], check=False)
+        again = cluster.wait_event(
+            'retired', host='g2', after=before - 1, timeout=60,
+            match=lambda ev: 'reloaded' in str(ev.get('reason')))
+        assert targets(g2, lv) == ['error']
+        record['hand_refresh_retired_again_s'] = round(
+            again['time'] - before, 1)
     finally:
         g2.guest.signal('open-rg', 9)
     wait_for('the retired device goes on its last close',

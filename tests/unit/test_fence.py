@@ -472,3 +472,74 @@ def test_a_snapshot_is_proven_with_its_origin():
     assert verdict({'uuid': 'O', 'token': 1}) == fence.RESUME
     # The origin's grant went (retired, dropped): the snapshot goes too.
     assert verdict(None) == fence.RETIRE
+
+
+class RetiringKernel(KernelBackend):
+    """KernelBackend whose retired devices stay while open ('error'), as
+    device-mapper's deferred remove leaves them."""
+
+    def retire(self, vg, lv, **at):
+        self.calls.append(('retire', vg, lv, *at.values()))
+        self.kernel[(vg, lv)] = 'error'
+
+    def stopped(self, vg, lv, **at):
+        return self.kernel.get((vg, lv)) != 'live'
+
+    def retired(self, vg, lv, **at):
+        state = self.kernel.get((vg, lv))
+        return None if state is None else state == 'error'
+
+
+def test_retired_device_reloaded_by_hand_is_retired_again_unpetted():
+    dog = Dog()
+    f, _, w, events = make(prove=lambda vg, lv: fence.RETIRE, watchdog=dog)
+    backend = f.backend = RetiringKernel([('vg', 'a')])
+    f.retirees.backend = backend
+    records = {('vg', 'a'): {'dm_uuid': 'LVM-ua'}}
+    f.book = RecordBook(records)
+    f.on_retired = lambda vg, lv: records.pop((vg, lv))
+    w.now = 106
+    assert f.tick() == fence.FENCED
+    w.beat = 106
+    assert f.tick() == fence.OK
+    assert backend.kernel[('vg', 'a')] == 'error' and not records
+    # The admin's lvchange --refresh loads the linear table again.
+    backend.kernel[('vg', 'a')] = 'live'
+    backend.retire = lambda vg, lv, **at: (_ for _ in ()).throw(
+        errors.LVMError('busy'))
+    before, calls = dog.pets, len(backend.calls)
+    w.now, w.beat = 107, 107
+    f.tick()
+    assert dog.pets == before              # writable, not retired: no pet
+    del backend.retire                     # the class's retire again
+    w.now, w.beat = 108, 108
+    f.tick()
+    assert backend.kernel[('vg', 'a')] == 'error'
+    assert backend.calls[calls:] == [('retire', 'vg', 'a', 'LVM-ua')]
+    assert events.count('retired') == 2
+    # Gone on its last close: no longer watched.
+    del backend.kernel[('vg', 'a')]
+    f.tick()
+    assert len(f.retirees) == 0
+
+
+def test_a_new_grant_of_a_retired_lv_is_not_retired():
+    f, _, w, _ = make(prove=lambda vg, lv: fence.RETIRE)
+    backend = f.backend = RetiringKernel([('vg', 'a')])
+    f.retirees.backend = backend
+    records = {('vg', 'a'): {}}
+    f.book = RecordBook(records)
+    f.on_retired = lambda vg, lv: records.pop((vg, lv))
+    w.now = 106
+    f.tick()
+    w.beat = 106
+    f.tick()
+    # Activated here again once the old device went: a new device.
+    records[('vg', 'a')] = {'state': 'activating'}
+    backend.kernel[('vg', 'a')] = 'live'
+    w.now, w.beat = 107, 107
+    f.tick()
+    records[('vg', 'a')] = {'state': 'active'}
+    f.tick()
+    assert backend.kernel[('vg', 'a')] == 'live'
+    assert len(f.retirees) == 0

@@ -485,8 +485,11 @@ class Fencer:
                 # Under the book's lock: an activation (or a VG lock
                 # hold) that records itself after this sees the watchdog
                 # disarmed and waits for it.
-                with self.book.locked():
-                    if not self.book.all() and not self.metadata().holds:
+                # Bounded: a command holding the lock must not hold the
+                # tick; disarming can wait for the next one.
+                with self.book.locked(wait=MARK_WAIT) as got:
+                    if got and not self.book.all() and \
+                            not self.metadata().holds:
                         self.watchdog.disarm()
             elif self.watchdog.armed:
                 self.watchdog.disarm()

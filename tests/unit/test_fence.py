@@ -543,3 +543,23 @@ def test_a_new_grant_of_a_retired_lv_is_not_retired():
     f.tick()
     assert backend.kernel[('vg', 'a')] == 'live'
     assert len(f.retirees) == 0
+
+
+def test_disarm_never_waits_unbounded_on_the_book_lock():
+    import contextlib
+    dog = Dog()
+    f, _, w, _ = make(watchdog=dog)
+    waits = []
+
+    class Busy(Book):
+        def locked(self, wait=None):
+            waits.append(wait)   # held by a command: not taken in time
+            return contextlib.nullcontext(False)
+    f.book = Busy([])
+    dog.armed = True
+    f.tick()
+    assert waits and None not in waits
+    assert dog.armed                       # disarmed on a later tick
+    f.book = Book([])
+    f.tick()
+    assert not dog.armed

@@ -93,5 +93,5 @@ def check_schema(conf):
     except schemalib.Incompatible as exc:
         raise Refused(str(exc)) from exc
     except errors.CoordError as exc:
-        raise Refused(f'cannot read the cluster schema '
+        raise Refused(f'cannot read or record the cluster schema '
                       f'({keys.schema()}): {exc}') from exc

@@ -29,7 +29,9 @@ def extract():
     """A temp dir holding the previous release's tree (the caller
     removes it); fails, never skips, without the commit."""
     rev = commit()
-    if _git('rev-parse', '--git-dir').returncode:
+    top = _git('rev-parse', '--show-toplevel')
+    if top.returncode or os.path.realpath(top.stdout.decode().strip()) != \
+            os.path.realpath(ROOT):
         pytest.fail(f'{ROOT} is not a git checkout: the upgrade test '
                     f'builds the previous release {rev} from git history '
                     f'(run it from a clone)')

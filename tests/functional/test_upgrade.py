@@ -124,9 +124,16 @@ def test_schema_one_and_releases_listed(mixed):
                             'json').stdout)
     assert status['Schema'] == 1
     assert set(status['Behind'].split(', ')) == set(OLD)
+    assert status['Written by'] == release.RELEASE
     # Not while the old hosts run: they cannot speak schema 2.
     out = cli(mixed['new-1'], 'upgrade', 'finalize', check=False)
     assert out.returncode and 'old-1 runs' in out.stderr, out.stderr
+    # The previous release starts in a cluster with the key (it never
+    # reads it) and resumes its session.
+    session = mixed['old-2'].client.call('status')['session']
+    mixed['old-2'].stop()
+    mixed['old-2'].start()
+    assert mixed['old-2'].client.call('status')['session'] == session
 
 
 def test_grants_old_and_new_refuse_each_other(mixed):

@@ -32,6 +32,8 @@ BUILTIN = {
     'wait-ready': 'coordinator.cli.ready:WaitReady',
     'history show': 'coordinator.cli.history:HistoryShow',
     'history accept': 'coordinator.cli.history:HistoryAccept',
+    'upgrade status': 'coordinator.cli.upgrade:UpgradeStatus',
+    'upgrade finalize': 'coordinator.cli.upgrade:UpgradeFinalize',
 }
 
 

@@ -6,11 +6,12 @@ from cliff import columns
 from cliff import lister
 
 from coordinator import cli
+from coordinator.engine import schema
 
 LOG = logging.getLogger(__name__)
 
 COLUMNS = ('Host', 'Session', 'Alive since', 'VGs seen', 'PV devices',
-           'Multipath', 'Problems', 'Storage key')
+           'Multipath', 'Problems', 'Storage key', 'Release')
 
 
 class VGsColumn(columns.FormattableColumn):
@@ -77,7 +78,8 @@ def host_row(host, session, view, members_error=None, storage=None):
             cli.ListColumn(devices),
             MultipathColumn(multipath),
             cli.DictColumn(problems),
-            storage_key(session, storage))
+            storage_key(session, storage),
+            schema.describe(session) if session else None)
 
 
 def read_members(ctx):

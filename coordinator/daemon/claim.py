@@ -17,6 +17,7 @@ from coordinator import errors
 from coordinator.engine import etcd as etcdlib
 from coordinator.engine import identity
 from coordinator.engine import keys as keyslib
+from coordinator.engine import schema as schemalib
 from coordinator.engine.core import Engine
 
 LOCK_FILE = identity.LOCK_FILE
@@ -80,3 +81,17 @@ def check_host_name(conf):
                             lease, conf.session.state_dir)
     if why:
         raise Refused(why)
+
+
+def check_schema(conf):
+    """Refused if this release cannot run in the cluster's schema
+    (doc/upgrade.md); records schema 1 in a cluster without the key."""
+    etcd = etcdlib.Etcd.from_conf(conf)
+    keys = keyslib.Keys(conf.etcd.prefix, conf.cluster)
+    try:
+        schemalib.Schema(etcd, keys).check(conf.host)
+    except schemalib.Incompatible as exc:
+        raise Refused(str(exc)) from exc
+    except errors.CoordError as exc:
+        raise Refused(f'cannot read or record the cluster schema '
+                      f'({keys.schema()}): {exc}') from exc

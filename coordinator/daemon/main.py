@@ -62,6 +62,7 @@ def main(argv=None):
         # Held by the master for its life (the workers inherit it).
         state_lock = claim.lock_state_dir(conf.session.state_dir)
         claim.check_host_name(conf)
+        claim.check_schema(conf)
     except claim.Refused as exc:
         LOG.error('start refused: %s', exc)
         print(f'lvmcoordd: start refused: {exc}', file=sys.stderr)

@@ -19,6 +19,10 @@ class Keys:
         (coordinator.engine.history)."""
         return f'{self.root}epoch'
 
+    def schema(self):
+        """The cluster's schema version (coordinator.engine.schema)."""
+        return f'{self.root}schema'
+
     def history_probe(self, host):
         """A write of ``host``'s that proves etcd's revision (history.py)."""
         return f'{self.root}history/{host}'

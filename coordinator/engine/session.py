@@ -13,6 +13,7 @@ import threading
 import time
 
 from coordinator import errors
+from coordinator import release
 from coordinator.engine import etcd as etcdlib
 from coordinator.engine import identity
 
@@ -40,7 +41,8 @@ class Session:
         self.machine = identity.machine_id(machine)
         # Extra fields other parts put in the session record (e.g. a
         # storage-fence key): {name: value}, merged as they are.
-        self.record_fields = {}
+        # Which release opened it: `host list` and `upgrade finalize`.
+        self.record_fields = release.fields()
         self.id = 0
         self.resumed = False
         self.lost = False

@@ -18,8 +18,11 @@ class Daemon:
 
     def __init__(self, host, workdir, endpoints, vg, system_dir=None,
                  cluster='sandbox', ttl=10, grace=3.0, backend='loop',
-                 simulated_watchdog=None, **extra):
+                 simulated_watchdog=None, tree=None, **extra):
         self.host = host
+        # A source tree to run the daemon from (another release's, for
+        # the upgrade test); None: this one.
+        self.tree = tree
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.socket = os.path.join(workdir, 'api.sock')
@@ -65,11 +68,13 @@ class Daemon:
     def start(self, wait=True):
         """Start the daemon; with ``wait``, return once its API answers."""
         env = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS='1')
+        if self.tree:
+            env['PYTHONPATH'] = self.tree
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'coordinator.daemon.main',
              '--config-file', self.conf_file],
             stdout=subprocess.DEVNULL, stderr=open(self.log + '.err', 'ab'),
-            start_new_session=True, env=env)
+            start_new_session=True, env=env, cwd=self.tree)
         _LIVE.add(self)
         if wait:
             self.wait_ready()

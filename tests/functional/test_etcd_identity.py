@@ -47,6 +47,7 @@ def host_permissions(keys, host):
     perms = [(root, _end(root), 'READ'),
              (keys.session(host), None, 'READWRITE'),
              (keys.epoch(), None, 'READWRITE'),
+             (keys.schema(), None, 'READWRITE'),
              (group, _end(group), 'READWRITE')]
     for sub in ('vg/', 'leases/', 'requests/', 'replies/', 'events/',
                 'once/'):

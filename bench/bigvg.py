@@ -139,7 +139,7 @@ def measure(size, rounds):
 def run(report, quick, sizes=None):
     """The bigvg section."""
     sizes = sizes or ((10, 500) if quick else SIZES)
-    rounds = 4 if quick else 12
+    rounds = 4 if quick else 8
     report.section(f'bigvg: daemon vs plain LVM on one loop PV '
                    f'(--metadatasize {METADATA_SIZE}, {rounds} interleaved '
                    f'samples per op and size)')

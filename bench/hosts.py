@@ -8,7 +8,8 @@ round-robin, from GRANTERS threads (one LeaseTable per session), then
 releases a sample. Measured: grant/release p50/p99, the real CLI's
 ``lvmcoord lease list -f json``, etcd CPU (/proc of the members) and DB
 size, and idle requests/s of the whole cluster over an idle window, from
-the members' grpc_server_handled_total.
+the members' grpc_server_handled_total. One more point runs each host's
+grant watch as well (GrantWatch watches the whole leases prefix).
 """
 import concurrent.futures
 import json
@@ -39,6 +40,8 @@ TARGET_GRANT_P99 = 0.050
 TARGET_IDLE = 1.0
 TARGET_LIST = 5.0
 VG = 'scalevg'
+# Hosts of the one point run with the grant watches too (0: none).
+GRANT_WATCH_POINT = 300
 
 
 def _handled(endpoints):
@@ -63,9 +66,9 @@ def _cpu(cluster):
     return total
 
 
-def _point(hosts, per_host, tmp, quick):
+def _point(hosts, per_host, tmp, quick, grant_watch=False):
     leases = hosts * per_host
-    out = {'hosts': hosts, 'leases': leases}
+    out = {'hosts': hosts, 'leases': leases, 'grant_watch': grant_watch}
     with EtcdCluster(3) as cluster:
         eps = cluster.endpoints
         procs = []
@@ -76,7 +79,8 @@ def _point(hosts, per_host, tmp, quick):
                 if n > 0:
                     procs.append(Peer('bench.sessions', [
                         '--endpoint', ','.join(eps), '--count', str(n),
-                        '--name', f'h{p}', '--watch'],
+                        '--name', f'h{p}', '--watch'] +
+                        (['--grant-watch'] if grant_watch else []),
                         os.path.join(tmp, f'sessions-{hosts}-{p}.err')))
             held = {}
             for peer in procs:
@@ -135,6 +139,18 @@ def _point(hosts, per_host, tmp, quick):
     return out
 
 
+def knee(res):
+    """The first host count whose grant p99 is over twice the first
+    point's (or p50 over 1.5x), with the ratios at each point."""
+    base = res[0]['grant']
+    ratios = [(r['hosts'], r['grant'].median / base.median,
+               r['grant'].p99 / base.p99) for r in res]
+    at = next((n for n, m, p in ratios if p > 2 or m > 1.5), None)
+    text = ', '.join(f'{n}: {m:.2f}x/{p:.2f}x' for n, m, p in ratios)
+    return (f'at {at} hosts' if at else f'none up to {res[-1]["hosts"]} '
+            f'hosts') + f' (p50/p99 ratios {text})'
+
+
 def run(report, quick):
     """The scale section: the curve and its knee."""
     points = (20, 60) if quick else POINTS
@@ -147,6 +163,12 @@ def run(report, quick):
         for hosts in points:
             print(f'  scale: {hosts} hosts ...', flush=True)
             res.append(_point(hosts, per_host, tmp, quick))
+        if GRANT_WATCH_POINT:
+            # The daemon's grant watch is on the whole leases prefix:
+            # every grant is an event for every host. Shown at one point.
+            n = points[0] if quick else GRANT_WATCH_POINT
+            print(f'  scale: {n} hosts with grant watches ...', flush=True)
+            gw = _point(n, per_host, tmp, quick, grant_watch=True)
     top = max(points)
     for r in res:
         n, last = r['hosts'], r['hosts'] == top
@@ -172,6 +194,14 @@ def run(report, quick):
                    f'{r["db"] / MB:.1f} MB')
         if r['lost']:
             report.note(f'scale {n}: {r["lost"]} sessions lost')
+    report.row('knee of the curve (grant p50 and p99 vs the first point)',
+               knee(res))
+    if GRANT_WATCH_POINT:
+        report.row(f'{gw["hosts"]} hosts + each host\'s grant watch '
+                   f'(leases/ prefix): grant', f'{fmt_summary(gw["grant"])}, '
+                   f'{gw["grants_per_s"]:.0f}/s; etcd CPU per grant '
+                   f'{gw["etcd_cpu_per_grant"] * 1e3:.2f} ms')
+        res.append(gw)
     report.data['hosts'] = [
         {k: (v.ms() if isinstance(v, stats.Summary) else v)
          for k, v in r.items()} for r in res]

@@ -7,7 +7,8 @@ does, says ``ready`` with {host: lease id}, and revokes them all on
 another process, so these keepalive threads take none of its GIL.
 ``--watch``: each host also runs its daemon's request watch (the
 routing loop's shape: watch its requests prefix, read it, re-open every
-RESCAN) in a thread; ``--name`` sets the host names' prefix.
+RESCAN) in a thread; ``--grant-watch`` also its grant watch (the whole
+leases prefix); ``--name`` sets the host names' prefix.
 """
 import argparse
 import concurrent.futures
@@ -36,6 +37,24 @@ def _serve(eng, stop):
             stop.wait(1.0)
 
 
+def _grants(eng, stop):
+    """The grant watch of eng's host, as GrantWatch.run: the whole leases
+    prefix, every event's key split, kept only if in its (empty) book."""
+    root = eng.keys.leases()
+    while not stop.is_set():
+        try:
+            _, rev = eng.etcd.range(root, prefix=True, limit=1)
+            with eng.etcd.watch(root, rev + 1, prefix=True) as watch:
+                for event in watch.until(time.monotonic() + routing.RESCAN,
+                                         0.5):
+                    if stop.is_set() or watch.dead:
+                        break
+                    if event is not None:
+                        event[1].key[len(root):].split('/')[:2]
+        except Exception:  # etcd away: the daemon retries too
+            stop.wait(1.0)
+
+
 def _say(**fields):
     sys.stdout.write(json.dumps(fields) + '\n')
     sys.stdout.flush()
@@ -48,6 +67,7 @@ def main(argv=None):
     p.add_argument('--count', type=int, required=True)
     p.add_argument('--name', default='scale')
     p.add_argument('--watch', action='store_true')
+    p.add_argument('--grant-watch', action='store_true')
     a = p.parse_args(argv)
     engines, stop = [], threading.Event()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -62,6 +82,10 @@ def main(argv=None):
             if a.watch:
                 for e in engines:
                     threading.Thread(target=_serve, args=(e, stop),
+                                     daemon=True).start()
+            if a.grant_watch:
+                for e in engines:
+                    threading.Thread(target=_grants, args=(e, stop),
                                      daemon=True).start()
             _say(ev='ready', sessions={e.host: e.session.id
                                        for e in engines})

@@ -3,7 +3,10 @@
 Starts a private etcd and loop-device LVM, measures the VG lock, its
 hand-off and coordinated lvcreate against baselines taken in the same run,
 failover and the daemons with real daemons at default settings, and leases
-at scale (200 sessions, 5,000 leases) on an etcd of their own;
+at scale (200 sessions, 5,000 leases) on an etcd of their own; with
+``--section scale`` 100-1,000 host sessions and 50,000 leases on a
+3-member etcd and as many real daemons on one VG as the machine holds,
+with ``--section bigvg`` VGs of 10-5,000 LVs, daemon vs plain LVM;
 prints a table with the targets, and stops and detaches everything it
 started, also on failure or Ctrl-C.
 """

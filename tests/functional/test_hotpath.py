@@ -396,9 +396,10 @@ def test_range_raw_reads_in_pages_at_one_revision(etcd_server, monkeypatch):
 
     def counted(path, req, *args):
         posts.append(path)
-        if posts.count('/kv/range') == 2:   # written between the first two pages
+        resp = post(path, req, *args)
+        if posts == ['/kv/range']:   # written after the first page
             etcd.put(f'{prefix}k05x', 'late')
-        return post(path, req, *args)
+        return resp
     monkeypatch.setattr(etcd, '_post', counted)
     kvs = etcd.range_raw(prefix, prefix=True, page=3)
     keys = [etcdlib.unb64(kv['key']).decode() for kv in kvs]

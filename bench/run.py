@@ -3,7 +3,10 @@
 Starts a private etcd and loop-device LVM, measures the VG lock, its
 hand-off and coordinated lvcreate against baselines taken in the same run,
 failover and the daemons with real daemons at default settings, and leases
-at scale (200 sessions, 5,000 leases) on an etcd of their own;
+at scale (200 sessions, 5,000 leases) on an etcd of their own; with
+``--section scale`` 100-1,000 host sessions and 50,000 leases on a
+3-member etcd and as many real daemons on one VG as the machine holds,
+with ``--section bigvg`` VGs of 10-5,000 LVs, daemon vs plain LVM;
 prints a table with the targets, and stops and detaches everything it
 started, also on failure or Ctrl-C.
 """
@@ -40,6 +43,9 @@ def parse_args(argv):
                         'makes the run exit 1')
     p.add_argument('--only', metavar='N,N', default='',
                    help='run only these sections (numbers)')
+    p.add_argument('--section', metavar='NAME,NAME', default='',
+                   help='run only these sections by name: scale (1,000 '
+                        'hosts, 3-member etcd), bigvg (VGs of 5,000 LVs)')
     return p.parse_args(argv)
 
 
@@ -71,9 +77,19 @@ def measure(args, report, stack, workdir):
         sections.append(('4. failover', lambda: _failover(report, quick)))
         sections.append(('5. daemons', lambda: _daemons(report, quick)))
     sections.append(('6. scale', lambda: _scale(report, quick)))
+    sections.append(('7. hosts', lambda: _hosts(report, quick)))
+    if not args.skip_lvm:
+        sections.append(('8. bigvg', lambda: _bigvg(report, quick)))
+        sections.append(('9. daemons-max', lambda: _many(report, quick)))
     only = {n.strip() for n in args.only.split(',') if n.strip()}
-    if only:
-        sections = [s for s in sections if s[0].split('.')[0] in only]
+    # --section names: 'scale' is the 1,000-host curve (section 7).
+    named = {_NAMES.get(n.strip(), n.strip())
+             for n in args.section.split(',') if n.strip()}
+    if 'hosts' in named:
+        named.add('daemons-max')   # the scale bullet's real daemons
+    if only or named:
+        sections = [s for s in sections if s[0].split('.')[0] in only
+                    or s[0].split('. ')[1] in named]
     failed = []
     for name, section in sections:
         print(f'{name} ...', flush=True)
@@ -84,6 +100,25 @@ def measure(args, report, stack, workdir):
             report.note(f'section "{name}" FAILED (traceback above)')
             failed.append(name)
     return failed
+
+
+_NAMES = {'scale': 'hosts', 'daemons': 'daemons-max'}
+
+
+def _many(report, quick):
+    from bench import manydaemons  # real daemons on one loop VG (root)
+    report.section('9. real daemons on one VG (the sandbox\'s lvmcoordd)')
+    manydaemons.run(report, quick)
+
+
+def _hosts(report, quick):
+    from bench import hosts  # 3-member etcds, 100-1,000 host sessions
+    hosts.run(report, quick)
+
+
+def _bigvg(report, quick):
+    from bench import bigvg  # loop-device LVM and daemons (root)
+    bigvg.run(report, quick)
 
 
 def _failover(report, quick):

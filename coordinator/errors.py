@@ -109,6 +109,12 @@ class LVMError(CoordError):
         return {'code': self.code, 'kind': self.kind, 'message': str(self)}
 
 
+class MetadataFull(CoordError):
+    """The VG's metadata area has no room for the change; nothing ran."""
+
+    code = 'metadata-full'
+
+
 def _classes(cls=CoordError):
     yield cls
     for sub in cls.__subclasses__():

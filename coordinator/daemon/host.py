@@ -85,7 +85,8 @@ class HostContext:
                               (lambda: watchdog.armed_in(self.watchdog_state))
                               if self.watchdog_state else None,
                               history=self.history_state,
-                              fencer_id=self.fencer_id)
+                              fencer_id=self.fencer_id,
+                              room=self.views.room)
         # VG lock holds and their commands, for the fencer's watchdog.
         self.inflight = inflight.Registry(
             conf.session.state_dir, conf.cluster,

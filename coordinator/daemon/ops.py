@@ -19,6 +19,7 @@ from coordinator.daemon import routing
 from coordinator.daemon import snapshots
 from coordinator.engine import modes
 from coordinator.lvm import mda
+from coordinator.lvm import mdaroom
 
 LOG = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Operations:
     def __init__(self, engine, lvm, backend, router, vgs, read_seqno,
                  readiness=None, members=None, events=None, book=None,
                  fencer_alive=None, metadata=None, watchdog_armed=None,
-                 history=None, fencer_id=None):
+                 history=None, fencer_id=None, room=None):
         self.engine = engine
         self.host = engine.host
         self.leases = engine.leases
@@ -69,6 +70,8 @@ class Operations:
         # fencer_id() -> the incarnation of the fencer that beat last: one
         # that changed between a grant and its device reconciled meanwhile.
         self.fencer_id = fencer_id or (lambda: None)
+        # room(vg) -> mdaroom.Room of the last metadata read, or None.
+        self.room = room or (lambda vg: None)
 
         # Every LVM command that can resume or reload an active LV's
         # device runs under it (lease, fence and retire checks).
@@ -87,6 +90,16 @@ class Operations:
 
     def _alert(self, vg, message):
         self.events('out-of-band-change', vg=vg, message=message)
+
+    def check_room(self, vg, op, what, extra=0):
+        """MetadataFull, before the VG lock, if the change would not fit
+        the VG's metadata area (lvcreate keeps the last word: a host that
+        filled it meanwhile makes LVM refuse, changing nothing)."""
+        room = self.room(vg)
+        if room is None:
+            self.metadata(vg, False)
+            room = self.room(vg)
+        mdaroom.check(room, op, f'{vg}/{what}', extra)
 
     def _change(self, vg, op, action, also=(), into=None, after=None):
         """Run one metadata change; False if it committed but the lock was
@@ -117,6 +130,8 @@ class Operations:
             raise errors.InvalidInput('size', f'{size} bytes requested, '
                                       f'{free} free in {vg}')
         tags = list(tags) + ([MULTIATTACH_TAG] if multiattach else [])
+        self.check_room(vg, 'create', lv,
+                        len(lv) + sum(len(t) + 4 for t in tags))
         # The LV's holders (shown in the reply) are read in the txn that
         # records the change: no round trip of their own.
         read, info = [], []
@@ -197,6 +212,8 @@ class Operations:
         if size - current > free:
             raise errors.InvalidInput('size', f'{size - current} more bytes '
                                       f'requested, {free} free in {vg}')
+        self.check_room(vg, 'extend', lv)
+
         def grow():
             if self.backend.device_state(vg, lv) is None:
                 self.lvm.extend_lv(vg, lv, size)

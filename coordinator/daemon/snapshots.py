@@ -47,6 +47,8 @@ def create(ops, vg, lv, name, size):
         return ops.router.call(hosts[0], 'snapshot',
                                {'vg': vg, 'lv': lv, 'name': name,
                                 'size': size})
+    ops.check_room(vg, 'snapshot', name, 2 * len(name))
+
     def take():
         # lvcreate -s suspends and resumes the active origin: not on a
         # fenced or retired one, only under our lease.

@@ -461,10 +461,11 @@ def pv_uuid(block, offset):
     return '-'.join(out)
 
 
-def read_vg_text(vg, devices):
+def read_vg_text(vg, devices, where=None):
     """(checksum, text, {PV uuid: path}): the committed metadata of ``vg``
     from one of ``devices`` (this host's PV paths, every PV of the VG
-    among them), and the PVs they are."""
+    among them), and the PVs they are; ``where`` (a dict) gets the
+    metadata area's size as 'area'."""
     seen, found = {}, None
     for device in devices:
         reader = _Reader(device)
@@ -482,6 +483,8 @@ def read_vg_text(vg, devices):
             reader.close()
     if found is None:
         raise _fail(','.join(devices), f'no metadata of VG {vg}')
+    if where is not None:
+        where['area'] = found[0].area_size
     return found[0].checksum, found[1], seen
 
 

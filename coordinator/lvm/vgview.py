@@ -11,6 +11,7 @@ import logging
 
 from coordinator import errors
 from coordinator.lvm import mda
+from coordinator.lvm import mdaroom
 
 LOG = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class VGViews:
         self._text = {}     # vg -> (checksum, text, Metadata) newest read
         self._parsed = {}   # vg -> (checksum, seen items, VGInfo)
         self._sections = {}  # vg -> {LV section text: what it made}
+        self._area = {}     # vg -> its metadata area's size (bytes)
 
     def _devices(self, vg, resolve):
         # Paths are resolved once, and again only when a read fails or
@@ -44,6 +46,7 @@ class VGViews:
                 except errors.LVMError:
                     continue
                 if found.vg_name == vg:
+                    self._area[vg] = loc.area_size
                     self._keep(vg, loc.checksum, text, found)
                     return found.seqno
         return self.lvm.vg(vg)['seqno']
@@ -59,17 +62,29 @@ class VGViews:
                 return info
         for attempt in range(2):
             try:
+                where = {}
                 checksum, text, seen = mda.read_vg_text(
-                    vg, self._devices(vg, attempt > 0))
+                    vg, self._devices(vg, attempt > 0), where)
             except errors.LVMError as exc:
                 LOG.debug('metadata of %s not read directly: %s', vg, exc)
                 continue
             self._seen[vg] = seen
+            self._area[vg] = where['area']
             self._keep(vg, checksum, text, mda.parse(text))
             info = self._parse(vg, checksum, text, seen)
             if info is not None:
                 return info
         return None
+
+    def room(self, vg):
+        """mdaroom.Room of ``vg`` from the last text read (None before
+        any): the area's size, the text's, the largest LV section's."""
+        if vg not in self._text or vg not in self._area:
+            return None
+        text = self._text[vg][1]
+        sections = self._sections.get(vg) or {}
+        largest = max(map(len, sections), default=0)
+        return mdaroom.Room(vg, self._area[vg], len(text), largest)
 
     def _keep(self, vg, checksum, text, meta):
         # Threads read concurrently: a read that began before another's

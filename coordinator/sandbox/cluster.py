@@ -18,10 +18,12 @@ class Cluster:
     def __init__(self, hosts=('volume-1', 'compute-1', 'compute-2'),
                  ttl=10, grace=3.0, vg_size=2 << 30, etcd_members=1,
                  endpoints_for=None, simulated_watchdog=None,
-                 trees=None, **daemon_opts):
+                 trees=None, metadata_size=None, **daemon_opts):
         self.names = list(hosts)
         self.ttl, self.grace = ttl, grace
         self.vg_size = vg_size
+        # pvcreate --metadatasize (e.g. '64k'), or LVM's default.
+        self.metadata_size = metadata_size
         self.etcd_members = etcd_members
         # endpoints_for(host, endpoints) lets a test put a proxy between
         # one daemon and etcd.
@@ -44,7 +46,8 @@ class Cluster:
             self.etcd = self.stack.enter_context(
                 EtcdCluster(self.etcd_members))
             self.vg = self.stack.enter_context(
-                SharedVG(hosts=len(self.names), size=self.vg_size))
+                SharedVG(hosts=len(self.names), size=self.vg_size,
+                         metadata_size=self.metadata_size))
             # Runs last: minors the daemons detached while open, read-only
             # until their last close, keep the flag once free.
             self.stack.callback(_release_retired, self.dir)

@@ -383,3 +383,27 @@ def test_the_first_reply_to_a_request_stands(routed_pair):
     server._reply(job, {'ok': False, 'error': {'code': 'error'}})
     reply = target.etcd.get(target.keys.reply('host-a', job.rid))
     assert reply.json() == {'ok': True, 'result': 'first'}
+
+
+def test_range_raw_reads_in_pages_at_one_revision(etcd_server, monkeypatch):
+    # A long range is read in pages (one huge answer timed out at 50,000
+    # leases), all at the first page's revision.
+    etcd = etcdlib.Etcd(etcd_server.endpoints, timeout=2.0)
+    prefix = f'/paged-{uuid.uuid4().hex[:6]}/'
+    for i in range(10):
+        etcd.put(f'{prefix}k{i:02d}', str(i))
+    posts, post = [], etcd._post
+
+    def counted(path, req, *args):
+        posts.append(path)
+        resp = post(path, req, *args)
+        if posts == ['/kv/range']:   # written after the first page
+            etcd.put(f'{prefix}k05x', 'late')
+        return resp
+    monkeypatch.setattr(etcd, '_post', counted)
+    kvs = etcd.range_raw(prefix, prefix=True, page=3)
+    keys = [etcdlib.unb64(kv['key']).decode() for kv in kvs]
+    assert keys == [f'{prefix}k{i:02d}' for i in range(10)]
+    assert posts.count('/kv/range') == 4
+    monkeypatch.setattr(etcdlib, 'RANGE_PAGE', 4)
+    assert len(etcd.range_raw(prefix, prefix=True)) == 11

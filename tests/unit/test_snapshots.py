@@ -7,15 +7,20 @@ import pytest
 from coordinator import errors
 from coordinator.daemon import snapshots
 from coordinator.engine import modes
+from coordinator.lvm import mdaroom
 from tests.unit.fakes import NoGuard
 
 
 class FakeOps:
+    def check_room(self, vg, op, what, extra=0):
+        mdaroom.check(self.room, op, f'{vg}/{what}', extra)
+
     def __init__(self, holders=(), host='volume-1'):
         self.host = host
         self.calls = []
         self.devguard = NoGuard()
         self.holders = [modes.Holder(host=h, mode=m) for h, m in holders]
+        self.room = None   # an mdaroom.Room, or None: LVM decides
         ops = self
 
         class Leases:
@@ -212,3 +217,15 @@ def test_snapshot_create_and_delete_on_the_holder_are_guarded():
         with pytest.raises(errors.LVMError, match='fenced'):
             call()
     assert ops.calls == []
+
+
+def test_snapshot_refused_when_the_metadata_area_is_nearly_full():
+    # A snapshot adds two LV sections: refused before lvcreate -s runs.
+    ops = FakeOps([('volume-1', 'exclusive')])
+    ops.room = mdaroom.Room('vg', 65536, 31000, 450)
+    with pytest.raises(errors.MetadataFull, match='VG vg is nearly full'):
+        snapshots.create(ops, 'vg', 'vol', 'snap', 1)
+    assert ops.calls == []
+    ops.room = mdaroom.Room('vg', 65536, 20000, 450)
+    snapshots.create(ops, 'vg', 'vol', 'snap', 1)
+    assert ('lvcreate -s', 'vol', 'snap') in ops.calls

@@ -77,15 +77,14 @@ class Host:
                 f.write(f'[{name}]\n')
                 f.writelines(f'{k} = {v}\n' for k, v in opts.items())
 
-    def start_daemon(self, wait=True, env=None):
-        """Start lvmcoordd in the guest, as its init would at boot;
-        ``env``: more environment (a test's PATH with LVM wrappers)."""
+    def start_daemon(self, wait=True):
+        """Start lvmcoordd in the guest, as its init would at boot."""
         self.guest.sh('mkdir -p /run/lvmcoord')
         self.guest.spawn('lvmcoordd', argv=[
             sys.executable, '-m', 'coordinator.daemon.main',
             '--config-file', '/rh/lvmcoord.conf'],
             log='/rh/lvmcoordd.err', cwd=ROOT,
-            env={'LVM_SUPPRESS_FD_WARNINGS': '1', **(env or {})})
+            env={'LVM_SUPPRESS_FD_WARNINGS': '1'})
         if wait:
             self.wait_ready()
 

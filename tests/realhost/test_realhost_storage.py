@@ -20,17 +20,13 @@ from tests.realhost.cluster import GRACE
 from tests.realhost.cluster import MP_VG
 from tests.realhost.cluster import ROOT
 from tests.realhost.cluster import TTL
-from tests.realhost.cluster import Background
 from tests.realhost.cluster import MiB
 from tests.realhost.test_realhost import writer_argv
 from tests.realhost.test_realhost import writes
-from tests.realhost.test_realhost_watchdog import lock_queue
 from tests.realhost.vm import wait_for
 
 KEYS = keyslib.Keys('/lvmcoord', 'realhost')
 BLOCKS = 256
-# On g1's daemon's PATH: the lvcreate wrapper of s5, inert unless armed.
-WRAPPERS = '/tmp/s5bin'
 BEAT = 'state/session-realhost.json.beat'
 
 
@@ -55,11 +51,9 @@ def pr(cluster):
         h.stop_daemon()
     # The cluster ran storage = none so far: an operator's switch.
     etcd.delete(KEYS.storage_mode())
-    path = hosts[0].guest.sh(f'mkdir -p {WRAPPERS}; echo $PATH').strip()
     for h in hosts:
         pr_config(h)
-        h.start_daemon(env={'PATH': f'{WRAPPERS}:{path}'}
-                       if h is hosts[0] else None)
+        h.start_daemon()
     for h in hosts:
         wait_for(f'{h.name} registered', lambda h=h: registered(etcd, h),
                  timeout=180)
@@ -421,137 +415,6 @@ def test_s4_reinstated_path_does_not_bring_back_an_old_key(cluster, pr,
     record['new_key'] = new['key']
     wait_for('g1 retires vol-r', lambda: retired(g1, lv), timeout=180)
     g2.ok('deactivate', vg=MP_VG, lv=lv)
-
-
-# Once armed, the next lvcreate runs with LVM's synchronous I/O engine
-# (pwrite64, not libaio) and strace holds its first write -- the VG's
-# new metadata, computed from what it read -- for HOLD s: the test takes
-# the host's paths and etcd away then, so the write goes out after, into
-# a map with no path, and queues.
-HOLD = 5
-STALL = '''#!/bin/sh
-if [ -e /tmp/s5-arm ]; then
-    rm -f /tmp/s5-arm
-    exec strace -qq -o /rh/s5-strace.log -e trace=pwrite64 \\
-        -e inject=pwrite64:delay_enter={usec}:when=1 \\
-        {real} --config global/use_aio=0 "$@"
-fi
-exec {real} "$@"
-'''
-
-
-def lvcreates(host):
-    """[(pid, state, syscall, fd target)] of host's lvcreate processes."""
-    out = host.guest.sh(
-        'for p in $(pgrep -x lvcreate); do set -- $(cut -d" " -f1,2 '
-        '/proc/$p/syscall 2>/dev/null) x x; echo "$p $(cut -d" " -f3 '
-        '/proc/$p/stat) $1 $(readlink /proc/$p/fd/$(($2)) 2>/dev/null)";'
-        ' done', check=False)
-    return [tuple(line.split(None, 3)) + ('',) * (4 - len(line.split(
-        None, 3))) for line in out.splitlines() if line.strip()]
-
-
-def nexus_errors(host):
-    """The kernel's "critical nexus error" lines (a write the target
-    refused: RESERVATION CONFLICT, as the block layer reports it) for
-    sectors of the LU's first 4 MiB (label, metadata area)."""
-    out = host.guest.sh('dmesg | grep "critical nexus error"', check=False)
-    return [line for line in out.splitlines()
-            if int((line.split('sector ', 1)[1:] or ['-1'])[0].split()[0])
-            in range(0, 8192)]
-
-
-@pytest.mark.timeout(900)
-def test_s5_stuck_metadata_write_is_rejected_at_the_target(cluster, pr,
-                                                           record):
-    """g1 (the volume host) holds the VG lock, its lvcreate's metadata
-    write queued in its multipath map (queue_if_no_path) with both paths
-    and etcd gone; g2 takes the lock after preempting g1's key and
-    creates an LV; the paths come back: the stuck write is rejected at
-    the target (RESERVATION CONFLICT), and the LU's metadata, read on
-    this machine, is consistent with g2's LV and every earlier one."""
-    (g1, g2), inis, etcd = pr
-    ini = inis['g1']
-    g1.ok('create', vg=MP_VG, lv='vol-e', size=4 * MiB)
-    rc, out, before = cluster.target.lvm_view(MP_VG)
-    assert rc == 0 and 'vol-e' in before, (rc, out, before)
-    key1 = registered(etcd, g1)['key']
-    real = g1.guest.sh('command -v lvcreate', check=False).strip()
-    if real.startswith(WRAPPERS):
-        real = g1.guest.sh(f'PATH=${{PATH#{WRAPPERS}:}} command -v '
-                           f'lvcreate').strip()
-    g1.guest.sh(f'''cat > {WRAPPERS}/lvcreate <<'EOF'
-{STALL.format(usec=HOLD * 10 ** 6, real=real)}EOF
-chmod +x {WRAPPERS}/lvcreate''')
-    seen = len(nexus_errors(g1))
-    ini.set_queueing(True)
-    try:
-        g1.guest.sh('touch /tmp/s5-arm')
-        armed = time.time()
-        stuck = Background(lambda: g1.api('create', vg=MP_VG,
-                                          lv='vol-stuck', size=4 * MiB,
-                                          timeout=400))
-        held = wait_for('lvcreate held at its first write', lambda: [
-            p for p in lvcreates(g1) if p[1] == 't' and p[2] == '18'],
-            timeout=120, interval=0.2)[0]
-        cut = time.time()
-        mark = ini.log_size()
-        g1.proxy.cut()
-        cluster.target.cut(0)
-        cluster.target.cut(1)
-        assert held[3].startswith('/dev/dm-') or held[3] == iscsi.MAP, \
-            held
-        assert lock_queue(etcd, KEYS)[:1] == ['g1']
-        try:
-            wait_for('the write queued in the map, no path left', lambda:
-                     'remaining active paths: 0' in ini.log_since(mark) and
-                     [p for p in lvcreates(g1) if p[1] == 'D'],
-                     timeout=180)
-            queued = time.time()
-            taken = g2.ok('create', vg=MP_VG, lv='vol-taker', size=4 * MiB)
-            created = time.time()
-            assert taken['lv'] == 'vol-taker', taken
-            fence = fence_of(etcd, g1, key1)
-            assert fence and 'lock' in fence['why'], fence
-            # The stuck command is still there, its write still queued.
-            assert [p for p in lvcreates(g1) if p[1] == 'D'], lvcreates(g1)
-        finally:
-            cluster.target.heal(0)
-            cluster.target.heal(1)
-        healed = time.time()
-        wait_for('the stuck lvcreate gone', lambda: not lvcreates(g1),
-                 timeout=300)
-        gone = time.time()
-        rejected = nexus_errors(g1)[seen:]
-        g1.proxy.heal()
-        stuck.join(60)
-    finally:
-        g1.proxy.heal()
-        g1.guest.sh(f'rm -f /tmp/s5-arm {WRAPPERS}/lvcreate', check=False)
-        ini.set_queueing(False)
-    record.update(held_after_arm_s=round(cut - armed, 2),
-                  queued_after_cut_s=round(queued - cut, 2),
-                  lock_taken_after_cut_s=round(created - cut, 2),
-                  preempt_took_s=fence['took'],
-                  stuck_gone_after_heal_s=round(gone - healed, 2),
-                  refused_writes=len(rejected))
-    # The write went out and the target refused it: the block layer's
-    # line for it, or the held pwrite64's own result (strace, if it was
-    # still attached when the write returned).
-    try:
-        with open(g1.guest.host_path('s5-strace.log')) as f:
-            traced = [t for t in f.read().splitlines() if 'EBADE' in t]
-    except OSError:
-        traced = []
-    record['stuck_write'] = (rejected or traced or ['?'])[0][-90:]
-    assert rejected or traced, g1.guest.sh('dmesg | tail -30', check=False)
-    rc, out, after = cluster.target.lvm_view(MP_VG)
-    record['lvs_after'] = len(after)
-    assert rc == 0, out
-    assert set(before) | {'vol-taker'} <= set(after), (before, after)
-    assert 'vol-stuck' not in after, after
-    new_key(etcd, g1, key1)
-    g2.ok('delete', vg=MP_VG, lv='vol-taker')
 
 
 @pytest.mark.timeout(120)

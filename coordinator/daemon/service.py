@@ -250,7 +250,8 @@ class FenceWorker(_Worker):
                                ctx.book, fencer, ctx.emit,
                                reconcile.quiesce_wait(self.conf))
         storage = ctx.engine.storage
-        registrar = _Registrar(storage, session, self.stopping) \
+        registrar = _Registrar(storage, session, self.stopping,
+                               ctx.inflight.view) \
             if storage and storage.active else None
         # With a storage fence, nothing fenced is proven (resumed) before
         # this incarnation's key is on the LU: the fencer is held (LOST:
@@ -375,8 +376,13 @@ class _Registrar:
     RETRY = 2.0
     REPAIR = 10.0
 
-    def __init__(self, storage, session, stopping):
+    def __init__(self, storage, session, stopping, inflight=None):
         self.storage, self.session, self.stopping = storage, session, stopping
+        # inflight() -> inflight.View: a metadata command of an older
+        # session still alive (D state on a queueing path) would write
+        # through the new key once the paths come back.
+        self.inflight = inflight or (lambda: None)
+        self._waiting = None
         # The session whose older incarnations' devices the fencer has
         # fenced (at start, or fence_existing on a replaced session).
         self.allowed = 0
@@ -393,12 +399,23 @@ class _Registrar:
         """Whether ``session_id``'s key is registered."""
         return bool(session_id) and self.registered == session_id
 
+    def _older_commands(self, current):
+        view = self.inflight()
+        older = {x for x in (view.sessions if view else ()) if x != current}
+        if older != self._waiting:
+            self._waiting = older
+            if older:
+                LOG.error('storage: key of session %x not registered while '
+                          'an LVM command of an older session lives', current)
+        return older
+
     def _run(self):
         while not self.stopping.is_set():
             current = self.session.id
             try:
                 if current and current != self.registered and \
-                        current == self.allowed:
+                        current == self.allowed and \
+                        not self._older_commands(current):
                     self.storage.register()
                     self.registered = current
                 elif current and current == self.registered:

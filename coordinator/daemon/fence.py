@@ -26,6 +26,7 @@ import time
 
 from coordinator import errors
 from coordinator.daemon import grantbook
+from coordinator.daemon import metrics
 from coordinator.engine import inflight
 
 LOG = logging.getLogger(__name__)
@@ -462,6 +463,7 @@ class Fencer:
                 self._pet()
         except Exception:
             LOG.exception('fencer: watchdog not armed')
+        metrics.WATCHDOG_ARMED.set(1 if self.watchdog.armed else 0)
         return self.watchdog.armed
 
     def _pet(self):
@@ -490,9 +492,9 @@ class Fencer:
         # gone (it cannot be fenced): only the valid session holding its
         # VG lock lets the host live on.
         if meta.commands and not (valid and meta.sessions <= {self.lease}):
-            return
+            return self._withheld()
         if not (valid or booked <= set(self.fenced)):
-            return
+            return self._withheld()
         # Not under the lock (see _settle_one): a device a proof is
         # resuming is writable because it was proven ours.
         live = self._live(set(self.fenced) - self._resuming)
@@ -504,10 +506,15 @@ class Fencer:
                           'kernel though fenced',
                           ', '.join(f'{v}/{lv}' for v, lv in sorted(live)))
         if live:
-            return
+            return self._withheld()
         if not valid:
             LOG.debug('fencer: watchdog petted (every device fenced)')
         self.watchdog.pet()
+
+    def _withheld(self):
+        """Count a tick that left an armed watchdog unpetted."""
+        if self.watchdog.armed:
+            metrics.PETS_WITHHELD.inc()
 
 
 def address(record):

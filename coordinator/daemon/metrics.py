@@ -27,14 +27,16 @@ class _Off:
 
 
 LOCK_WAIT = GRANTS = RELEASES = FENCES = KEEPALIVE = QUEUE_DEPTH = _Off()
-PREEMPTS = _Off()
+PREEMPTS = EVENTS = SESSION_UP = GRANT_FAILURES = _Off()
+WATCHDOG_ARMED = PETS_WITHHELD = MEMBER = MEMBERS = _Off()
 _enabled = False
 
 
 def enable():
     """Record metrics from now on (the real prometheus_client ones)."""
     global LOCK_WAIT, GRANTS, RELEASES, FENCES, KEEPALIVE, QUEUE_DEPTH
-    global PREEMPTS, _enabled
+    global PREEMPTS, EVENTS, SESSION_UP, GRANT_FAILURES, WATCHDOG_ARMED
+    global PETS_WITHHELD, MEMBER, MEMBERS, _enabled
     if _enabled:
         return
     import prometheus_client as prom
@@ -55,7 +57,46 @@ def enable():
     QUEUE_DEPTH = prom.Gauge('lvmcoord_vg_lock_queue_depth',
                              'Entries queued on the VG lock', ['vg'],
                              multiprocess_mode='livemax')
+    EVENTS = prom.Counter('lvmcoord_events',
+                          'Events published to `lvmcoord events`, by kind',
+                          ['kind'])
+    SESSION_UP = prom.Gauge('lvmcoord_session_up',
+                            '1 while the session is held, 0 once lost',
+                            multiprocess_mode='livemax')
+    GRANT_FAILURES = prom.Counter('lvmcoord_grant_failures',
+                                  'Activations refused or failed here, '
+                                  'by error', ['reason'])
+    WATCHDOG_ARMED = prom.Gauge('lvmcoord_watchdog_armed',
+                                '1 while the watchdog is armed',
+                                multiprocess_mode='livemax')
+    PETS_WITHHELD = prom.Counter('lvmcoord_watchdog_pets_withheld',
+                                 'Fencer ticks that left the armed '
+                                 'watchdog unpetted')
+    MEMBER = prom.Gauge('lvmcoord_membership_member',
+                        '1 if this daemon sees the host in membership, '
+                        '0 once it left', ['member'],
+                        multiprocess_mode='livemax')
+    MEMBERS = prom.Gauge('lvmcoord_membership_hosts',
+                         'Hosts this daemon sees in membership',
+                         multiprocess_mode='livemax')
     _enabled = True
+
+
+def names():
+    """Every metric family name the daemon exports (as scraped)."""
+    enable()
+    out = set()
+    for value in list(globals().values()):
+        for metric in getattr(value, 'describe', lambda: [])():
+            kind = metric.type
+            if kind == 'counter':
+                out |= {metric.name + '_total', metric.name + '_created'}
+            elif kind == 'histogram':
+                out |= {metric.name + s for s in
+                        ('_bucket', '_sum', '_count', '_created')}
+            else:
+                out.add(metric.name)
+    return out
 
 
 def serve(port, address='127.0.0.1'):

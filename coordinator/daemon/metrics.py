@@ -30,6 +30,9 @@ LOCK_WAIT = GRANTS = RELEASES = FENCES = KEEPALIVE = QUEUE_DEPTH = _Off()
 PREEMPTS = EVENTS = SESSION_UP = GRANT_FAILURES = _Off()
 WATCHDOG_ARMED = PETS_WITHHELD = MEMBER = MEMBERS = _Off()
 _enabled = False
+# Event kinds the alert rules (etc/prometheus) count.
+ALERTED_EVENTS = ('fenced', 'session-lost', 'session-reopened',
+                  'storage-fenced', 'out-of-band-change', 'history-rewound')
 
 
 def enable():
@@ -79,24 +82,13 @@ def enable():
     MEMBERS = prom.Gauge('lvmcoord_membership_hosts',
                          'Hosts this daemon sees in membership',
                          multiprocess_mode='livemax')
+    # Series alerted on exist from the start at 0, so that the first
+    # event is an increase Prometheus sees (not a new series at 1).
+    for kind in ALERTED_EVENTS:
+        EVENTS.labels(kind=kind)
+    for result in ('proven', 'unproven', 'failed'):
+        PREEMPTS.labels(result=result)
     _enabled = True
-
-
-def names():
-    """Every metric family name the daemon exports (as scraped)."""
-    enable()
-    out = set()
-    for value in list(globals().values()):
-        for metric in getattr(value, 'describe', lambda: [])():
-            kind = metric.type
-            if kind == 'counter':
-                out |= {metric.name + '_total', metric.name + '_created'}
-            elif kind == 'histogram':
-                out |= {metric.name + s for s in
-                        ('_bucket', '_sum', '_count', '_created')}
-            else:
-                out.add(metric.name)
-    return out
 
 
 def serve(port, address='127.0.0.1'):

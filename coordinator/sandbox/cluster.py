@@ -18,7 +18,7 @@ class Cluster:
     def __init__(self, hosts=('volume-1', 'compute-1', 'compute-2'),
                  ttl=10, grace=3.0, vg_size=2 << 30, etcd_members=1,
                  endpoints_for=None, simulated_watchdog=None,
-                 **daemon_opts):
+                 opts_for=None, **daemon_opts):
         self.names = list(hosts)
         self.ttl, self.grace = ttl, grace
         self.vg_size = vg_size
@@ -27,6 +27,8 @@ class Cluster:
         # one daemon and etcd.
         self.endpoints_for = endpoints_for or (lambda host, eps: eps)
         self.daemon_opts = daemon_opts
+        # opts_for(host) -> options of that daemon alone (a metrics port).
+        self.opts_for = opts_for or (lambda host: {})
         # Seconds: each host gets a SIMULATED watchdog with this timeout
         # (coordinator/sandbox/watchdog.py); None: no watchdog.
         self.simulated_watchdog = simulated_watchdog
@@ -55,7 +57,7 @@ class Cluster:
                            self.vg.vg, sim.system_dir, ttl=self.ttl,
                            grace=self.grace,
                            simulated_watchdog=self.simulated_watchdog,
-                           **self.daemon_opts)
+                           **{**self.daemon_opts, **self.opts_for(name)})
                 self.stack.callback(d.stop)
                 if self.simulated_watchdog:
                     # Stopped before the daemons are: no reset at teardown.

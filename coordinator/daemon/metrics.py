@@ -64,7 +64,8 @@ def enable():
                           'Events published to `lvmcoord events`, by kind',
                           ['kind'])
     SESSION_UP = prom.Gauge('lvmcoord_session_up',
-                            '1 while the session is held, 0 once lost',
+                            '1 while the session is provably held (a '
+                            'keepalive answered within the TTL), else 0',
                             multiprocess_mode='livemax')
     GRANT_FAILURES = prom.Counter('lvmcoord_grant_failures',
                                   'Activations refused or failed here, '

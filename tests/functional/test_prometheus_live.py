@@ -69,6 +69,22 @@ def cluster():
             p.close()
 
 
+def wait_alerts(prom, wanted, step, timeout=DEADLINE):
+    """Wait until every (alert, host) of ``wanted`` fired; the seconds
+    each took."""
+    start, took = time.monotonic(), {}
+
+    def all_fired():
+        firing = prom.firing()
+        for alert in wanted - set(took):
+            if alert in firing:
+                took[alert] = time.monotonic() - start
+        return len(took) == len(wanted)
+    wait_for(all_fired, f'{step}: {wanted - set(took)} firing', timeout,
+             prom)
+    return {f'{step}: {a} {h} fired': t for (a, h), t in took.items()}
+
+
 def test_alerts_fire_and_clear_on_a_live_cluster(cluster):
     started = time.monotonic()
     c, proxy, ports = cluster
@@ -88,27 +104,26 @@ def test_alerts_fire_and_clear_on_a_live_cluster(cluster):
 
         timings['both up, none firing'] = wait_for(
             lambda: len(prom.query('up{job="lvmcoord"} == 1')) == 2
-            and len(prom.query('lvmcoord_membership_member == 1')) == 4,
-            'both targets up and seeing each other', prom=prom)
-        assert not prom.firing(), prom.firing()
+            and len(prom.query('lvmcoord_membership_member == 1')) == 4
+            and not prom.firing(),
+            'both targets up, seeing each other, nothing firing', prom=prom)
 
-        # compute-1 holds an LV, then is cut from etcd.
+        # compute-1 holds an LV; compute-2 asks for it in vain.
         c2.call('create', vg=vg, lv='vol-a', size=4 * MiB)
         c1.call('activate', vg=vg, lv='vol-a', instance='i1')
-        proxy.cut()
-        cut = {('LvmcoordFenced', 'compute-1'),
-               ('LvmcoordSessionLost', 'compute-1'),
-               ('LvmcoordHostMissingFromMembership', 'compute-1')}
-        timings['cut: fence, session, membership fired'] = wait_for(
-            lambda: cut <= prom.firing(), f'{cut} firing', timeout=60, prom=prom)
-
-        # A host that holds nothing it can write asks for LVs in vain.
         for _ in range(8):
-            with pytest.raises(errors.CoordError):
-                c1.call('activate', vg=vg, lv='vol-a', instance='i9')
-        timings['grant failures fired'] = wait_for(
-            lambda: ('LvmcoordGrantFailures', 'compute-1') in prom.firing(),
-            'grant failures firing', prom=prom)
+            with pytest.raises(errors.LeaseConflict):
+                c2.call('activate', vg=vg, lv='vol-a', instance='i9')
+        timings.update(wait_alerts(
+            prom, {('LvmcoordGrantFailures', 'compute-2')}, 'grant'))
+
+        # compute-1 is cut from etcd.
+        proxy.cut()
+        timings.update(wait_alerts(
+            prom, {('LvmcoordFenced', 'compute-1'),
+                   ('LvmcoordSessionLost', 'compute-1'),
+                   ('LvmcoordHostMissingFromMembership', 'compute-1')},
+            'cut', timeout=60))
 
         proxy.heal()
         timings['heal: session and membership cleared'] = wait_for(
@@ -120,17 +135,16 @@ def test_alerts_fire_and_clear_on_a_live_cluster(cluster):
         # Plain LVM run by hand around lvmcoord, then a change through it.
         c.vg.hosts[1].lvm.create_lv(vg, 'by-hand', 4 * MiB)
         c2.call('create', vg=vg, lv='vol-b', size=4 * MiB)
-        timings['out-of-band change fired'] = wait_for(
-            lambda: ('LvmcoordOutOfBandMetadataChange', 'compute-2')
-            in prom.firing(), 'out-of-band alert firing', prom=prom)
+        timings.update(wait_alerts(
+            prom, {('LvmcoordOutOfBandMetadataChange', 'compute-2')},
+            'by hand'))
 
         # A daemon killed: its target goes down, its peer loses it.
         c['compute-2'].kill()
-        timings['kill: target down fired'] = wait_for(
-            lambda: {('LvmcoordDaemonDown', 'compute-2'),
-                     ('LvmcoordHostMissingFromMembership', 'compute-2')}
-            <= prom.firing(), 'daemon down and membership firing',
-            timeout=60, prom=prom)
+        timings.update(wait_alerts(
+            prom, {('LvmcoordDaemonDown', 'compute-2'),
+                   ('LvmcoordHostMissingFromMembership', 'compute-2')},
+            'kill', timeout=60))
         # Nothing fired that no fault called for.
         fired = {name for name, _ in prom.firing()}
         assert fired <= {'LvmcoordFenced', 'LvmcoordGrantFailures',

@@ -463,12 +463,17 @@ class Fencer:
                 self._pet()
         except Exception:
             LOG.exception('fencer: watchdog not armed')
-        metrics.WATCHDOG_ARMED.set(1 if self.watchdog.armed else 0)
         return self.watchdog.armed
 
     def _pet(self):
         if self.watchdog is None:
             return
+        try:
+            self._pet_or_withhold()
+        finally:
+            metrics.WATCHDOG_ARMED.set(1 if self.watchdog.armed else 0)
+
+    def _pet_or_withhold(self):
         booked = set(self.book.all()) if self.book else set()
         meta = self.metadata()
         if not booked and not self.fenced and not meta.holds:

@@ -89,6 +89,10 @@ def enable():
         EVENTS.labels(kind=kind)
     for result in ('proven', 'unproven', 'failed'):
         PREEMPTS.labels(result=result)
+    from coordinator import errors
+    for name, cls in vars(errors).items():
+        if isinstance(cls, type) and issubclass(cls, errors.CoordError):
+            GRANT_FAILURES.labels(reason=name)
     _enabled = True
 
 

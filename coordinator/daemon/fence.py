@@ -112,6 +112,9 @@ class Fencer:
                 self._settle_soon()
         except Exception:
             LOG.exception('fencer: proofs not started')
+        # Set here, not by the session worker: its loop can block on etcd
+        # for as long as the link is cut; the fencer's tick never does.
+        metrics.SESSION_UP.set(1 if self.state == OK else 0)
         return self.state
 
     def _deadline(self):

@@ -64,8 +64,8 @@ def enable():
                           'Events published to `lvmcoord events`, by kind',
                           ['kind'])
     SESSION_UP = prom.Gauge('lvmcoord_session_up',
-                            '1 while the session is provably held (a '
-                            'keepalive answered within the TTL), else 0',
+                            '1 while the fencer holds the session provably '
+                            'valid, 0 once it fenced or lost it',
                             multiprocess_mode='livemax')
     GRANT_FAILURES = prom.Counter('lvmcoord_grant_failures',
                                   'Activations refused or failed here, '

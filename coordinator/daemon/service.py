@@ -87,11 +87,6 @@ class SessionWorker(_Worker):
         refused = None
         while not self.stopping.wait(1.0):
             ticks += 1
-            # Held = provably valid: not lost, a keepalive answered within
-            # the TTL (cut from etcd, a host cannot learn it was lost).
-            metrics.SESSION_UP.set(0 if eng.session.lost or
-                                   eng.session.silent_for() >= eng.session.ttl
-                                   else 1)
             if eng.session.lost:
                 # The fencer has stopped our I/O; start over with a new
                 # session so this host can be granted LVs again.

@@ -93,3 +93,15 @@ def test_membership_member_goes_to_zero_once_gone(rec):
     assert rec['MEMBER'].values == {(('member', 'h1'),): 1,
                                     (('member', 'h2'),): 0}
     assert rec['MEMBERS'].values == {(): 1}
+
+
+def test_session_up_follows_the_fencer(monkeypatch):
+    up = Recorder()
+    monkeypatch.setattr(metrics, 'SESSION_UP', up)
+    f, backend, w, _ = make()
+    w.now = 101
+    f.tick()
+    assert up.values == {(): 1}
+    w.etcd_up, w.now = False, 106          # deadline passed: fenced
+    f.tick()
+    assert up.values == {(): 0}

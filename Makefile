@@ -3,18 +3,27 @@
 #   make test   - the whole test suite (unit + functional, real etcd + LVM,
 #                 and the real-kernel tier: qemu guests, device-mapper)
 PYTHON ?= python3
-DEB_PACKAGES := lvm2 etcd-server etcd-client shellcheck
+# prometheus: promtool and the server for the alert tests (their own
+# Prometheus on 127.0.0.1; the package's service is disabled).
+DEB_PACKAGES := lvm2 etcd-server etcd-client shellcheck prometheus
 STAMP := .setup-done
 
-.PHONY: setup demo test unit functional bench pep8 genconfig clean
+.PHONY: setup setup-deb demo test unit functional bench pep8 genconfig clean
 
-setup: $(STAMP)
+setup: setup-deb $(STAMP)
 
-$(STAMP): requirements.txt test-requirements.txt extra-requirements.txt setup.cfg
+# Checked on every run, stamp or not: a package added to the list is
+# installed on a machine set up before it was.
+setup-deb:
 	@if ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
 		apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PACKAGES); \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PACKAGES) && \
+		{ systemctl disable --now prometheus 2>/dev/null; \
+		  rm -f /etc/systemd/system/multi-user.target.wants/prometheus.service; \
+		  true; }; \
 	fi
+
+$(STAMP): requirements.txt test-requirements.txt extra-requirements.txt setup.cfg
 	$(PYTHON) -m pip install -q -r requirements.txt -r test-requirements.txt \
 		-r extra-requirements.txt
 	$(PYTHON) -m pip install -q --no-deps -e .

@@ -26,6 +26,7 @@ import time
 
 from coordinator import errors
 from coordinator.daemon import grantbook
+from coordinator.daemon import metrics
 from coordinator.daemon import retirees
 from coordinator.engine import inflight
 
@@ -114,6 +115,9 @@ class Fencer:
                 self._settle_soon()
         except Exception:
             LOG.exception('fencer: proofs not started')
+        # Set here, not by the session worker: its loop can block on etcd
+        # for as long as the link is cut; the fencer's tick never does.
+        metrics.SESSION_UP.set(1 if self.state == OK else 0)
         return self.state
 
     def _deadline(self):
@@ -478,6 +482,12 @@ class Fencer:
     def _pet(self):
         if self.watchdog is None:
             return
+        try:
+            self._pet_or_withhold()
+        finally:
+            metrics.WATCHDOG_ARMED.set(1 if self.watchdog.armed else 0)
+
+    def _pet_or_withhold(self):
         booked = set(self.book.all()) if self.book else set()
         meta = self.metadata()
         if not booked and not self.fenced and not meta.holds:
@@ -504,9 +514,9 @@ class Fencer:
         # gone (it cannot be fenced): only the valid session holding its
         # VG lock lets the host live on.
         if meta.commands and not (valid and meta.sessions <= {self.lease}):
-            return
+            return self._withheld()
         if not (valid or booked <= set(self.fenced)):
-            return
+            return self._withheld()
         # Not under the lock (see _settle_one): a device a proof is
         # resuming is writable because it was proven ours.
         live = self._live(set(self.fenced) - self._resuming)
@@ -518,13 +528,18 @@ class Fencer:
                           'kernel though fenced',
                           ', '.join(f'{v}/{lv}' for v, lv in sorted(live)))
         if live:
-            return
+            return self._withheld()
         if self.retirees.unsafe:
             # A retired device writable again, not retired yet.
-            return
+            return self._withheld()
         if not valid:
             LOG.debug('fencer: watchdog petted (every device fenced)')
         self.watchdog.pet()
+
+    def _withheld(self):
+        """Count a tick that left an armed watchdog unpetted."""
+        if self.watchdog.armed:
+            metrics.PETS_WITHHELD.inc()
 
 
 def address(record):

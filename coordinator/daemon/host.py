@@ -13,6 +13,7 @@ from coordinator import errors
 from coordinator.daemon import checkconf
 from coordinator.daemon import grantbook
 from coordinator.daemon import incarnation
+from coordinator.daemon import metrics
 from coordinator.daemon import readiness
 from coordinator.daemon import watchdog
 from coordinator.daemon.ops import FENCER_STARTING
@@ -241,6 +242,7 @@ class HostContext:
         """Publish an event (fence, alert...) for `lvmcoord events`.
 
         Never blocks: the fencer emits while etcd may be unreachable."""
+        metrics.EVENTS.labels(kind=kind).inc()
         self._events.put(dict(fields, kind=kind, host=self.conf.host,
                               at=time.time()))
         with self._mutex:

@@ -260,6 +260,13 @@ class Operations:
             return self._route(host, 'activate', vg=vg, lv=lv, mode=mode,
                                instance=instance, wait=wait,
                                read_only=read_only)
+        try:
+            return self._activate(vg, lv, mode, instance, wait, read_only)
+        except errors.CoordError as exc:
+            metrics.GRANT_FAILURES.labels(reason=type(exc).__name__).inc()
+            raise
+
+    def _activate(self, vg, lv, mode, instance, wait, read_only):
         self._check_ready(vg)
         fencer = self._await_fencer(max(wait or 0.0, FENCER_START_WAIT))
         gate = contextlib.ExitStack()

@@ -124,6 +124,8 @@ class SessionWorker(_Worker):
                 except errors.CoordError:
                     continue
                 metrics.QUEUE_DEPTH.labels(vg=vg).set(depth)
+            if self.conf.metrics.port and ticks % 5 == 0:
+                self._members_seen()
             try:
                 if ticks % beat_every == 0:
                     self.ctx.membership.heartbeat()
@@ -136,6 +138,20 @@ class SessionWorker(_Worker):
                 # a session loss): join again rather than die.
                 LOG.warning('membership: %s; joining again', exc)
                 self._rejoin()
+
+    def _members_seen(self):
+        """Export which hosts membership shows (once every 5 s, with the
+        metrics port only): 1 per member, 0 for one seen before."""
+        try:
+            seen = set(self.ctx.membership.members(max_age=4.0))
+        except Exception as exc:
+            LOG.debug('membership: not read for metrics: %s', exc)
+            return
+        known = getattr(self, '_members_known', set())
+        for host in known | seen:
+            metrics.MEMBER.labels(member=host).set(1 if host in seen else 0)
+        metrics.MEMBERS.set(len(seen))
+        self._members_known = known | seen
 
     def _check_history(self):
         try:

@@ -18,7 +18,8 @@ class Cluster:
     def __init__(self, hosts=('volume-1', 'compute-1', 'compute-2'),
                  ttl=10, grace=3.0, vg_size=2 << 30, etcd_members=1,
                  endpoints_for=None, simulated_watchdog=None,
-                 trees=None, metadata_size=None, **daemon_opts):
+                 trees=None, metadata_size=None, opts_for=None,
+                 **daemon_opts):
         self.names = list(hosts)
         self.ttl, self.grace = ttl, grace
         self.vg_size = vg_size
@@ -31,6 +32,8 @@ class Cluster:
         self.daemon_opts = daemon_opts
         # {host: source tree} of daemons run from another release's tree.
         self.trees = dict(trees or {})
+        # opts_for(host) -> options of that daemon alone (a metrics port).
+        self.opts_for = opts_for or (lambda host: {})
         # Seconds: each host gets a SIMULATED watchdog with this timeout
         # (coordinator/sandbox/watchdog.py); None: no watchdog.
         self.simulated_watchdog = simulated_watchdog
@@ -60,7 +63,8 @@ class Cluster:
                            self.vg.vg, sim.system_dir, ttl=self.ttl,
                            grace=self.grace,
                            simulated_watchdog=self.simulated_watchdog,
-                           tree=self.trees.get(name), **self.daemon_opts)
+                           tree=self.trees.get(name),
+                           **{**self.daemon_opts, **self.opts_for(name)})
                 self.stack.callback(d.stop)
                 if self.simulated_watchdog:
                     # Stopped before the daemons are: no reset at teardown.

@@ -25,7 +25,7 @@ demo: setup
 
 # One pytest run: the real-kernel tier's guests boot when its first
 # scenario starts (tests/realhost sorts between functional and unit).
-test: setup setup-realhost
+test: setup setup-realhost setup-nova
 	LVMCOORD_REALHOST=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests
 
 .PHONY: test-chaos
@@ -57,7 +57,7 @@ genconfig: setup
 	oslo-config-generator --config-file etc/lvmcoord/lvmcoord-config-generator.conf
 
 clean:
-	rm -f $(STAMP)
+	rm -f $(STAMP) $(NOVA_STAMP)
 
 # The real-kernel tier (tests/realhost, doc/realhost.md): qemu guests on
 # Debian's stock kernel, real device-mapper, one shared LU. The kernel is
@@ -82,3 +82,25 @@ setup-realhost: setup
 
 test-realhost: setup-realhost
 	LVMCOORD_REALHOST=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/realhost
+
+# The Nova tier (tests/nova, doc/nova.md): Nova 34's own functional
+# harness in its own virtualenv (Nova needs SQLAlchemy 2.0.x; its test
+# dependencies are not declared by the wheel), this project installed
+# into it (not editable) for the connector.
+NOVA_VENV ?= /opt/lvmcoord-nova-venv
+NOVA_STAMP := $(NOVA_VENV)/.lvmcoord-setup-done
+NOVA_PACKAGES := nova==34.0.0 'SQLAlchemy<2.1' openstack-placement \
+	oslotest testtools wsgi-intercept
+.PHONY: setup-nova test-nova
+
+setup-nova: setup $(NOVA_STAMP)
+
+$(NOVA_STAMP): setup.cfg requirements.txt
+	$(PYTHON) -m venv $(NOVA_VENV)
+	$(NOVA_VENV)/bin/pip install -q $(NOVA_PACKAGES)
+	$(NOVA_VENV)/bin/pip install -q --no-deps .
+	@touch $(NOVA_STAMP)
+
+test-nova: setup-nova
+	LVMCOORD_NOVA_VENV=$(NOVA_VENV) $(PYTHON) -m pytest -q \
+		-p no:cacheprovider tests/nova

@@ -83,13 +83,13 @@ class Cinder:
     def __init__(self, url):
         self.url = f'{url}/v3/{PROJECT}'
 
-    def call(self, method, path, body=None):
+    def call(self, method, path, body=None, version='3.44'):
         req = urllib.request.Request(
             self.url + path, method=method,
             data=None if body is None else json.dumps(body).encode(),
             headers={'X-Auth-Token': f'admin:{PROJECT}',
                      'Content-Type': 'application/json',
-                     'OpenStack-API-Version': 'volume 3.44'})
+                     'OpenStack-API-Version': f'volume {version}'})
         with urllib.request.urlopen(req, timeout=60) as resp:
             data = resp.read()
         return json.loads(data) if data else None
@@ -138,6 +138,12 @@ class Nova:
         self.child = child
 
     def __call__(self, op, on_event=None, timeout=300, **args):
+        reply = self.reply(op, on_event, timeout, **args)
+        assert 'error' not in reply, reply['error']
+        return reply['ok']
+
+    def reply(self, op, on_event=None, timeout=300, **args):
+        """The process's answer, an error too."""
         self.child.send(dict(args, op=op))
         while True:
             reply = self.child.receive(timeout)
@@ -146,8 +152,7 @@ class Nova:
                     on_event(reply)
                 self.child.send({})
                 continue
-            assert 'error' not in reply, reply['error']
-            return reply['ok']
+            return reply
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,6 @@ from unittest import mock
 
 import fixtures
 from keystoneauth1 import loading as ks_loading
-
 from nova import context as nova_context
 from nova import objects
 from nova.tests import fixtures as nova_fixtures
@@ -101,16 +100,15 @@ def serve_case(cinder_url, project):
             """The guest runs on both hosts: the test side looks, then the
             job completes or fails (migrate_mode)."""
             server = domain.UUIDString()
-            dest = next(h for h in HOSTS
-                        if h != self._host_of(server))
-            self.computes[dest].driver._host.get_connection().createXML(
-                params['destination_xml'], 'fake')
             say({'event': 'migrating', 'server': server})
             hear()
             if self.migrate_mode == 'fail':
                 domain.fail_job()
-            else:
-                domain.complete_job()
+                return
+            dest = next(h for h in HOSTS if h != self._host_of(server))
+            self.computes[dest].driver._host.get_connection().createXML(
+                params['destination_xml'], 'fake')
+            domain.complete_job()
 
         def _host_of(self, server):
             return self.api.get_server(server)['OS-EXT-SRV-ATTR:host']
@@ -121,13 +119,15 @@ def serve_case(cinder_url, project):
             return {'id': server['id'], 'status': server['status'],
                     'host': server.get('OS-EXT-SRV-ATTR:host')}
 
-        def op_boot(self, volume, host=None, name='vm'):
-            """Boot a server from ``volume`` (on ``host``)."""
+        def op_boot(self, volume, host=None, name='vm', delete=False):
+            """Boot a server from ``volume`` (on ``host``; the volume
+            deleted with it if ``delete``)."""
             body = self._build_server(name=name, image_uuid='',
                                       networks='none', host=host)
             body['block_device_mapping_v2'] = [{
                 'boot_index': 0, 'uuid': volume, 'source_type': 'volume',
-                'destination_type': 'volume'}]
+                'destination_type': 'volume',
+                'delete_on_termination': delete}]
             server = self._wait_for_state_change(
                 self.api.post_server({'server': body}), 'ACTIVE')
             return self._view(server)
@@ -155,6 +155,30 @@ def serve_case(cinder_url, project):
             """Delete ``server`` and wait until it is gone."""
             self._delete_server({'id': server})
             return True
+
+        def op_action(self, server, body, state, migration=None):
+            """A server action; waits for ``migration``'s status and the
+            server's ``state``."""
+            srv = self.api.get_server(server)
+            self.api.post_server_action(server, body)
+            if migration:
+                self._wait_for_migration_status(srv, [migration])
+            return self._view(self._wait_for_state_change(srv, state))
+
+        def op_boot_many(self, volumes, hosts):
+            """Boot one server from each volume at once, round the hosts."""
+            servers = []
+            for i, volume in enumerate(volumes):
+                body = self._build_server(name=f'many-{i}', image_uuid='',
+                                          networks='none',
+                                          host=hosts[i % len(hosts)])
+                body['block_device_mapping_v2'] = [{
+                    'boot_index': 0, 'uuid': volume, 'source_type': 'volume',
+                    'destination_type': 'volume',
+                    'delete_on_termination': True}]
+                servers.append(self.api.post_server({'server': body}))
+            return [self._view(self._wait_for_state_change(s, 'ACTIVE'))
+                    for s in servers]
 
         def op_server(self, server):
             """The server as the API shows it."""

@@ -3,12 +3,14 @@ computes (fakelibvirt) drive volume flows against real Cinder, real
 daemons, real etcd and a real shared VG; each flow is checked from
 outside (doc/nova.md)."""
 import os
+import time
 import uuid
 
 import pytest
 
 from coordinator.api.client import Client
-from tests.functional.test_cinder import read_block, where_active
+from tests.functional.test_cinder import read_block
+from tests.functional.test_cinder import where_active
 from tests.functional.test_cinder import write_block
 
 pytestmark = pytest.mark.timeout(900)
@@ -80,11 +82,17 @@ def assert_free(cinder, spec, vid):
     assert cinder.attached_hosts(vid) == []
 
 
-def boot(api, host):
-    cinder, nova, spec = api
+def bootable(cinder):
+    """A new bootable volume's id."""
     vid = cinder.create()['id']
     cinder.call('POST', f'/volumes/{vid}/action',
                 {'os-set_bootable': {'bootable': True}})
+    return vid
+
+
+def boot(api, host):
+    cinder, nova, spec = api
+    vid = bootable(cinder)
     server = nova('boot', volume=vid, host=host)['id']
     assert_on(cinder, nova, spec, server, vid, host)
     return server, vid
@@ -160,3 +168,111 @@ def test_live_migration_failing_half_way(api):
     cinder.wait(vid, 'available')
     assert_free(cinder, spec, vid)
     cinder.delete(vid)
+
+
+def finish(api, server, *vids):
+    """Delete the server, then its volumes, each found free first."""
+    cinder, nova, spec = api
+    nova('delete', server=server)
+    for vid in vids:
+        cinder.wait(vid, 'available')
+        assert_free(cinder, spec, vid)
+        cinder.delete(vid)
+
+
+def test_delete_on_termination_deletes_the_lv(api):
+    cinder, nova, spec = api
+    vid = bootable(cinder)
+    server = nova('boot', volume=vid, host='compute-2', delete=True)['id']
+    assert_on(cinder, nova, spec, server, vid, 'compute-2')
+    nova('delete', server=server)
+    cinder.wait(vid, 'deleted')
+    # The LV itself is gone.
+    assert not any(lv(vid) in n for n in os.listdir(
+        os.path.join(spec['hosts']['compute-2']['dev'], spec['vg'])))
+
+
+@pytest.mark.parametrize('kind', ['SOFT', 'HARD'])
+def test_reboot(api, kind):
+    cinder, nova, spec = api
+    server, vid = boot(api, 'compute-1')
+    data = put(spec, 'compute-1', vid)
+    nova('action', server=server, body={'reboot': {'type': kind}},
+         state='ACTIVE')
+    assert_on(cinder, nova, spec, server, vid, 'compute-1')
+    assert got(spec, 'compute-1', vid) == data
+    finish(api, server, vid)
+
+
+def test_shelve_offload_and_unshelve(api):
+    cinder, nova, spec = api
+    server, vid = boot(api, 'compute-1')
+    data = put(spec, 'compute-1', vid)
+    nova('action', server=server, body={'shelve': None},
+         state='SHELVED_OFFLOADED')
+    # Offloaded: no host has it; Cinder keeps a reserved attachment.
+    assert where_active(spec, lv(vid)) == []
+    assert holders(spec, vid) == []
+    assert cinder.volume(vid)['status'] in ('reserved', 'in-use')
+    nova('action', server=server, body={'unshelve': {'host': 'compute-2'}},
+         state='ACTIVE')
+    assert_on(cinder, nova, spec, server, vid, 'compute-2')
+    assert got(spec, 'compute-2', vid) == data
+    finish(api, server, vid)
+
+
+def test_second_attach_of_one_volume_is_refused(api):
+    cinder, nova, spec = api
+    one, root1 = boot(api, 'compute-1')
+    two, root2 = boot(api, 'compute-2')
+    vid = cinder.create()['id']
+    nova('attach', server=one, volume=vid)
+    cinder.wait(vid, 'in-use')
+    reply = nova.reply('attach', server=two, volume=vid)
+    assert 'error' in reply and '400' in reply['error'], reply
+    assert where_active(spec, lv(vid)) == ['compute-1']
+    assert holders(spec, vid) == [('compute-1', 'exclusive')]
+    assert cinder.attached_hosts(vid) == [(one, 'compute-1')]
+    assert [b['volume'] for b in nova('bdms', server=two)] == [root2]
+    nova('detach', server=one, volume=vid)
+    cinder.wait(vid, 'available')
+    cinder.delete(vid)
+    finish(api, one, root1)
+    finish(api, two, root2)
+
+
+def test_many_servers_boot_from_volume_at_once(api):
+    cinder, nova, spec = api
+    vids = [bootable(cinder) for _ in range(6)]
+    servers = nova('boot_many', volumes=vids,
+                   hosts=['compute-1', 'compute-2'])
+    for server, vid in zip(servers, vids, strict=True):
+        assert_on(cinder, nova, spec, server['id'], vid, server['host'])
+    assert sorted(s['host'] for s in servers) == ['compute-1'] * 3 + [
+        'compute-2'] * 3
+    for server in servers:
+        nova('delete', server=server['id'])
+    for vid in vids:
+        cinder.wait(vid, 'deleted')
+
+
+def test_online_extend_keeps_the_lease_and_data(api):
+    """Cinder accepts an online extend (the driver refreshes the holder's
+    device, tests/functional/test_cinder.py): the lease and data stay on
+    the server's host, the size grows."""
+    cinder, nova, spec = api
+    server, vid = boot(api, 'compute-1')
+    data = put(spec, 'compute-1', vid)
+    cinder.call('POST', f'/volumes/{vid}/action',
+                {'os-extend': {'new_size': 2}}, version='3.42')
+    deadline = time.monotonic() + 120
+    while cinder.volume(vid)['size'] != 2:
+        assert time.monotonic() < deadline, cinder.volume(vid)
+        time.sleep(0.3)
+    cinder.wait(vid, 'in-use')
+    assert_on(cinder, nova, spec, server, vid, 'compute-1')
+    with open(device(spec, 'compute-1', vid), 'rb') as dev:
+        assert dev.seek(0, os.SEEK_END) == 2 << 30
+    assert got(spec, 'compute-1', vid) == data
+    assert nova('server', server=server)['status'] == 'ACTIVE'
+    finish(api, server, vid)

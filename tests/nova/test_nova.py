@@ -3,7 +3,6 @@ computes (fakelibvirt) drive volume flows against real Cinder, real
 daemons, real etcd and a real shared VG; each flow is checked from
 outside (doc/nova.md)."""
 import os
-import time
 import uuid
 
 import pytest
@@ -254,25 +253,3 @@ def test_many_servers_boot_from_volume_at_once(api):
         nova('delete', server=server['id'])
     for vid in vids:
         cinder.wait(vid, 'deleted')
-
-
-def test_online_extend_keeps_the_lease_and_data(api):
-    """Cinder accepts an online extend (the driver refreshes the holder's
-    device, tests/functional/test_cinder.py): the lease and data stay on
-    the server's host, the size grows."""
-    cinder, nova, spec = api
-    server, vid = boot(api, 'compute-1')
-    data = put(spec, 'compute-1', vid)
-    cinder.call('POST', f'/volumes/{vid}/action',
-                {'os-extend': {'new_size': 2}}, version='3.42')
-    deadline = time.monotonic() + 120
-    while cinder.volume(vid)['size'] != 2:
-        assert time.monotonic() < deadline, cinder.volume(vid)
-        time.sleep(0.3)
-    cinder.wait(vid, 'in-use')
-    assert_on(cinder, nova, spec, server, vid, 'compute-1')
-    with open(device(spec, 'compute-1', vid), 'rb') as dev:
-        assert dev.seek(0, os.SEEK_END) == 2 << 30
-    assert got(spec, 'compute-1', vid) == data
-    assert nova('server', server=server)['status'] == 'ACTIVE'
-    finish(api, server, vid)

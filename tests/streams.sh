@@ -18,7 +18,8 @@ LVMCOORD_REALHOST=1 "$PYTHON" -m pytest -q -p no:cacheprovider tests/realhost \
     "$@" >"$out/tier.log" 2>&1 &
 tier_pid=$!
 
-"$PYTHON" -m pytest -q -p no:cacheprovider tests --ignore=tests/realhost "$@"
+"$PYTHON" -m pytest -q -p no:cacheprovider tests --ignore=tests/realhost \
+    --ignore=tests/nova "$@"
 rest=$?
 
 wait "$tier_pid"

@@ -5,11 +5,19 @@
 # Each stream's output goes to its log; both are printed, the tier's last.
 # Exit status: non-zero if either stream failed.
 set -u
+# Job control: background jobs keep SIGINT (pytest's clean stop), which
+# a shell without it ignores for them; stop() forwards it.
+set -m
 PYTHON=${PYTHON:-python3}
 out=$(mktemp -d /tmp/lvmcoord-streams.XXXXXX)
-tier_pid=
+tier_pid=''
+rest_pid=''
 stop() {
-    if [ -n "$tier_pid" ]; then kill -TERM "$tier_pid" 2>/dev/null; wait "$tier_pid"; fi
+    # pytest tears its fixtures down on SIGINT (guests, etcd, loop devices).
+    for pid in "$tier_pid" "$rest_pid"; do
+        [ -n "$pid" ] && kill -INT "$pid" 2>/dev/null
+    done
+    wait
     exit 130
 }
 trap stop INT TERM
@@ -19,12 +27,15 @@ LVMCOORD_REALHOST=1 "$PYTHON" -m pytest -q -p no:cacheprovider tests/realhost \
 tier_pid=$!
 
 "$PYTHON" -m pytest -q -p no:cacheprovider tests --ignore=tests/realhost \
-    --ignore=tests/nova "$@"
+    --ignore=tests/nova "$@" &
+rest_pid=$!
+wait "$rest_pid"
 rest=$?
+rest_pid=''
 
 wait "$tier_pid"
 tier=$?
-tier_pid=
+tier_pid=''
 echo
 echo "==== the real-kernel tier (tests/realhost), run alongside ===="
 cat "$out/tier.log"

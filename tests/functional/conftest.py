@@ -82,19 +82,24 @@ def actors(tmp_path):
         a.stop()
 
 
+def proxied(proxies, host='compute-1'):
+    """endpoints_for(): ``host`` reaches etcd through a cuttable Proxy,
+    recorded in ``proxies``; the others directly."""
+    def endpoints_for(name, eps):
+        if name != host:
+            return eps
+        url = parse.urlsplit(eps[0])
+        proxies[name] = Proxy(url.hostname, url.port)
+        return [proxies[name].url]
+    return endpoints_for
+
+
 @pytest.fixture
 def partitioned():
     """Two sandbox hosts (TTL 6 s); compute-1 reaches etcd through a
     Proxy the test cuts: yields (cluster, proxy)."""
     proxies = {}
-
-    def endpoints_for(host, eps):
-        if host != 'compute-1':
-            return eps
-        url = parse.urlsplit(eps[0])
-        proxies[host] = Proxy(url.hostname, url.port)
-        return [proxies[host].url]
-
+    endpoints_for = proxied(proxies)
     cluster = Cluster(hosts=('compute-1', 'compute-2'), ttl=6, grace=1.0,
                       endpoints_for=endpoints_for)
     try:

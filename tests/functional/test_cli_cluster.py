@@ -1,12 +1,11 @@
 """The admin CLI against three running daemons (real etcd, real LVM)."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from coordinator.sandbox.cluster import Cluster
+from tests.functional.clicall import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
@@ -15,16 +14,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 def cluster():
     with Cluster(ttl=6, grace=1.0) as c:
         yield c
-
-
-def cli(daemon, *args, check=True):
-    out = subprocess.run([sys.executable, '-m', 'coordinator.cli.app',
-                          '--config-file', daemon.conf_file, *args],
-                         capture_output=True, text=True, timeout=120,
-                         cwd=ROOT, check=False)
-    if check and out.returncode:
-        raise AssertionError(f'{args}: {out.returncode} {out.stderr}')
-    return out
 
 
 def test_host_list_json_and_table(cluster):

@@ -4,7 +4,6 @@ shipped) while faults are injected: the matching alerts fire, and those
 that track a state clear when it heals."""
 import os
 import time
-from urllib import parse
 
 import pytest
 import requests
@@ -15,7 +14,7 @@ from coordinator.sandbox.etcd import free_port
 from coordinator.sandbox.prometheus import Prometheus
 from coordinator.sandbox.prometheus import scraped_names
 from coordinator.sandbox.prometheus import short_for
-from coordinator.sandbox.proxy import Proxy
+from tests.functional.conftest import proxied
 from tests.unit.test_prometheus_rules import exported
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -50,14 +49,7 @@ def wait_for(predicate, what, timeout=DEADLINE, prom=None):
 def cluster():
     proxies = {}
     ports = {'compute-1': free_port(), 'compute-2': free_port()}
-
-    def endpoints_for(host, eps):
-        if host != 'compute-1':
-            return eps
-        url = parse.urlsplit(eps[0])
-        proxies[host] = Proxy(url.hostname, url.port)
-        return [proxies[host].url]
-
+    endpoints_for = proxied(proxies)
     c = Cluster(hosts=('compute-1', 'compute-2'), ttl=4, grace=1.0,
                 endpoints_for=endpoints_for,
                 opts_for=lambda host: {'metrics__port': ports[host]})

@@ -7,8 +7,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 
@@ -22,6 +20,7 @@ from coordinator.sandbox.cluster import Cluster
 from coordinator.sandbox.daemons import Daemon
 from coordinator.sandbox.proxy import Partition
 from tests.functional import previous
+from tests.functional.clicall import cli
 
 ROOT = previous.ROOT
 MiB = 1 << 20
@@ -88,16 +87,6 @@ def mixed():
         for p in cuts.values():
             p.close()
         shutil.rmtree(tree, ignore_errors=True)
-
-
-def cli(daemon, *args, check=True):
-    out = subprocess.run([sys.executable, '-m', 'coordinator.cli.app',
-                          '--config-file', daemon.conf_file, *args],
-                         capture_output=True, text=True, timeout=120,
-                         cwd=ROOT, check=False)
-    if check and out.returncode:
-        raise AssertionError(f'{args}: {out.returncode} {out.stderr}')
-    return out
 
 
 def wait_for(predicate, timeout, what):

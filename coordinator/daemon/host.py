@@ -50,6 +50,7 @@ class HostContext:
                 self.etcd, getattr(self.engine.session, 'keepalive_etcd',
                                    None)) if c is not None}.values():
             client.on_answer.append(self.history.hint)
+        self.etcd.witness = self.history
         backend = conf.lvm.activation_backend
         if backend == 'auto':
             backend = 'lvm' if activation.has_device_mapper() else 'loop'

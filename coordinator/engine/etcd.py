@@ -121,6 +121,13 @@ def cmp_mod(key, revision):
             'mod_revision': revision}
 
 
+def cmp_mod_below(key, revision):
+    """Compare: ``key`` was last modified before ``revision`` (or is
+    absent)."""
+    return {'key': b64(key), 'target': 'MOD', 'result': 'LESS',
+            'mod_revision': revision}
+
+
 def cmp_lease(key, lease_id):
     """Compare: ``key`` is attached to lease ``lease_id``."""
     return {'key': b64(key), 'target': 'LEASE', 'result': 'EQUAL',
@@ -150,6 +157,33 @@ def op_txn(compare, success, failure=()):
     return {'request_txn': {'compare': list(compare),
                             'success': list(success),
                             'failure': list(failure)}}
+
+
+def _writes(ops):
+    # Whether any op (nested txns included) may write.
+    for op in ops:
+        if 'request_put' in op or 'request_delete_range' in op:
+            return True
+        nested = op.get('request_txn')
+        if nested and (_writes(nested['success']) or
+                       _writes(nested['failure'])):
+            return True
+    return False
+
+
+def _touches(ops, key):
+    # Whether any op (nested txns included) writes ``key``: etcd refuses
+    # a txn that puts one key twice.
+    raw = b64(key)
+    for op in ops:
+        req = op.get('request_put') or op.get('request_delete_range')
+        if req and req.get('key') == raw:
+            return True
+        nested = op.get('request_txn')
+        if nested and (_touches(nested['success'], key) or
+                       _touches(nested['failure'], key)):
+            return True
+    return False
 
 
 def op_range(key, prefix=False, first_created=False, limit=0):
@@ -455,6 +489,9 @@ class Etcd:
         # hook(answer) for every answer etcd gives (its header tells the
         # revision: coordinator.engine.history); never raises into a call.
         self.on_answer = []
+        # This host's history (coordinator.engine.history.History): every
+        # write of this client carries its witness stamp, in the same txn.
+        self.witness = None
 
     @classmethod
     def from_conf(cls, conf, **overrides):
@@ -616,21 +653,43 @@ class Etcd:
 
     def put(self, key, value, lease=0):
         """Unconditional put; returns the new revision."""
+        if self.witness is not None:
+            return self.txn([], [op_put(key, value, lease)]).revision
         resp = self._post('/kv/put', op_put(key, value, lease)['request_put'])
         return int(resp['header']['revision'])
 
     def delete(self, key, prefix=False):
         """Delete a key or prefix; returns how many keys went."""
+        if self.witness is not None:
+            resp = self._txn([], [op_delete(key, prefix)], ())
+            return int(resp['responses'][0]['response_delete_range']
+                       .get('deleted', 0))
         req = op_delete(key, prefix)['request_delete_range']
         return int(self._post('/kv/deleterange', req).get('deleted', 0))
 
     def txn(self, compare, success, failure=()):
         """Run a transaction; range results come back as lists of KV."""
-        body = json.dumps({'compare': list(compare),
-                           'success': list(success),
+        resp = self._txn(compare, success, failure)
+        return TxnResult.from_gateway(resp, int(resp['header']['revision']))
+
+    def _txn(self, compare, success, failure):
+        success = list(success)
+        witness = self.witness
+        stamped = witness is not None and _writes(success) and \
+            not _touches(success, witness.witness_key)
+        if stamped:
+            success.append(witness.stamp())
+        body = json.dumps({'compare': list(compare), 'success': success,
                            'failure': list(failure)})
         resp = self.call(lambda c: c.post(c.get_url('/kv/txn'), data=body))
-        return TxnResult.from_gateway(resp, int(resp['header']['revision']))
+        if stamped and resp.get('succeeded'):
+            stamp = resp['responses'][-1].get('response_txn', {})
+            try:
+                witness.wrote(int(resp['header']['revision']),
+                              below=bool(stamp.get('succeeded')))
+            except Exception:
+                LOG.exception('etcd: the witness stamp not recorded')
+        return resp
 
     # -- leases --
 

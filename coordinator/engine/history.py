@@ -10,16 +10,22 @@ locally (its state dir), a *history mark*:
   cluster is first used): its id and generation (raised by each
   operator-accepted restore);
 - the highest etcd revision it has seen (etcd's revision never goes back;
-  a restore takes it back to the backup's).
+  a restore takes it back to the backup's);
+- the revision of its last write: each write of the host also puts its
+  *witness* key (one txn, coordinator.engine.etcd). The revision alone is
+  no proof for long: the writes made after a restore bring etcd back above
+  the mark within seconds on a busy cluster. The witness is not rewritten
+  by anyone else: a restore that lost any write of this host brings back
+  an older one, however far the revision has moved on since.
 
-etcd without the epoch, another epoch, an older generation or a revision
-below the mark: the history was rewound. The host that finds it writes it
-into the epoch (so a host cut off since before the backup, which has seen
-nothing newer, learns it from the others), fences everything, resumes
-nothing and serves no grant until an operator accepts the restored history
-(``lvmcoord history accept``: a new generation, and a *floor*: a fenced
-device whose grant is older than the accept is never resumed). See
-doc/runbook-etcd-restore.md.
+etcd without the epoch, another epoch, an older generation, an older
+witness or a revision below the mark: the history was rewound. The host
+that finds it writes it into the epoch (so a host cut off since before the
+backup, which has seen nothing newer, learns it from the others), fences
+everything, resumes nothing and serves no grant until an operator accepts
+the restored history (``lvmcoord history accept``: a new generation, and a
+*floor*: a fenced device whose grant is older than the accept is never
+resumed). See doc/runbook-etcd-restore.md.
 """
 import contextlib
 import fcntl
@@ -57,9 +63,20 @@ def read_epoch(etcd, keys):
     return (kvs[0] if kvs else None), revision
 
 
-def judge(mark, epoch, revision):
+def read_marks(etcd, keys, host):
+    """(epoch KV or None, ``host``'s witness revision (0: none), etcd's
+    revision): one read-only txn."""
+    res = etcd.txn([], [etcdlib.op_range(keys.epoch()),
+                        etcdlib.op_range(keys.history_witness(host))])
+    epoch, witness = res.ranges
+    return ((epoch[0] if epoch else None),
+            (witness[0].mod_revision if witness else 0), res.revision)
+
+
+def judge(mark, epoch, revision, witness=None):
     """Why etcd's history is not the one ``mark`` has seen (None if it
-    is). ``epoch``: etcd's epoch value (dict) or None."""
+    is). ``epoch``: etcd's epoch value (dict) or None; ``witness``: the
+    revision of this host's witness in etcd (None: not read)."""
     if not mark.get('epoch'):
         return None
     if epoch is None:
@@ -75,6 +92,10 @@ def judge(mark, epoch, revision):
     if epoch.get('id') != mark['epoch']:
         return (f'etcd\'s cluster epoch is {epoch.get("id")}, this host\'s '
                 f'is {mark["epoch"]}: another etcd, or a restore')
+    if witness is not None and witness < mark.get('witness', 0):
+        return (f'this host\'s write at revision {mark["witness"]} is not '
+                f'in etcd (its witness is at revision {witness}): etcd was '
+                f'restored from an older backup')
     if revision < mark.get('revision', 0):
         return (f'etcd is at revision {revision}, this host has seen '
                 f'revision {mark["revision"]}: etcd was restored from an '
@@ -165,6 +186,38 @@ class History:
             if mark.get('epoch') and not mark.get('rewound'):
                 mark['revision'] = max(mark.get('revision', 0), revision)
 
+    @property
+    def witness_key(self):
+        """This host's witness key in etcd."""
+        return self.keys.history_witness(self.host)
+
+    def stamp(self):
+        """The op each write of this host carries (Etcd.witness): put the
+        witness, unless etcd's is older than this host's last write: that
+        one is the evidence of a restore, and stays."""
+        last = self.mark().get('witness', 0)
+        return etcdlib.op_txn([etcdlib.cmp_mod_below(self.witness_key, last)],
+                              [], [etcdlib.op_put(self.witness_key, '')])
+
+    def wrote(self, revision, below=False):
+        """A write of this host's committed at ``revision``; ``below``: its
+        stamp found the witness older than the host's last write."""
+        if below:
+            if not self.suspect:
+                LOG.warning('history: a write at revision %s found this '
+                            'host\'s witness older than its last write',
+                            revision)
+            self.suspect = True
+            return
+        mark = self.mark()
+        if revision <= mark.get('witness', 0) or not mark.get('epoch') or \
+                mark.get('rewound'):
+            return
+        with self._update(durable=False) as mark:
+            if mark.get('epoch') and not mark.get('rewound'):
+                mark['witness'] = max(mark.get('witness', 0), revision)
+                mark['revision'] = max(mark.get('revision', 0), revision)
+
     def hint(self, resp):
         """For every etcd answer (Etcd.on_answer): a revision below the
         mark makes the next check() due; others raise the mark. Cheap:
@@ -189,7 +242,8 @@ class History:
         Creates the epoch on a cluster's first use; adopts an accepted
         restore."""
         self.suspect = False
-        epoch_kv, revision = read_epoch(self.etcd, self.keys)
+        epoch_kv, witness, revision = read_marks(self.etcd, self.keys,
+                                                 self.host)
         if epoch_kv is None and not self.mark().get('epoch'):
             epoch_kv, revision = self._create()
         epoch = self.epoch = epoch_kv.json() if epoch_kv else None
@@ -197,8 +251,6 @@ class History:
         if mark.get('rewound') and not self._accepted(mark, epoch):
             return mark['rewound']['reason']
         fresh = not mark.get('epoch') or self._accepted(mark, epoch)
-        if not fresh and revision < mark.get('revision', 0):
-            revision = self._probe(mark, revision)
         if fresh:
             # Adopted (first use, or an accepted restore): judged as a
             # mark at etcd's epoch, seen nothing yet (a flag still holds).
@@ -206,7 +258,10 @@ class History:
                          'generation': epoch.get('generation', 0)},
                         epoch, revision)
         else:
-            why = judge(mark, epoch, revision)
+            if witness < mark.get('witness', 0) or \
+                    revision < mark.get('revision', 0):
+                witness, revision = self._probe(mark, witness, revision)
+            why = judge(mark, epoch, revision, witness)
         if why is None and not fresh and \
                 revision <= mark.get('revision', 0):
             return None  # nothing new to write
@@ -233,26 +288,31 @@ class History:
         self._tell(epoch_kv, epoch, why)
         return why
 
-    def _probe(self, mark, revision):
+    def _probe(self, mark, witness, revision):
         # A read below the mark is proof of nothing: one served around an
         # etcd leader change was seen below a revision this host had seen
-        # (the chaos run's etcd-leader-stop). A write is committed above
-        # every revision committed before it: below the mark, etcd's
-        # history is older than what this host saw.
+        # (the chaos run's etcd-leader-stop). A write is: it is committed
+        # above every revision committed before it, and its stamp's compare
+        # is judged in etcd's log order. (witness, revision) to judge.
+        last = mark.get('witness', 0)
         try:
-            wrote = self.etcd.put(self.keys.history_probe(self.host),
-                                  {'mark': mark.get('revision', 0),
-                                   'read': revision, 'at': time.time()})
+            # The stamp alone: it puts the witness, or keeps it (older).
+            res = self.etcd.txn([], [self.stamp()])
         except errors.CoordError as exc:
-            LOG.warning('history: read revision %s below the mark %s, and '
-                        'no write to prove it: %s', revision,
-                        mark.get('revision', 0), exc)
-            return revision
-        if wrote >= mark.get('revision', 0):
-            LOG.warning('history: a read of revision %s, below the mark %s, '
-                        'was stale: a write is at revision %s', revision,
-                        mark.get('revision', 0), wrote)
-        return max(revision, wrote)
+            LOG.warning('history: read witness %s / revision %s, below the '
+                        'mark %s / %s, and no write to prove it: %s',
+                        witness, revision, last, mark.get('revision', 0), exc)
+            self.suspect = True  # judged again at the next tick
+            return witness, revision
+        if res.txns[0].succeeded:
+            return min(witness, last - 1), revision  # the witness is older
+        self.wrote(res.revision)
+        if res.revision >= mark.get('revision', 0):
+            LOG.warning('history: a read of witness %s / revision %s, below '
+                        'the mark %s / %s, was stale: a write is at '
+                        'revision %s', witness, revision, last,
+                        mark.get('revision', 0), res.revision)
+        return last, max(revision, res.revision)
 
     @staticmethod
     def _accepted(mark, epoch):

@@ -23,8 +23,8 @@ class Keys:
         """The cluster's schema version (coordinator.engine.schema)."""
         return f'{self.root}schema'
 
-    def history_probe(self, host):
-        """A write of ``host``'s that proves etcd's revision (history.py)."""
+    def history_witness(self, host):
+        """``host``'s witness: put by each of its writes (history.py)."""
         return f'{self.root}history/{host}'
 
     def vg_lock(self, vg):

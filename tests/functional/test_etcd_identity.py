@@ -14,6 +14,7 @@ import requests
 from coordinator import errors
 from coordinator.daemon import routing
 from coordinator.engine import etcd as etcdlib
+from coordinator.engine import history
 from coordinator.engine import keys as keyslib
 from coordinator.engine import session as sessionlib
 from coordinator.engine.membership import Membership
@@ -48,6 +49,7 @@ def host_permissions(keys, host):
              (keys.session(host), None, 'READWRITE'),
              (keys.epoch(), None, 'READWRITE'),
              (keys.schema(), None, 'READWRITE'),
+             (keys.history_witness(host), None, 'READWRITE'),
              (group, _end(group), 'READWRITE')]
     for sub in ('vg/', 'leases/', 'requests/', 'replies/', 'events/',
                 'once/'):
@@ -161,6 +163,21 @@ def test_per_host_roles_keep_hosts_off_each_others_session(auth_etcd):
             b.put('/elsewhere', 'x')
     finally:
         sa.close(revoke=True)
+
+
+def test_writes_stamp_the_hosts_own_witness_under_its_role(auth_etcd,
+                                                          tmp_path):
+    keys = keyslib.Keys('/lvmcoord', CLUSTER)
+    a, b = client(auth_etcd, 'host-a'), client(auth_etcd, 'host-b')
+    a.witness = history.History(a, keys, 'host-a', str(tmp_path), CLUSTER)
+    assert a.witness.check() is None
+    wrote = a.put(keys.root + 'events/host-a-1', 'x')
+    assert a.get(keys.history_witness('host-a')).mod_revision == wrote
+    assert a.witness.mark()['witness'] == wrote
+    a.delete(keys.root + 'events/host-a-1')
+    # A host cannot move (nor hide) another host's witness.
+    with pytest.raises(errors.EtcdDenied, match='permission denied'):
+        b.put(keys.history_witness('host-a'), '')
 
 
 # -- TLS: per-host client certificates (etcd --client-cert-auth) --

@@ -56,17 +56,37 @@ class FakeEtcd:
         return self.revision
 
     def txn(self, compare, success, failure=()):
-        key = etcdlib.unb64(compare[0]['key']).decode()
-        have = self.kv.get(key, (None, 0))[1]
-        want = compare[0].get('mod_revision', compare[0].get(
-            'create_revision'))
-        ok = have == want
-        if ok:
+        puts = []
+        res = self._apply(compare, success, failure, puts)
+        if puts:
             self.revision += 1
-            put = success[0]['request_put']
-            self.kv[key] = (etcdlib.unb64(put['value']).decode(),
-                            self.revision)
-        return etcdlib.TxnResult(ok, self.revision, [])
+            for key, value in puts:
+                self.kv[key] = (value, self.revision)
+        return etcdlib.TxnResult(res.succeeded, self.revision, res.ranges,
+                                 res.txns)
+
+    def _apply(self, compare, success, failure, puts):
+        ok = all(self._holds(cmp) for cmp in compare)
+        ranges, txns = [], []
+        for op in success if ok else failure:
+            if 'request_range' in op:
+                key = etcdlib.unb64(op['request_range']['key']).decode()
+                ranges.append(self.range(key)[0])
+            elif 'request_put' in op:
+                put = op['request_put']
+                puts.append((etcdlib.unb64(put['key']).decode(),
+                             etcdlib.unb64(put['value']).decode()))
+            elif 'request_txn' in op:
+                t = op['request_txn']
+                txns.append(self._apply(t['compare'], t['success'],
+                                        t['failure'], puts))
+        return etcdlib.TxnResult(ok, 0, ranges, txns)
+
+    def _holds(self, cmp):
+        key = etcdlib.unb64(cmp['key']).decode()
+        have = self.kv.get(key, (None, 0))[1]
+        want = cmp.get('mod_revision', cmp.get('create_revision'))
+        return have < want if cmp['result'] == 'LESS' else have == want
 
 
 def test_rewound_until_accepted_then_the_floor_holds(tmp_path):
@@ -104,6 +124,13 @@ class StaleRead(FakeEtcd):
         kvs, revision = super().range(key)
         return kvs, revision - self.stale
 
+    def txn(self, compare, success, failure=()):
+        res = super().txn(compare, success, failure)
+        if any('request_put' in op or 'request_txn' in op for op in success):
+            return res  # a write: where etcd really is
+        return etcdlib.TxnResult(res.succeeded, res.revision - self.stale,
+                                 res.ranges, res.txns)
+
 
 def test_a_stale_read_below_the_mark_is_no_restore(tmp_path):
     etcd, keys = StaleRead(), keyslib.Keys('/t', 'c')
@@ -118,3 +145,54 @@ def test_a_stale_read_below_the_mark_is_no_restore(tmp_path):
     # A real restore: the write too lands below the mark.
     etcd.stale, etcd.revision = 0, seen - 6
     assert 'older backup' in a.check()
+
+
+def test_a_restore_is_found_after_etcd_has_moved_past_the_mark(tmp_path):
+    # After a restore the other hosts' writes bring etcd's revision back
+    # above this host's mark within seconds, and this host's own writes
+    # come before its next check: the witness they left alone tells.
+    etcd, keys = FakeEtcd(), keyslib.Keys('/t', 'c')
+    a = history.History(etcd, keys, 'h1', str(tmp_path / 'a'), 'c')
+    assert a.check() is None
+    backup = (dict(etcd.kv), etcd.revision)
+    stamped = etcd.txn([], [etcdlib.op_put('/t/c/grant', 'g'), a.stamp()])
+    a.wrote(stamped.revision, below=stamped.txns[0].succeeded)
+    assert a.mark()['witness'] == stamped.revision
+    assert a.check() is None
+    seen = a.mark()['revision']
+    etcd.kv, etcd.revision = backup[0], backup[1] + 20  # restored, busy
+    assert etcd.revision > seen
+    again = etcd.txn([], [etcdlib.op_put('/t/c/grant', 'h'), a.stamp()])
+    a.wrote(again.revision, below=again.txns[0].succeeded)
+    assert again.txns[0].succeeded and a.suspect  # the evidence stays
+    assert keys.history_witness('h1') not in etcd.kv
+    why = a.check()
+    assert why and 'its witness is at revision 0' in why
+    assert a.rewound() == why
+
+
+def test_a_stale_witness_read_is_no_restore(tmp_path):
+    class StaleWitness(FakeEtcd):
+        old = None
+
+        def range(self, key):
+            if self.old and key.endswith('history/h1'):
+                return [etcdlib.KV(key, '', self.old, self.old, 1, 0)], \
+                    self.revision
+            return super().range(key)
+
+        def _holds(self, cmp):
+            old, self.old = self.old, None  # a write sees what is committed
+            try:
+                return super()._holds(cmp)
+            finally:
+                self.old = old
+
+    etcd, keys = StaleWitness(), keyslib.Keys('/t', 'c')
+    a = history.History(etcd, keys, 'h1', str(tmp_path / 'a'), 'c')
+    assert a.check() is None
+    for _ in range(2):
+        res = etcd.txn([], [etcdlib.op_put('/t/c/x', 'x'), a.stamp()])
+        a.wrote(res.revision, below=res.txns[0].succeeded)
+    etcd.old = a.mark()['witness'] - 1  # a read answers the earlier write
+    assert a.check() is None and a.rewound() is None

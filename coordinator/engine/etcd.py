@@ -159,31 +159,16 @@ def op_txn(compare, success, failure=()):
                             'failure': list(failure)}}
 
 
-def _writes(ops):
-    # Whether any op (nested txns included) may write.
-    for op in ops:
-        if 'request_put' in op or 'request_delete_range' in op:
-            return True
-        nested = op.get('request_txn')
-        if nested and (_writes(nested['success']) or
-                       _writes(nested['failure'])):
-            return True
-    return False
-
-
-def _touches(ops, key):
-    # Whether any op (nested txns included) writes ``key``: etcd refuses
-    # a txn that puts one key twice.
-    raw = b64(key)
+def _written(ops):
+    # The (base64) key of every put and delete in ``ops``, nested txns'
+    # branches included.
     for op in ops:
         req = op.get('request_put') or op.get('request_delete_range')
-        if req and req.get('key') == raw:
-            return True
+        if req:
+            yield req['key']
         nested = op.get('request_txn')
-        if nested and (_touches(nested['success'], key) or
-                       _touches(nested['failure'], key)):
-            return True
-    return False
+        if nested:
+            yield from _written(nested['success'] + nested['failure'])
 
 
 def op_range(key, prefix=False, first_created=False, limit=0):
@@ -561,8 +546,9 @@ class Etcd:
                             self.endpoints[failed].netloc,
                             self.endpoints[self._current].netloc)
 
-    def call(self, fn, window=None):
-        """Run ``fn(client)``, failing over and retrying on errors."""
+    def call(self, fn, window=None, hooks=True):
+        """Run ``fn(client)``, failing over and retrying on errors;
+        ``hooks``: run on_answer on the answer (else the caller does)."""
         window = self.retry_window if window is None else window
         deadline = time.monotonic() + window
         delay = 0.05
@@ -577,11 +563,8 @@ class Etcd:
                 # gone (SessionLost); refusals name etcd's reason.
                 raise _translate(exc) from exc
             else:
-                for hook in self.on_answer:
-                    try:
-                        hook(answer)
-                    except Exception:
-                        LOG.exception('etcd: answer hook failed')
+                if hooks:
+                    self._answered(answer)
                 return answer
             self._failover(index)
             if time.monotonic() + delay > deadline:
@@ -591,6 +574,13 @@ class Etcd:
                     f'{failure}') from failure
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _answered(self, answer):
+        for hook in self.on_answer:
+            try:
+                hook(answer)
+            except Exception:
+                LOG.exception('etcd: answer hook failed')
 
     def _post(self, path, payload, window=None):
         return self.call(lambda c: c.post(c.get_url(path), json=payload),
@@ -673,22 +663,27 @@ class Etcd:
         return TxnResult.from_gateway(resp, int(resp['header']['revision']))
 
     def _txn(self, compare, success, failure):
-        success = list(success)
-        witness = self.witness
-        stamped = witness is not None and _writes(success) and \
-            not _touches(success, witness.witness_key)
+        success, witness = list(success), self.witness
+        # etcd refuses a txn that writes one key twice: the history's own
+        # writes of the witness carry no stamp.
+        written = set(_written(success)) if witness is not None else ()
+        stamped = bool(written) and b64(witness.witness_key) not in written
         if stamped:
             success.append(witness.stamp())
         body = json.dumps({'compare': list(compare), 'success': success,
                            'failure': list(failure)})
-        resp = self.call(lambda c: c.post(c.get_url('/kv/txn'), data=body))
-        if stamped and resp.get('succeeded'):
-            stamp = resp['responses'][-1].get('response_txn', {})
-            try:
-                witness.wrote(int(resp['header']['revision']),
-                              below=bool(stamp.get('succeeded')))
-            except Exception:
-                LOG.exception('etcd: the witness stamp not recorded')
+        resp = self.call(lambda c: c.post(c.get_url('/kv/txn'), data=body),
+                         hooks=not stamped)
+        if stamped:
+            # Before the answer hooks: one update of the mark, not two.
+            if resp.get('succeeded'):
+                stamp = resp['responses'][-1].get('response_txn', {})
+                try:
+                    witness.wrote(int(resp['header']['revision']),
+                                  below=bool(stamp.get('succeeded')))
+                except Exception:
+                    LOG.exception('etcd: the witness stamp not recorded')
+            self._answered(resp)
         return resp
 
     # -- leases --

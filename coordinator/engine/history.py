@@ -121,7 +121,8 @@ class History:
         # Highest revision persisted by this process, and seen by it (the
         # keepalive thread's hints compare against them).
         self._persisted = 0
-        self.suspect = False
+        # An answer of this process's below the mark: a check is due.
+        self._suspect = False
         # etcd's epoch as the last check() read it.
         self.epoch = None
         self._floor = (0.0, None)
@@ -148,6 +149,15 @@ class History:
         # The file is the truth: an accepted restore lowers it.
         self._persisted = mark.get('revision', 0)
         return mark
+
+    @property
+    def suspect(self):
+        """A check is due: an answer of this process's below the mark, or
+        a stamp of any of the host's processes found the witness older
+        (recorded in the mark: the session worker checks, not the writer)."""
+        mark = self.mark()
+        return self._suspect or bool(mark.get('suspect') and
+                                     not mark.get('rewound'))
 
     def rewound(self):
         """Why this host holds everything fenced (etcd's history was
@@ -202,14 +212,15 @@ class History:
     def wrote(self, revision, below=False):
         """A write of this host's committed at ``revision``; ``below``: its
         stamp found the witness older than the host's last write."""
-        if below:
-            if not self.suspect:
-                LOG.warning('history: a write at revision %s found this '
-                            'host\'s witness older than its last write',
-                            revision)
-            self.suspect = True
-            return
         mark = self.mark()
+        if below:
+            if mark.get('suspect') or mark.get('rewound'):
+                return
+            LOG.warning('history: a write at revision %s found this host\'s '
+                        'witness older than its last write', revision)
+            with self._update(durable=False) as mark:
+                mark['suspect'] = revision
+            return
         if revision <= mark.get('witness', 0) or not mark.get('epoch') or \
                 mark.get('rewound'):
             return
@@ -227,7 +238,7 @@ class History:
             return
         self.mark()  # a stat: another process may have moved it
         if revision < self._persisted:
-            self.suspect = True
+            self._suspect = True
             return
         try:
             self.observe(revision)
@@ -241,7 +252,8 @@ class History:
         rewound (also persisted, and told to the other hosts) or None.
         Creates the epoch on a cluster's first use; adopts an accepted
         restore."""
-        self.suspect = False
+        self._suspect = False
+        flagged = self.mark().get('suspect')
         epoch_kv, witness, revision = read_marks(self.etcd, self.keys,
                                                  self.host)
         if epoch_kv is None and not self.mark().get('epoch'):
@@ -262,10 +274,12 @@ class History:
                     revision < mark.get('revision', 0):
                 witness, revision = self._probe(mark, witness, revision)
             why = judge(mark, epoch, revision, witness)
-        if why is None and not fresh and \
+        if why is None and not fresh and not flagged and \
                 revision <= mark.get('revision', 0):
             return None  # nothing new to write
         with self._update(durable=why is not None or fresh) as mark:
+            if mark.get('suspect') == flagged:
+                mark.pop('suspect', None)  # judged (a newer one stays)
             if not mark.get('epoch') or self._accepted(mark, epoch):
                 if mark.get('epoch'):
                     LOG.warning('history: etcd\'s restored history was '
@@ -302,7 +316,7 @@ class History:
             LOG.warning('history: read witness %s / revision %s, below the '
                         'mark %s / %s, and no write to prove it: %s',
                         witness, revision, last, mark.get('revision', 0), exc)
-            self.suspect = True  # judged again at the next tick
+            self._suspect = True  # judged again at the next tick
             return witness, revision
         if res.txns[0].succeeded:
             return min(witness, last - 1), revision  # the witness is older

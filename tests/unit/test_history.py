@@ -196,3 +196,24 @@ def test_a_stale_witness_read_is_no_restore(tmp_path):
         a.wrote(res.revision, below=res.txns[0].succeeded)
     etcd.old = a.mark()['witness'] - 1  # a read answers the earlier write
     assert a.check() is None and a.rewound() is None
+
+
+def test_a_stamp_in_one_process_makes_the_check_due_in_another(tmp_path):
+    # The routing worker's write finds the witness older; the session
+    # worker (its own History on the same mark) is the one that checks.
+    etcd, keys = FakeEtcd(), keyslib.Keys('/t', 'c')
+    session = history.History(etcd, keys, 'h1', str(tmp_path), 'c')
+    routing = history.History(etcd, keys, 'h1', str(tmp_path), 'c')
+    assert session.check() is None
+    res = etcd.txn([], [etcdlib.op_put('/t/c/x', 'x'), routing.stamp()])
+    routing.wrote(res.revision, below=res.txns[0].succeeded)
+    assert not session.suspect
+    backup = dict(etcd.kv)
+    res = etcd.txn([], [etcdlib.op_put('/t/c/x', 'y'), routing.stamp()])
+    routing.wrote(res.revision, below=res.txns[0].succeeded)
+    etcd.kv = backup  # restored; the revision did not go back
+    res = etcd.txn([], [etcdlib.op_put('/t/c/x', 'z'), routing.stamp()])
+    routing.wrote(res.revision, below=res.txns[0].succeeded)
+    assert res.txns[0].succeeded and session.suspect
+    assert 'is not in etcd' in session.check()
+    assert not session.suspect and not routing.suspect

@@ -165,11 +165,13 @@ def test_activate_whose_caller_is_gone_before_its_grant_grants_nothing(
     ghost = sessionlib.Session(etcd, keys, 'ghost-1', 10)
     ghost.open()
     key = keys.request('compute-2', uuid.uuid4().hex)
+    # Before the put: compute-2 may log the run before this test is
+    # scheduled again.
+    log = cluster['compute-2'].log
+    before = os.path.getsize(log)
     etcd.put(key, {'op': 'activate', 'from': 'ghost-1',
                    'args': {'vg': vg, 'lv': 'contended', 'wait': 60}},
              lease=ghost.id)
-    log = cluster['compute-2'].log
-    before = os.path.getsize(log)
 
     def logged(text):
         with open(log, errors='replace') as f:

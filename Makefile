@@ -77,7 +77,7 @@ clean:
 # tier starts its own tgtd on 127.0.0.1; the package's service would
 # listen on every address, so it is disabled (systemd hosts only).
 REALHOST_PACKAGES := qemu-system-x86 busybox-static tgt open-iscsi \
-	multipath-tools sg3-utils
+	multipath-tools sg3-utils strace
 .PHONY: setup-realhost test-realhost
 
 setup-realhost: setup

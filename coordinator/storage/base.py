@@ -59,6 +59,15 @@ class Connector:
         down when we registered, or came back as a new nexus)."""
         return []
 
+    def drain(self):
+        """Make sure nothing below this host's devices holds a write of an
+        older incarnation before a new key is registered; what to hand
+        to requeue() after."""
+        return []
+
+    def requeue(self, drained):
+        """Undo what drain() changed to get there."""
+
     def register_paths(self, key, paths):
         """REGISTER AND IGNORE EXISTING KEY ``key`` on ``paths`` only."""
         return {}

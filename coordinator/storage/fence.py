@@ -69,7 +69,13 @@ class StorageFence:
         if not self.active:
             return {}
         key = base.key_for(self.session.id)
-        paths = self.connector.register(key)
+        # Under the new key, a write an older incarnation left queued
+        # below (a multipath map with no path) would land once sent.
+        drained = self.connector.drain()
+        try:
+            paths = self.connector.register(key)
+        finally:
+            self.connector.requeue(drained)
         self.etcd.put(self.keys.storage_key(self.session.host), {
             'key': parse.key_hex(key), 'session': self.session.id,
             'paths': paths, 'at': time.time()})

@@ -14,6 +14,7 @@ import os
 import subprocess
 
 from coordinator.storage import base
+from coordinator.storage import mpath
 from coordinator.storage import parse
 
 LOG = logging.getLogger(__name__)
@@ -130,6 +131,12 @@ class ScsiPR(base.Connector):
                 f'must clear it (sg_persist --out --clear) while no host '
                 f'writes')
         return done
+
+    def drain(self):
+        return mpath.drain(self.devices, self._run, self.sys_root)
+
+    def requeue(self, drained):
+        mpath.requeue(drained, self._run)
 
     def unregistered(self, key):
         out = []

@@ -77,14 +77,15 @@ class Host:
                 f.write(f'[{name}]\n')
                 f.writelines(f'{k} = {v}\n' for k, v in opts.items())
 
-    def start_daemon(self, wait=True):
-        """Start lvmcoordd in the guest, as its init would at boot."""
+    def start_daemon(self, wait=True, env=None):
+        """Start lvmcoordd in the guest, as its init would at boot;
+        ``env``: more environment (a test's PATH with LVM wrappers)."""
         self.guest.sh('mkdir -p /run/lvmcoord')
         self.guest.spawn('lvmcoordd', argv=[
             sys.executable, '-m', 'coordinator.daemon.main',
             '--config-file', '/rh/lvmcoord.conf'],
             log='/rh/lvmcoordd.err', cwd=ROOT,
-            env={'LVM_SUPPRESS_FD_WARNINGS': '1'})
+            env={'LVM_SUPPRESS_FD_WARNINGS': '1', **(env or {})})
         if wait:
             self.wait_ready()
 

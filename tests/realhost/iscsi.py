@@ -26,8 +26,10 @@ the map's ``dm-N`` node. LVM then accepts the map, ``/dev/mapper/mplu``,
 and never its paths.
 """
 import os
+import re
 import signal
 import subprocess
+import tempfile
 import time
 
 from coordinator.sandbox.etcd import free_port
@@ -199,6 +201,38 @@ class Target:
     def log_tail(self, size=3000):
         return tail(os.path.join(self.dir, 'tgtd.log'), size)
 
+    def lvm_view(self, vg, head=4 << 20):
+        """(vgck rc, vgck output, LV names) of ``vg`` as LVM reads it on
+        this machine: from a copy of the LU's first ``head`` bytes (label
+        and metadata area) read with O_DIRECT -- what the target wrote,
+        not a page cache --, on a loop device LVM's filter alone accepts."""
+        from coordinator.sandbox import lvm as simlvm
+        with tempfile.TemporaryDirectory(prefix='lvmcoord-view-') as tmp:
+            copy = os.path.join(tmp, 'lu.img')
+            subprocess.run(['dd', f'if={self.backing}', f'of={copy}',
+                            'bs=1M', f'count={head >> 20}', 'iflag=direct',
+                            'status=none'], check=True, timeout=60)
+            os.truncate(copy, self.size)
+            device = simlvm.attach(copy)
+            try:
+                os.makedirs(os.path.join(tmp, 'lock'))
+                with open(os.path.join(tmp, 'lvm.conf'), 'w') as f:
+                    f.write(simlvm.LVM_CONF.format(
+                        device=re.escape(device), activation=0,
+                        locking_dir=os.path.join(tmp, 'lock')))
+                env = dict(os.environ, LVM_SYSTEM_DIR=tmp, LC_ALL='C',
+                           LVM_SUPPRESS_FD_WARNINGS='1')
+                vgck = subprocess.run(['vgck', vg], env=env, text=True,
+                                      capture_output=True, timeout=60)
+                lvs = subprocess.run(['lvs', '--noheadings', '-o',
+                                      'lv_name', vg], env=env, text=True,
+                                     capture_output=True, timeout=60)
+            finally:
+                subprocess.run(['losetup', '-d', device], timeout=60,
+                               capture_output=True, check=False)
+        return vgck.returncode, (vgck.stdout + vgck.stderr).strip(), \
+            sorted(lvs.stdout.split())
+
     def close(self):
         """Stop the proxies and tgtd (orderly, then SIGKILL)."""
         for p in self.proxies:
@@ -306,6 +340,24 @@ done''')
             if len(parts) == 4 and parts[3] == ALIAS:
                 out.append(tuple(parts[:3]))
         return [p for p in out if dm_state in (None, p[1])]
+
+    def set_queueing(self, on):
+        """no_path_retry queue (I/O waits for a path) or fail, applied by
+        multipathd reconfigure; waits until the map's table says so."""
+        self.sh("sed -i -E 's/^( *no_path_retry ).*/\\1%s/' "
+                "/etc/multipath.conf && multipathd reconfigure"
+                % ('queue' if on else 'fail'))
+        wait_for(f'{ALIAS} queue_if_no_path {on}', lambda: (
+            'queue_if_no_path' in self.sh(f'dmsetup table {ALIAS}')) == on,
+            timeout=120, interval=0.5)
+
+    def set_paths(self, up):
+        """Take this guest's paths offline (every command on them fails at
+        once, as a lost link does after its timeouts) or back to running;
+        the other guests' paths, and the target, are untouched."""
+        state = 'running' if up else 'offline'
+        self.sh(' && '.join(f'echo {state} > /sys/block/{d}/device/state'
+                            for d in self.disks()))
 
     def multipath_ll(self):
         return self.sh('multipath -ll', check=False)

@@ -20,14 +20,18 @@ from tests.realhost.cluster import GRACE
 from tests.realhost.cluster import MP_VG
 from tests.realhost.cluster import ROOT
 from tests.realhost.cluster import TTL
+from tests.realhost.cluster import Background
 from tests.realhost.cluster import MiB
 from tests.realhost.test_realhost import writer_argv
 from tests.realhost.test_realhost import writes
+from tests.realhost.test_realhost_watchdog import lock_queue
 from tests.realhost.vm import wait_for
 
 KEYS = keyslib.Keys('/lvmcoord', 'realhost')
 BLOCKS = 256
 BEAT = 'state/session-realhost.json.beat'
+# On g1's daemon's PATH: the lvcreate wrapper of s5, inert unless armed.
+WRAPPERS = '/tmp/s5bin'
 
 
 def dev(lv):
@@ -51,9 +55,11 @@ def pr(cluster):
         h.stop_daemon()
     # The cluster ran storage = none so far: an operator's switch.
     etcd.delete(KEYS.storage_mode())
+    path = hosts[0].guest.sh(f'mkdir -p {WRAPPERS}; echo $PATH').strip()
     for h in hosts:
         pr_config(h)
-        h.start_daemon()
+        h.start_daemon(env={'PATH': f'{WRAPPERS}:{path}'}
+                       if h is hosts[0] else None)
     for h in hosts:
         wait_for(f'{h.name} registered', lambda h=h: registered(etcd, h),
                  timeout=180)
@@ -414,6 +420,203 @@ def test_s4_reinstated_path_does_not_bring_back_an_old_key(cluster, pr,
     assert key_count(g2, inis['g2'], key1) == 0
     record['new_key'] = new['key']
     wait_for('g1 retires vol-r', lambda: retired(g1, lv), timeout=180)
+    g2.ok('deactivate', vg=MP_VG, lv=lv)
+
+
+# Once armed, the next lvcreate runs with LVM's synchronous I/O engine
+# (write(2) on the map; libaio's io_submit cannot be told apart by
+# device) and strace holds its first write to the map -- the VG's new
+# metadata, computed from what it read -- for HOLD s: the test takes the
+# host's paths and etcd away meanwhile, so the write goes out after, into
+# a map with no path, and queues there (queue_if_no_path).
+HOLD = 4
+STALL = '''#!/bin/sh
+if [ -e /tmp/s5-arm ]; then
+    rm -f /tmp/s5-arm
+    mkdir -p /tmp/s5lvm
+    sed -E 's/^global \\{/global {\\n\\tuse_aio = 0/' /etc/lvm/lvm.conf \\
+        > /tmp/s5lvm/lvm.conf
+    LVM_SYSTEM_DIR=/tmp/s5lvm exec strace -f -qq -o /rh/s5-strace.log \\
+        -P "$(readlink -f %(map)s)" -e trace=write \\
+        -e inject=write:delay_enter=%(usec)d:when=1 %(real)s "$@"
+fi
+exec %(real)s "$@"
+'''
+
+
+def lvcreates(host):
+    """[(pid, state, syscall nr, its fd's target)] of host's lvcreates."""
+    out = host.guest.sh(
+        'for p in $(pgrep -x lvcreate); do set -- $(cut -d" " -f1,2 '
+        '/proc/$p/syscall 2>/dev/null) x x; echo "$p $(cut -d" " -f3 '
+        '/proc/$p/stat) $1 $(readlink /proc/$p/fd/$(($2)) 2>/dev/null)";'
+        ' done', check=False)
+    return [tuple((line.split(None, 3) + ['', '', ''])[:4])
+            for line in out.splitlines() if line.strip()]
+
+
+def nexus_errors(host):
+    """The kernel's "critical nexus error" lines (a write the target
+    refused: RESERVATION CONFLICT, as the block layer reports it) for
+    sectors of the LU's first 4 MiB (label, metadata area)."""
+    out = host.guest.sh('dmesg | grep "critical nexus error"', check=False)
+    return [line for line in out.splitlines()
+            if int((line.split('sector ', 1)[1:] or ['-1'])[0].split()[0]
+                   .rstrip(',')) in range(0, 8192)]
+
+
+@pytest.mark.timeout(900)
+def test_s5_stuck_metadata_write_is_rejected_at_the_target(cluster, pr,
+                                                           record):
+    """g1 holds the VG lock, its lvcreate's metadata write queued in its
+    multipath map (queue_if_no_path) with both its paths and etcd gone
+    (g2 keeps its own); g2
+    takes the lock after preempting g1's key and creates an LV; the
+    paths come back: the stuck write is rejected at the target
+    (RESERVATION CONFLICT), and the LU's metadata, read on this machine,
+    is consistent, with g2's LV and every earlier one."""
+    (g1, g2), inis, etcd = pr
+    ini = inis['g1']
+    g1.ok('create', vg=MP_VG, lv='vol-e', size=4 * MiB)
+    rc, out, before = cluster.target.lvm_view(MP_VG)
+    assert rc == 0 and 'vol-e' in before, (rc, out, before)
+    key1 = registered(etcd, g1)['key']
+    real = g1.guest.sh(f'PATH=$(echo $PATH | sed "s#{WRAPPERS}:##") '
+                       f'command -v lvcreate').strip()
+    g1.guest.sh(f'''cat > {WRAPPERS}/lvcreate <<'EOF'
+{STALL % dict(usec=HOLD * 10 ** 6, real=real, map=iscsi.MAP)}EOF
+chmod +x {WRAPPERS}/lvcreate''')
+    seen = len(nexus_errors(g1))
+    ini.set_queueing(True)
+    stuck = None
+    try:
+        g1.guest.sh('touch /tmp/s5-arm')
+        armed = time.time()
+        stuck = Background(lambda: g1.api('create', vg=MP_VG,
+                                          lv='vol-stuck', size=4 * MiB,
+                                          timeout=600))
+        held = wait_for('lvcreate held at its first write to the map',
+                        lambda: [p for p in lvcreates(g1)
+                                 if p[1] == 't' and p[2] == '1'],
+                        timeout=180, interval=0.2)[0]
+        mark = ini.log_size()
+        ini.set_paths(False)
+        g1.proxy.cut()
+        cut = time.time()
+        assert held[3].startswith('/dev/dm-'), held
+        assert lock_queue(etcd, KEYS)[:1] == ['g1']
+        try:
+            wait_for('the write queued in the map, no path left', lambda:
+                     'remaining active paths: 0' in ini.log_since(mark) and
+                     [p for p in lvcreates(g1) if p[1] == 'D'],
+                     timeout=180)
+            queued = time.time()
+            taken = g2.ok('create', vg=MP_VG, lv='vol-taker', size=4 * MiB)
+            created = time.time()
+            assert taken['lv'] == 'vol-taker', taken
+            fence = fence_of(etcd, g1, key1)
+            assert fence and 'lock' in fence['why'], fence
+            # The stuck command is still there, its write still queued.
+            assert [p for p in lvcreates(g1) if p[1] == 'D'], lvcreates(g1)
+        finally:
+            ini.set_paths(True)
+        healed = time.time()
+        wait_for('the stuck lvcreate gone', lambda: not lvcreates(g1),
+                 timeout=300)
+        gone = time.time()
+        rejected = nexus_errors(g1)[seen:]
+        # g1 back with a new key, registered with its map still queueing:
+        # the map stopped queueing for the registration (anything left in
+        # it fails), and queues again after.
+        pattern = r'queueing stopped on \[mplu \(dm-'
+        seen_drains = len(g1.log_lines(pattern))
+        g1.proxy.heal()
+        new_key(etcd, g1, key1)
+        drained = wait_for('g1 logs the drain of its map', lambda: [
+            line for _, line in g1.log_lines(pattern)[seen_drains:]],
+            timeout=60)
+        assert 'queue_if_no_path' in ini.sh(f'dmsetup table {iscsi.ALIAS}')
+    finally:
+        ini.set_paths(True)
+        g1.proxy.heal()
+        g1.guest.sh(f'rm -f /tmp/s5-arm {WRAPPERS}/lvcreate', check=False)
+        ini.set_queueing(False)
+        if stuck is not None:
+            stuck.join(120)
+    record['drain'] = drained[0].split('] ', 1)[-1][:80]
+    record.update(held_after_arm_s=round(cut - armed, 2),
+                  queued_after_cut_s=round(queued - cut, 2),
+                  lock_taken_after_cut_s=round(created - cut, 2),
+                  preempt_took_s=fence['took'],
+                  stuck_gone_after_heal_s=round(gone - healed, 2),
+                  refused_writes=len(rejected))
+    # The write went out and the target refused it: the block layer's
+    # line for it, or the held write's own result in strace's log.
+    with open(g1.guest.host_path('s5-strace.log')) as f:
+        traced = [t for t in f.read().splitlines()
+                  if t.split(None, 1)[-1].startswith('write(') and
+                  ' = -1 ' in t]
+    record['stuck_write'] = (rejected or traced or ['?'])[0][-90:]
+    assert rejected or traced, g1.guest.sh('dmesg | tail -30', check=False)
+    rc, out, after = cluster.target.lvm_view(MP_VG)
+    record['lvs_after'] = len(after)
+    assert rc == 0, out
+    assert set(before) | {'vol-taker'} <= set(after), (before, after)
+    assert 'vol-stuck' not in after, after
+    g2.ok('delete', vg=MP_VG, lv='vol-taker')
+    g2.ok('delete', vg=MP_VG, lv='vol-e')
+
+
+@pytest.mark.timeout(900)
+def test_s8_write_queued_in_the_map_never_lands_under_the_new_key(pr,
+                                                                  record):
+    """g1's writer on vol-m has a write queued in g1's multipath map (both
+    paths offline, queue_if_no_path) when g1 is cut from etcd; g2 takes
+    vol-m over (g1's key preempted) and stamps it; g1 heals and opens a
+    new session while still path-less: before its new key is registered,
+    the map stops queueing and the held write fails; the paths come back,
+    the new key is registered, and every block of vol-m still reads as g2
+    stamped it: the write queued under the old key never went out under
+    the new one."""
+    (g1, g2), inis, etcd = pr
+    ini = inis['g1']
+    lv = 'vol-m'
+    ini.set_queueing(True)
+    try:
+        with writing(g1, g2, [lv], 'm', 64) as key1:
+            base = clock_base(g1)
+            done = len(writes(g1, 'writer-m.log'))
+            ini.set_paths(False)
+            offline = time.time()
+            g1.proxy.cut()
+            try:
+                t = take_over(g1, g2, etcd, lv, 'vm-m2', key1, base)
+                # The writer is blocked on the write the map holds.
+                assert len(writes(g1, 'writer-m.log')) - done <= 1
+                g2.blockio('fill', dev(lv), 'g2', 0, 64)
+                pattern = r'queueing stopped on \[mplu \(dm-'
+                seen_drains = len(g1.log_lines(pattern))
+            finally:
+                g1.proxy.heal()
+            wait_for('g1 drains its path-less map for a new key', lambda:
+                     g1.log_lines(pattern)[seen_drains:], timeout=240)
+            wait_for('the held write failed', lambda: [
+                w for w in writes(g1, 'writer-m.log')
+                if g1.to_host(float(w[1])) > offline and w[4] != 'ok'],
+                timeout=120)
+            ini.set_paths(True)
+            new_key(etcd, g1, key1)
+    finally:
+        ini.set_paths(True)
+        ini.set_queueing(False)
+    landed = [w for w in writes(g1, 'writer-m.log', 'ok')
+              if g1.to_host(float(w[1])) > t['fenced_at']]
+    assert not landed, (t, landed[:3])
+    stamped_by_g2(g2, lv, 64)
+    record.update(writer_errors=sorted({w[4] for w in writes(
+        g1, 'writer-m.log') if w[4] != 'ok'}), preempt_took_s=t['fence'][
+        'took'])
+    wait_for('g1 retires vol-m', lambda: retired(g1, lv), timeout=180)
     g2.ok('deactivate', vg=MP_VG, lv=lv)
 
 

@@ -75,6 +75,8 @@ class StorageFence:
         try:
             paths = self.connector.register(key)
         finally:
+            # Also when REGISTER failed: nothing of ours writes before the
+            # key is on the LU, and the next attempt drains again.
             self.connector.requeue(drained)
         self.etcd.put(self.keys.storage_key(self.session.host), {
             'key': parse.key_hex(key), 'session': self.session.id,

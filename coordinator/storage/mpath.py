@@ -77,12 +77,13 @@ def _dmsetup(run, *args):
 
 
 def drain(devices, run, sys_root='/sys', timeout=TIMEOUT,
-          clock=time.monotonic, sleep=time.sleep):
+          clock=time.monotonic, sleep=time.sleep, stopped=None):
     """Stop queueing on every map and wait until none holds a write; the
-    maps whose queueing was stopped (for requeue()). StorageError, naming
-    the map, if writes are still in flight at ``timeout`` (queueing stays
-    off: they fail once they can)."""
-    stopped = []
+    maps whose queueing was stopped, added to ``stopped`` (for requeue(),
+    also after a failure). StorageError, naming the map, if writes are
+    still in flight at ``timeout`` (queueing stays off: they fail once
+    they can)."""
+    stopped = [] if stopped is None else stopped
     found = maps(devices, sys_root)
     for m in found:
         if queueing(_dmsetup(run, 'table', m.name)):
@@ -112,8 +113,10 @@ def drain(devices, run, sys_root='/sys', timeout=TIMEOUT,
 
 
 def requeue(stopped, run):
-    """Give queue_if_no_path back to the maps drain() stopped."""
-    for m in stopped:
+    """Give queue_if_no_path back to the maps drain() stopped (the list
+    is emptied)."""
+    while stopped:
+        m = stopped.pop()
         try:
             _dmsetup(run, 'message', m.name, '0', 'queue_if_no_path')
         except base.StorageError as exc:

@@ -58,6 +58,8 @@ class ScsiPR(base.Connector):
         self.sys_root = sys_root
         # False once the LU refused PREEMPT AND ABORT (PREEMPT used).
         self.aborts = True
+        # The multipath maps drain() stopped queueing on (mpath.Map).
+        self._unqueued = []
 
     def paths(self):
         """Every SCSI path of every configured device."""
@@ -133,7 +135,10 @@ class ScsiPR(base.Connector):
         return done
 
     def drain(self):
-        return mpath.drain(self.devices, self._run, self.sys_root)
+        # Kept across attempts: a drain that timed out leaves queueing
+        # off; the attempt that registers gives it back.
+        return mpath.drain(self.devices, self._run, self.sys_root,
+                           stopped=self._unqueued)
 
     def requeue(self, drained):
         mpath.requeue(drained, self._run)

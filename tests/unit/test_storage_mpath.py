@@ -198,3 +198,27 @@ def test_a_map_that_does_not_queue_is_left_alone(tmp_path, lu):
     assert stopped == [] and m.calls == [['table', 'mplu']]
     mpath.requeue(stopped, m.runner())
     assert m.calls == [['table', 'mplu']] and not m.queue
+
+
+def test_queueing_comes_back_after_a_drain_that_timed_out(tmp_path, lu):
+    """A drain that gave up (a write stuck below the map) leaves queueing
+    off; the attempt that registers gives it back."""
+    m = FakeMap(tmp_path, lu, 'g1')
+    m.paths_up = True
+    inflight = tmp_path / 'sys' / 'block' / 'dm-0' / 'inflight'
+    inflight.write_text('       0        1\n')
+    now = [0.0]
+
+    def sleep(s):
+        now[0] += s
+    sf, conn = storage_fence(m, 0xa1)
+    conn.drain = lambda: mpath.drain(
+        [m.device], conn._run, m.sys_root, timeout=1,
+        clock=lambda: now[0], sleep=sleep, stopped=conn._unqueued)
+    with pytest.raises(base.StorageError):
+        sf.register()
+    assert not m.queue and lu.regs == {}
+    inflight.write_text('       0        0\n')
+    sf.register()
+    assert m.queue and set(lu.regs.values()) == {0xa1}
+    assert m.calls.count(['message', 'mplu', '0', 'queue_if_no_path']) == 1

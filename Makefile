@@ -35,8 +35,8 @@ demo: setup
 # Two pytest runs side by side (tests/streams.sh): the real-kernel tier
 # (tests/realhost) and everything else; both mostly wait on session TTLs.
 # The Nova tier (tests/nova) is not in it yet: make test-nova.
-test: setup setup-realhost
-	PYTHON=$(PYTHON) tests/streams.sh
+test: setup setup-realhost setup-nova
+	LVMCOORD_NOVA_VENV=$(NOVA_VENV) PYTHON=$(PYTHON) tests/streams.sh
 
 .PHONY: test-chaos
 # The fixed-seed chaos run alone (tests/functional/test_chaos.py,

@@ -27,7 +27,7 @@ LVMCOORD_REALHOST=1 "$PYTHON" -m pytest -q -p no:cacheprovider tests/realhost \
 tier_pid=$!
 
 "$PYTHON" -m pytest -q -p no:cacheprovider tests --ignore=tests/realhost \
-    --ignore=tests/nova "$@" &
+    "$@" &
 rest_pid=$!
 wait "$rest_pid"
 rest=$?

@@ -36,6 +36,10 @@ LOG = logging.getLogger(__name__)
 RESCAN = 30.0
 # How often a waiting caller looks at its own session (local state only).
 RECHECK = 1.0
+# How often it asks whether the target's session still exists (one get):
+# a target that died mid-request fails the call within a TTL or so, not
+# a RESCAN (an evacuation's detach from a dead host waits on this).
+TARGET_CHECK = 2.0
 
 # What another host may ask of this one: the operations ops.py routes
 # (activate/deactivate/refresh through _route, snapshot, snapshot_delete
@@ -207,10 +211,21 @@ class Router:
     def _await(self, host, op, lease, reply_key, watch, timeout):
         deadline = time.monotonic() + timeout
         next_scan = time.monotonic() + RESCAN
+        next_target = time.monotonic() + TARGET_CHECK
         for event in watch.until(deadline, RECHECK):
             if event and event[0] == 'PUT':
                 return self._unwrap(host, event[1].json())
             self._check_session(host, op, lease)
+            if time.monotonic() >= next_target:
+                next_target = time.monotonic() + TARGET_CHECK
+                if self.alive(host) is None:
+                    # Its answer may have come just before it went.
+                    kv = self.etcd.get(reply_key)
+                    if kv is not None:
+                        return self._unwrap(host, kv.json())
+                    raise errors.HostUnavailable(
+                        f'host {host} lost its session while running '
+                        f'{op}')
             if event is None and time.monotonic() >= next_scan:
                 next_scan = time.monotonic() + RESCAN
                 kv = self.etcd.get(reply_key)

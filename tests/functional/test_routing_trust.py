@@ -515,22 +515,29 @@ def test_queue_full_for_one_caller_is_refused_clearly(routed):
         gate.set()
 
 
-def test_routed_call_reports_session_lost(routed):
+def held_call(routed, lv, timeout):
+    """A deactivate of ``lv`` from CALLER to TARGET, its handler held:
+    (thread, [its result or exception], the gate that lets it go)."""
     gate = threading.Event()
-    routed.handler.gates['slow'] = gate
+    routed.handler.gates[lv] = gate
     caller = routed.router(CALLER)
     outcome = []
 
     def call():
         try:
             outcome.append(caller.call(TARGET, 'deactivate',
-                                       {'vg': VG, 'lv': 'slow'},
-                                       timeout=30))
+                                       {'vg': VG, 'lv': lv},
+                                       timeout=timeout))
         except Exception as exc:
             outcome.append(exc)
 
     t = threading.Thread(target=call, daemon=True)
     t.start()
+    return t, outcome, gate
+
+
+def test_routed_call_reports_session_lost(routed):
+    t, outcome, gate = held_call(routed, 'slow', 30)
     try:
         wait_for(lambda: len(routed.handler.calls) == 1,
                  what='request running')
@@ -553,6 +560,26 @@ def test_routed_call_reports_session_lost(routed):
     replies, _ = routed.etcd.range(routed.keys.root + 'replies/',
                                    prefix=True)
     assert replies == []
+
+
+def test_routed_call_reports_the_target_gone(routed, monkeypatch):
+    """The target's session ends while it runs the request (its daemon
+    died): the call fails naming that, without waiting for the safety
+    rescan nor the call's timeout (both put out of reach here)."""
+    monkeypatch.setattr(routing, 'RESCAN', 3600.0)
+    t, outcome, gate = held_call(routed, 'held', 300)
+    try:
+        wait_for(lambda: len(routed.handler.calls) == 1,
+                 what='request running')
+        routed.etcd.lease_revoke(routed.lease(TARGET))
+        t.join(120)
+        assert outcome, 'call still waiting'
+        exc = outcome[0]
+        assert isinstance(exc, errors.HostUnavailable), repr(exc)
+        assert f'host {TARGET} lost its session while running deactivate' \
+            in str(exc)
+    finally:
+        gate.set()
 
 
 def test_reply_after_the_caller_gave_up_does_not_stay(etcd_module):

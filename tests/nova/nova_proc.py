@@ -4,6 +4,7 @@ fixture: Nova's real cinder client calls the Cinder API at argv[1]. Runs
 in the Nova virtualenv; reads one JSON command a line on stdin, answers
 one JSON line on stdout (events of a paused flow too)."""
 import json
+import logging
 import os
 import select
 import sys
@@ -16,6 +17,8 @@ from nova import context as nova_context
 from nova import objects
 from nova.tests import fixtures as nova_fixtures
 from nova.tests.functional.libvirt import base
+from nova.virt.libvirt import utils as libvirt_utils
+from oslo_utils import fileutils
 
 HOSTS = ('compute-1', 'compute-2')
 OUT = sys.stdout
@@ -55,6 +58,13 @@ def serve_case(cinder_url, project):
             p.start()
             self.addCleanup(p.stop)
             super().setUp()
+            # The harness keeps its log to show on failure: stderr (the
+            # tier's nova.log) gets it as it goes.
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setLevel(logging.INFO)
+            handler.setFormatter(logging.Formatter(
+                '%(asctime)s %(levelname)s [%(name)s] %(message)s'))
+            logging.getLogger().addHandler(handler)
 
         def _setup_services(self):
             loader = ks_loading.get_plugin_loader('admin_token')
@@ -66,6 +76,10 @@ def serve_case(cinder_url, project):
             self.flags(endpoint_template=cinder_url + '/v3/%(project_id)s',
                        auth_type='admin_token', token=f'admin:{project}',
                        endpoint=cinder_url, group='cinder')
+            # fakelibvirt sends no device-removed event: Nova waits this
+            # long for it, then finds the disk gone from the live domain
+            # (as Nova's own test_pci_sriov_servers sets it).
+            self.flags(device_detach_timeout=1, group='libvirt')
             self.flags(api_paste_config=os.path.join(
                 sys.prefix, 'etc', 'nova', 'api-paste.ini'), group='wsgi')
             super()._setup_services()
@@ -73,6 +87,9 @@ def serve_case(cinder_url, project):
         def start_host(self, host):
             """A compute whose connector names ``host``."""
             self.start_compute(hostname=host)
+            self._name_connector(host)
+
+        def _name_connector(self, host):
             drv = self.computes[host].driver
             own = drv.get_volume_connector
             drv.get_volume_connector = (
@@ -84,6 +101,14 @@ def serve_case(cinder_url, project):
             self.migrate_mode = 'complete'
             self.stub_out('nova.tests.fixtures.libvirt.Domain.migrateToURI3',
                           self._migrate)
+            # The harness mocks the image backend's _create_image away,
+            # and with it the instance directory it makes: a cold
+            # migration renames that directory (shared instances path:
+            # both computes have this process's) before copying the
+            # (here: no) local disks. Made as the real one makes it;
+            # nothing of the volumes is touched.
+            self.stub_out('nova.virt.libvirt.LibvirtDriver._create_image',
+                          self._create_image)
             say({'ready': True})
             while True:
                 cmd = hear()
@@ -93,6 +118,11 @@ def serve_case(cinder_url, project):
                     say({'ok': getattr(self, 'op_' + cmd.pop('op'))(**cmd)})
                 except Exception as e:  # reported to the test side
                     say({'error': f'{type(e).__name__}: {e}'})
+
+        @staticmethod
+        def _create_image(driver, context, instance, *args, **kwargs):
+            fileutils.ensure_tree(libvirt_utils.get_instance_path(instance))
+            return False, False
 
         # -- live migration in fakelibvirt --
 
@@ -117,7 +147,8 @@ def serve_case(cinder_url, project):
 
         def _view(self, server):
             return {'id': server['id'], 'status': server['status'],
-                    'host': server.get('OS-EXT-SRV-ATTR:host')}
+                    'host': server.get('OS-EXT-SRV-ATTR:host'),
+                    'flavor': server['flavor'].get('original_name')}
 
         def op_boot(self, volume, host=None, name='vm', delete=False):
             """Boot a server from ``volume`` (on ``host``; the volume
@@ -163,7 +194,90 @@ def serve_case(cinder_url, project):
             self.api.post_server_action(server, body)
             if migration:
                 self._wait_for_migration_status(srv, [migration])
-            return self._view(self._wait_for_state_change(srv, state))
+            return self._view(self._state(server, state))
+
+        def _migration(self, server, statuses, timeout=180):
+            """The server's newest migration once its status is one of
+            ``statuses`` (fails on error/failed)."""
+            deadline = time.monotonic() + timeout
+            while True:
+                got = [m for m in self.api.api_get('/os-migrations').body[
+                    'migrations'] if m['instance_uuid'] == server]
+                last = max(got, key=lambda m: m['id']) if got else None
+                if last and last['status'] in statuses:
+                    return last
+                if last and last['status'] in ('error', 'failed') or \
+                        time.monotonic() > deadline:
+                    raise AssertionError(f'migration of {server}: {last}')
+                time.sleep(0.2)
+
+        def _state(self, server, status, timeout=180):
+            """The server once its status is ``status`` (fails on
+            ERROR)."""
+            deadline = time.monotonic() + timeout
+            while True:
+                srv = self.api.get_server(server)
+                if srv['status'] == status and not srv.get(
+                        'OS-EXT-STS:task_state'):
+                    return srv
+                if srv['status'] == 'ERROR' or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f'server {server}: {srv["status"]} '
+                        f'{srv.get("fault")}, not {status}')
+                time.sleep(0.2)
+
+        def op_flavor(self, name, memory_mb=1024, vcpu=1):
+            """A new flavor (no local root or ephemeral disk): its id."""
+            return self._create_flavor(name=name, memory_mb=memory_mb,
+                                       vcpu=vcpu, disk=0, ephemeral=0)
+
+        def op_delete_flavor(self, flavor):
+            self.api.delete_flavor(flavor)
+            return True
+
+        def op_migrate(self, server, body, state='VERIFY_RESIZE'):
+            """A cold migration or resize (``body``: the action); waits
+            for the migration to be finished and the server's
+            ``state``."""
+            self.api.post_server_action(server, body)
+            migration = self._migration(server, ['finished', 'done'])
+            return dict(self._view(self._state(server, state)),
+                        migration=migration['status'],
+                        source=migration['source_compute'],
+                        dest=migration['dest_compute'])
+
+        def op_evacuate(self, server, host):
+            """Evacuate ``server`` from its dead host (its nova-compute
+            stopped and forced down, as Nova's own evacuate tests do) to
+            ``host``."""
+            src = self._host_of(server)
+            self.computes[src].stop()
+            self._force_down(src, True)
+            self.api.post_server_action(server, {'evacuate': {'host': host}})
+            migration = self._migration(server, ['done'])
+            # Since 2.95 an evacuated server is left stopped.
+            return dict(self._view(self._state(server, 'SHUTOFF')),
+                        migration=migration['status'],
+                        source=migration['source_compute'])
+
+        def _force_down(self, host, down):
+            # PUT /os-services/{id} (2.53+), as the API asks.
+            service = self.api.get_services(
+                host=host, binary='nova-compute')[0]
+            self.api.put_service_force_down(service['id'], down)
+
+        def op_revive(self, host):
+            """Start ``host``'s nova-compute again (it destroys what was
+            evacuated from it) and lift its forced down."""
+            self.restart_compute_service(host)
+            self._name_connector(host)
+            self._force_down(host, False)
+            return True
+
+        def op_swap(self, server, old, new):
+            """Nova's swap volume API (PUT os-volume_attachments/{old})."""
+            self.api.put_server_volume(server, old, new)
+            return True
 
         def op_boot_many(self, volumes, hosts):
             """Boot one server from each volume at once, round the hosts."""

@@ -2,7 +2,11 @@
 computes (fakelibvirt) drive volume flows against real Cinder, real
 daemons, real etcd and a real shared VG; each flow is checked from
 outside (doc/nova.md)."""
+import base64
+import json
 import os
+import time
+import urllib.request
 import uuid
 
 import pytest
@@ -13,6 +17,7 @@ from tests.functional.test_cinder import where_active
 from tests.functional.test_cinder import write_block
 
 pytestmark = pytest.mark.timeout(900)
+GiB = 1 << 30
 
 
 def lv(vid):
@@ -97,6 +102,17 @@ def boot(api, host):
     return server, vid
 
 
+def attached(api, host):
+    """A server booted from volume on ``host`` with a new volume attached:
+    (server, its root volume, the attached volume)."""
+    cinder, nova, _ = api
+    server, root = boot(api, host)
+    vid = cinder.create()['id']
+    nova('attach', server=server, volume=vid)
+    cinder.wait(vid, 'in-use')
+    return server, root, vid
+
+
 def test_boot_from_volume_and_delete_keeps_volume(api):
     cinder, nova, spec = api
     server, vid = boot(api, 'compute-1')
@@ -111,10 +127,7 @@ def test_boot_from_volume_and_delete_keeps_volume(api):
 
 def test_attach_and_detach(api):
     cinder, nova, spec = api
-    server, root = boot(api, 'compute-2')
-    vid = cinder.create()['id']
-    nova('attach', server=server, volume=vid)
-    cinder.wait(vid, 'in-use')
+    server, root, vid = attached(api, 'compute-2')
     assert where_active(spec, lv(vid)) == ['compute-2']
     assert holders(spec, vid) == [('compute-2', 'exclusive')]
     assert cinder.attached_hosts(vid) == [(server, 'compute-2')]
@@ -253,3 +266,218 @@ def test_many_servers_boot_from_volume_at_once(api):
         nova('delete', server=server['id'])
     for vid in vids:
         cinder.wait(vid, 'deleted')
+
+
+def bdm_paths(nova, server):
+    """(volume, device path) of each of the server's volume mappings."""
+    return [(b['volume'], b['device_path'])
+            for b in nova('bdms', server=server)]
+
+
+def test_multiattach(api):
+    cinder, nova, spec = api
+    one, root1 = boot(api, 'compute-1')
+    two, root2 = boot(api, 'compute-2')
+    vtype = cinder.call('POST', '/types', {'volume_type': {
+        'name': 'multiattach-' + uuid.uuid4().hex[:8],
+        'extra_specs': {'multiattach': '<is> True'}}})['volume_type']['id']
+    vid = cinder.create(volume_type=vtype)['id']
+    assert cinder.volume(vid)['multiattach'] is True
+    nova('attach', server=one, volume=vid)
+    cinder.wait(vid, 'in-use')
+    data = put(spec, 'compute-1', vid)
+    nova('attach', server=two, volume=vid)
+    # Both hosts hold a shared lease and have the device.
+    assert where_active(spec, lv(vid)) == ['compute-1', 'compute-2']
+    assert holders(spec, vid) == [('compute-1', 'shared'),
+                                  ('compute-2', 'shared')]
+    assert cinder.attached_hosts(vid) == sorted(
+        [(one, 'compute-1'), (two, 'compute-2')])
+    assert (vid, device(spec, 'compute-1', vid)) in bdm_paths(nova, one)
+    assert (vid, device(spec, 'compute-2', vid)) in bdm_paths(nova, two)
+    assert got(spec, 'compute-2', vid) == data
+    # Detach one: the other keeps it.
+    nova('detach', server=one, volume=vid)
+    assert cinder.volume(vid)['status'] == 'in-use'
+    assert where_active(spec, lv(vid)) == ['compute-2']
+    assert holders(spec, vid) == [('compute-2', 'shared')]
+    assert cinder.attached_hosts(vid) == [(two, 'compute-2')]
+    assert [v for v, _ in bdm_paths(nova, one)] == [root1]
+    assert got(spec, 'compute-2', vid) == data
+    # Detach both: free.
+    nova('detach', server=two, volume=vid)
+    cinder.wait(vid, 'available')
+    assert_free(cinder, spec, vid)
+    assert [v for v, _ in bdm_paths(nova, two)] == [root2]
+    cinder.delete(vid)
+    cinder.call('DELETE', f'/types/{vtype}')
+    finish(api, one, root1)
+    finish(api, two, root2)
+
+
+def etcd_call(cluster, path, body):
+    """One call to etcd's JSON gateway."""
+    req = urllib.request.Request(
+        cluster.etcd.endpoints[0] + path, data=json.dumps(body).encode(),
+        headers={'Content-Type': 'application/json'})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+def session_end(cluster, host):
+    """The earliest time ``host``'s etcd session can end unrefreshed: now
+    plus its lease's remaining TTL (etcd's whole seconds, rounded down)."""
+    now = time.time()
+    kvs = etcd_call(cluster, '/v3/kv/range', {
+        'key': b64('\0'), 'range_end': b64('\0')}).get('kvs', [])
+    lease = [kv['lease'] for kv in kvs if base64.b64decode(
+        kv['key']).decode().endswith(f'/sessions/{host}')]
+    assert len(lease) == 1, f'no session key of {host}'
+    ttl = etcd_call(cluster, '/v3/lease/timetolive', {'ID': lease[0]})
+    assert int(ttl['TTL']) > 0, ttl
+    return now + int(ttl['TTL'])
+
+
+def show(spec, vid):
+    return Client(spec['hosts']['volume-1']['socket']).call(
+        'show', vg=spec['vg'], lv=lv(vid))
+
+
+def test_evacuate_a_dead_host(api, cluster):
+    cinder, nova, spec = api
+    server, vid = boot(api, 'compute-1')
+    data = put(spec, 'compute-1', vid)
+    cluster['compute-1'].kill()
+    try:
+        cluster['compute-1'].proc.wait()
+        # Its session, nobody refreshing it, ends at this time or later.
+        ended = session_end(cluster, 'compute-1')
+        srv = nova('evacuate', server=server, host='compute-2')
+        assert (srv['host'], srv['source'], srv['status']) == (
+            'compute-2', 'compute-1', 'SHUTOFF')
+        # compute-2 was granted the LV only once compute-1's session had
+        # ended and the grace had passed.
+        shown = show(spec, vid)
+        assert [(h['host'], h['mode']) for h in shown['holders']] == [
+            ('compute-2', 'exclusive')]
+        assert shown['holders'][0]['since'] >= ended + cluster.grace, (
+            shown, ended)
+        assert got(spec, 'compute-2', vid) == data
+    finally:
+        # Later tests need compute-1: its daemon, then its nova-compute.
+        cluster.restart('compute-1')
+        revived = nova.reply('revive', host='compute-1')
+    assert 'error' not in revived, revived
+    # compute-1 back: what it had active of the evacuated server is gone.
+    assert_on(cinder, nova, spec, server, vid, 'compute-2')
+    nova('action', server=server, body={'os-start': None}, state='ACTIVE')
+    assert_on(cinder, nova, spec, server, vid, 'compute-2')
+    assert got(spec, 'compute-2', vid) == data
+    finish(api, server, vid)
+
+
+@pytest.mark.parametrize('action,end', [
+    ('migrate', 'confirmResize'),
+    ('resize', 'confirmResize'),
+    ('resize', 'revertResize'),
+])
+def test_cold_migration_and_resize(api, action, end):
+    cinder, nova, spec = api
+    server, vid = boot(api, 'compute-1')
+    data = put(spec, 'compute-1', vid)
+    before = nova('server', server=server)['flavor']
+    flavor, after = None, before
+    if action == 'migrate':
+        body = {'migrate': None}
+    else:
+        after = 'resized-' + uuid.uuid4().hex[:8]
+        flavor = nova('flavor', name=after, memory_mb=1024, vcpu=2)
+        body = {'resize': {'flavorRef': flavor}}
+    srv = nova('migrate', server=server, body=body)
+    assert (srv['source'], srv['dest'], srv['migration'],
+            srv['flavor']) == ('compute-1', 'compute-2', 'finished', after)
+    # Waiting for confirmation: the guest runs on compute-2, the volume
+    # with it; the source powered off and let it go.
+    assert_on(cinder, nova, spec, server, vid, 'compute-2')
+    assert got(spec, 'compute-2', vid) == data
+    data = put(spec, 'compute-2', vid)
+    srv = nova('action', server=server, body={end: None}, state='ACTIVE')
+    host = 'compute-1' if end == 'revertResize' else 'compute-2'
+    assert srv['flavor'] == (before if end == 'revertResize' else after)
+    assert_on(cinder, nova, spec, server, vid, host)
+    assert got(spec, host, vid) == data
+    finish(api, server, vid)
+    if flavor:
+        nova('delete_flavor', flavor=flavor)
+
+
+def messages(cinder, vid):
+    """Cinder's user messages about the volume."""
+    return [m for m in cinder.call('GET', '/messages', version='3.3')[
+        'messages'] if m['resource_uuid'] == vid]
+
+
+def test_online_extend_is_refused_before_anything_changes(api):
+    cinder, nova, spec = api
+    server, root, vid = attached(api, 'compute-1')
+    data = put(spec, 'compute-1', vid)
+    bdms = nova('bdms', server=server)
+    assert messages(cinder, vid) == []
+    # The API takes it (202: 3.42+, in-use); the scheduler refuses it as
+    # the backend reports online_extend_support False (Nova's 'local'
+    # volume type cannot grow the guest's disk), records why and puts the
+    # volume back in-use: the driver is never called.
+    cinder.call('POST', f'/volumes/{vid}/action',
+                {'os-extend': {'new_size': 2}}, version='3.42')
+    deadline = time.monotonic() + 60
+    while not messages(cinder, vid):
+        assert time.monotonic() < deadline, 'no message about the extend'
+        time.sleep(0.3)
+    cinder.wait(vid, 'in-use')
+    [msg] = messages(cinder, vid)
+    assert msg['user_message'].startswith('extend volume:'), msg
+    assert msg['message_level'] == 'ERROR', msg
+    assert cinder.volume(vid)['size'] == 1
+    assert show(spec, vid)['size'] == GiB
+    assert where_active(spec, lv(vid)) == ['compute-1']
+    assert holders(spec, vid) == [('compute-1', 'exclusive')]
+    assert cinder.attached_hosts(vid) == [(server, 'compute-1')]
+    assert nova('bdms', server=server) == bdms
+    assert got(spec, 'compute-1', vid) == data
+    nova('detach', server=server, volume=vid)
+    cinder.wait(vid, 'available')
+    assert_free(cinder, spec, vid)
+    cinder.delete(vid)
+    finish(api, server, root)
+
+
+def test_direct_swap_volume_is_refused_by_nova(api):
+    cinder, nova, spec = api
+    server, root = boot(api, 'compute-2')
+    old, new = cinder.create()['id'], cinder.create()['id']
+    nova('attach', server=server, volume=old)
+    cinder.wait(old, 'in-use')
+    data = put(spec, 'compute-2', old)
+    bdms = nova('bdms', server=server)
+    # Nova 34 (bug 2112187) takes a swap only from Cinder, for a volume
+    # Cinder is migrating (nova/api/openstack/compute/
+    # volume_attachments.py, _update_volume_swap): nothing moves.
+    reply = nova.reply('swap', server=server, old=old, new=new)
+    assert 'error' in reply and 'should only be called by Cinder' in \
+        reply['error'], reply
+    assert where_active(spec, lv(old)) == ['compute-2']
+    assert holders(spec, old) == [('compute-2', 'exclusive')]
+    assert cinder.attached_hosts(old) == [(server, 'compute-2')]
+    assert nova('bdms', server=server) == bdms
+    assert got(spec, 'compute-2', old) == data
+    assert_free(cinder, spec, new)
+    nova('detach', server=server, volume=old)
+    for vid in (old, new):
+        cinder.wait(vid, 'available')
+        assert_free(cinder, spec, vid)
+        cinder.delete(vid)
+    finish(api, server, root)

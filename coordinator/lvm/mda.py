@@ -223,6 +223,33 @@ def read_text(device):
         reader.close()
 
 
+def read_location(device):
+    """The Location of the committed metadata in the first metadata area
+    that is not ignored, from the area's header alone (in the 8 KiB the
+    label is read with, for the first area): whether the text changed
+    since it was last read, without reading the text. The header's
+    checksum is that of the text (LVM compares it so too)."""
+    reader = _Reader(device)
+    try:
+        block, offset = _label(reader)
+        areas = _locn_lists(block, offset)[1]
+        if not areas:
+            raise _fail(device, 'PV has no metadata area')
+        for start, size in areas:
+            for attempt in range(READ_ATTEMPTS):
+                loc = _locate(reader, start, size, fresh=attempt > 0)
+                if loc is not None:
+                    break
+            else:
+                raise _fail(device, f'metadata area header at {start} '
+                            f'keeps failing its checksum')
+            if loc is not _IGNORED:
+                return loc
+        raise _fail(device, 'every metadata area of this PV is ignored')
+    finally:
+        reader.close()
+
+
 def parse(text, device='metadata'):
     """Metadata(vg_name, vg_id, seqno) from a metadata text's head."""
     head = _HEAD.match(text)
@@ -554,7 +581,8 @@ def read_vg_text(vg, devices, where=None):
     """(checksum, text, {PV uuid: path}): the committed metadata of ``vg``
     from one of ``devices`` (this host's PV paths, every PV of the VG
     among them), and the PVs they are; ``where`` (a dict) gets the
-    metadata area's size as 'area'."""
+    metadata area's size as 'area', the text's Location as 'location'
+    and the device it was read from as 'device'."""
     seen, found = {}, None
     for device in devices:
         reader = _Reader(device)
@@ -566,7 +594,7 @@ def read_vg_text(vg, devices, where=None):
                     area = _read_area(reader, start, size)
                     if area:
                         if parse(area[1], device).vg_name == vg:
-                            found = area
+                            found = area + (device,)
                         break
         finally:
             reader.close()
@@ -574,6 +602,8 @@ def read_vg_text(vg, devices, where=None):
         raise _fail(','.join(devices), f'no metadata of VG {vg}')
     if where is not None:
         where['area'] = found[0].area_size
+        where['location'] = found[0]
+        where['device'] = found[2]
     return found[0].checksum, found[1], seen
 
 

@@ -370,19 +370,21 @@ def _split_known(text, known):
     LV section's end; a piece found in ``known`` (the pieces of an earlier
     text) is taken as it is, any other must make one whole LV section;
     the first piece that does not ends the list, where logical_volumes
-    must close. (head, [(piece, (name, section) or None when known)])."""
+    must close. (head, [(piece, (name, section), None) or (piece, None,
+    what ``known`` has of it)])."""
     found = _LVS_OPEN.search(text)
     if not found:
         return None
     pos, out = found.end(), []
     for part in text[pos:].split(_LV_END):
-        if part in known:
-            out.append((part, None))
+        made = known.get(part)
+        if made is not None:
+            out.append((part, None, made))
         else:
             section = _lv_section(part)
             if section is None:
                 break
-            out.append((part, section))
+            out.append((part, section, None))
         pos += len(part) + len(_LV_END)
     close = _LVS_CLOSE.match(text, pos)
     if not close:
@@ -402,11 +404,16 @@ class VGInfo:
 
     def __init__(self, text, devices, sections=None):
         sections = {} if sections is None else sections
+        # Read first: what the split takes from ``sections`` was made in
+        # this context (threads parse with one dict).
+        known_context = sections.get(_CONTEXT)
         split = _split_known(text, sections)
         if split is None:
             head, lv_texts = split_lvs(text)
-            pieces = [(t, None if t in sections else _section(t))
-                      for t in lv_texts]
+            pieces = []
+            for t in lv_texts:
+                made = sections.get(t)
+                pieces.append((t, None if made else _section(t), made))
         else:
             head, pieces = split
         doc = tree(head)
@@ -430,15 +437,14 @@ class VGInfo:
         # made in another context is made again.
         context = (self.extent_size, tuple(
             (k, p['name'], p['pe_start']) for k, p in self.pvs.items()))
-        if sections.get(_CONTEXT) != context:
-            sections.clear()
+        if known_context != context:
             pieces = [(p, t if t is not None else
-                       _lv_section(p) if split else _section(p))
-                      for p, t in pieces]
+                       _lv_section(p) if split else _section(p), None)
+                      for p, t, _ in pieces]
         made = {_CONTEXT: context}
-        for piece, section in pieces:
-            if section is None:  # known: made from an earlier text
-                made[piece] = sections[piece]
+        for piece, section, known in pieces:
+            if known is not None:  # made from an earlier text
+                made[piece] = known
                 continue
             name, lv = section
             made[piece] = (name, *self._lv(name, lv),

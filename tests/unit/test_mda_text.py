@@ -235,7 +235,7 @@ def test_the_quick_split_gives_what_the_line_by_line_split_gives():
     slow_head, sections = mda.split_lvs(text)
     assert head == slow_head
     assert [mda.tree(s) for s in sections] == \
-        [{name: lv} for _, (name, lv) in pieces]
+        [{name: lv} for _, (name, lv), _ in pieces]
     for known in (TEXT, SNAP_TEXT):
         assert mda._split_known(known, {})[0] == mda.split_lvs(known)[0]
 
@@ -259,4 +259,12 @@ def test_a_text_laid_out_otherwise_is_split_line_by_line(odd):
     head, pieces = mda._split_known(text, {})
     assert want is not None and head == want[0]
     assert [mda.tree(s) for s in want[1]] == \
-        [{name: lv} for _, (name, lv) in pieces]
+        [{name: lv} for _, (name, lv), _ in pieces]
+
+
+def test_lvs_made_on_another_pv_path_are_made_again():
+    sections = {}
+    mda.VGInfo(SNAP_TEXT, {PV: '/dev/loop7'}, sections)
+    moved = mda.VGInfo(SNAP_TEXT, {PV: '/dev/loop9'}, sections)
+    assert moved.lv('vol')['pe_ranges'] == [('/dev/loop9', 0, 3)]
+    assert moved.lv('snap')['origin'] == 'vol'

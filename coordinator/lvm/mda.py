@@ -18,6 +18,7 @@ import collections
 import errno
 import json
 import mmap
+import operator
 import os
 import re
 import struct
@@ -370,26 +371,32 @@ def _split_known(text, known):
     LV section's end; a piece found in ``known`` (the pieces of an earlier
     text) is taken as it is, any other must make one whole LV section;
     the first piece that does not ends the list, where logical_volumes
-    must close. (head, [(piece, (name, section), None) or (piece, None,
-    what ``known`` has of it)])."""
+    must close. (head, [piece], [what ``known`` has of it, or None],
+    {index of a piece not known: (name, section)})."""
     found = _LVS_OPEN.search(text)
     if not found:
         return None
-    pos, out = found.end(), []
-    for part in text[pos:].split(_LV_END):
-        made = known.get(part)
-        if made is not None:
-            out.append((part, None, made))
-        else:
-            section = _lv_section(part)
-            if section is None:
-                break
-            out.append((part, section, None))
-        pos += len(part) + len(_LV_END)
-    close = _LVS_CLOSE.match(text, pos)
+    start = found.end()
+    parts = text[start:].split(_LV_END)
+    got = list(map(known.get, parts))
+    new, end = {}, 0
+    while True:
+        try:
+            end = got.index(None, end)
+        except ValueError:
+            end = len(parts)
+            break
+        section = _lv_section(parts[end])
+        if section is None:
+            break
+        new[end] = section
+        end += 1
+    close = _LVS_CLOSE.match(
+        text, start + sum(map(len, parts[:end])) + len(_LV_END) * end)
     if not close:
         return None
-    return text[:found.end()] + b'\n' + text[close.end() - 1:], out
+    return (text[:start] + b'\n' + text[close.end() - 1:], parts[:end],
+            got[:end], new)
 
 
 class VGInfo:
@@ -409,13 +416,12 @@ class VGInfo:
         known_context = sections.get(_CONTEXT)
         split = _split_known(text, sections)
         if split is None:
-            head, lv_texts = split_lvs(text)
-            pieces = []
-            for t in lv_texts:
-                made = sections.get(t)
-                pieces.append((t, None if made else _section(t), made))
+            head, parts = split_lvs(text)
+            got = [sections.get(t) for t in parts]
+            new = {i: _section(t) for i, t in enumerate(parts)
+                   if got[i] is None}
         else:
-            head, pieces = split
+            head, parts, got, new = split
         doc = tree(head)
         names = [k for k, v in doc.items() if isinstance(v, dict)]
         if len(names) != 1:
@@ -438,26 +444,21 @@ class VGInfo:
         context = (self.extent_size, tuple(
             (k, p['name'], p['pe_start']) for k, p in self.pvs.items()))
         if known_context != context:
-            pieces = [(p, t if t is not None else
-                       _lv_section(p) if split else _section(p), None)
-                      for p, t, _ in pieces]
-        made = {_CONTEXT: context}
-        for piece, section, known in pieces:
-            if known is not None:  # made from an earlier text
-                made[piece] = known
-                continue
-            name, lv = section
-            made[piece] = (name, *self._lv(name, lv),
-                           [seg for seg in lv.values() if isinstance(seg, dict)
-                            and seg.get('type') == 'snapshot'])
+            remake = _lv_section if split else _section
+            new = {i: new.get(i) or remake(p) for i, p in enumerate(parts)}
+            got = [None] * len(parts)
+        for i, (name, lv) in new.items():
+            got[i] = (name, *self._lv(name, lv),
+                      [seg for seg in lv.values() if isinstance(seg, dict)
+                       and seg.get('type') == 'snapshot'])
         sections.clear()
-        sections.update(made)
-        del made[_CONTEXT]
+        sections[_CONTEXT] = context
+        sections.update(zip(parts, got, strict=True))
         # What each LV section made is shared with the texts after this
         # one: self.lvs is made of them when first asked for.
-        self._made = list(made.values())
+        self._made = got
         self._lvs = None
-        used = sum(m[2] for m in self._made)
+        used = sum(map(operator.itemgetter(2), got))
         total = sum(p['pe_count'] for p in self.pvs.values())
         self.size = total * self.extent_size
         self.free = (total - used) * self.extent_size
@@ -471,7 +472,7 @@ class VGInfo:
         return self._lvs
 
     def _index(self):
-        lvs = {name: info for name, info, _, _ in self._made}
+        lvs = dict(map(operator.itemgetter(0, 1), self._made))
         copied = set()
 
         def own(name):
@@ -485,7 +486,8 @@ class VGInfo:
         # COW LV (the one users see): so do we.
         # A merging one names its COW LV (hidden then) 'merging_store';
         # its origin is reported merging it, as lvs -o lv_attr 'O' says.
-        for *_, snapshots in self._made:
+        for snapshots in filter(None, map(operator.itemgetter(3),
+                                          self._made)):
             for seg in snapshots:
                 cow = seg.get('cow_store') or seg.get('merging_store')
                 origin = seg.get('origin', '')

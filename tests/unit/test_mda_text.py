@@ -231,11 +231,13 @@ def test_a_new_lv_costs_the_same_parsing_work_at_any_lv_count(
 
 def test_the_quick_split_gives_what_the_line_by_line_split_gives():
     text = _big_text(30, NEW_LV)
-    head, pieces = mda._split_known(text, {})
+    head, pieces, known, new = mda._split_known(text, {})
     slow_head, sections = mda.split_lvs(text)
     assert head == slow_head
+    assert known == [None] * 31 and sorted(new) == list(range(31))
     assert [mda.tree(s) for s in sections] == \
-        [{name: lv} for _, (name, lv), _ in pieces]
+        [{name: lv} for name, lv in new.values()]
+    assert [p.lstrip(b'\n') + b'}\n}' for p in pieces] == sections
     for known in (TEXT, SNAP_TEXT):
         assert mda._split_known(known, {})[0] == mda.split_lvs(known)[0]
 
@@ -256,10 +258,10 @@ def test_a_text_laid_out_otherwise_is_split_line_by_line(odd):
         want = None
     if mda._split_known(text, {}) is None:
         return  # split_lvs() decides
-    head, pieces = mda._split_known(text, {})
+    head, _, _, new = mda._split_known(text, {})
     assert want is not None and head == want[0]
     assert [mda.tree(s) for s in want[1]] == \
-        [{name: lv} for _, (name, lv), _ in pieces]
+        [{name: lv} for name, lv in new.values()]
 
 
 def test_lvs_made_on_another_pv_path_are_made_again():

@@ -30,7 +30,9 @@ class VGViews:
         # the newest text read
         self._text = {}
         self._parsed = {}   # vg -> (checksum, seen items, VGInfo)
-        self._sections = {}  # vg -> {LV section text: what it made}
+        # vg -> {an LV section's piece of the text: what it made} (and the
+        # context it was made in, mda.VGInfo)
+        self._sections = {}
         self._area = {}     # vg -> its metadata area's size (bytes)
         self._largest = {}  # vg -> largest LV section of the last parse
         # seqno() reads that found the text unchanged by its header alone.

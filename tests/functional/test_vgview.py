@@ -4,6 +4,8 @@ coordinated create reads the text once and parses its own LV alone."""
 import collections
 import uuid
 
+import pytest
+
 from coordinator.engine import etcd as etcdlib
 from coordinator.engine.core import Engine
 from coordinator.lvm import mda
@@ -90,8 +92,9 @@ def _fill(lvm, vg, count):
         bigvg.fill(lvm, vg, count, tmp)
 
 
+@pytest.mark.parametrize('count', [10, 1000])
 def test_a_create_costs_one_text_read_and_one_lv_parse_at_any_size(
-        etcd_server, monkeypatch):
+        count, etcd_server, monkeypatch):
     # What a daemon create does to the metadata (ops.op_create under the
     # MetadataGuard): free space and room before the lock, the seqno
     # under it, lvcreate, the seqno after it and the new LV for the
@@ -103,12 +106,12 @@ def test_a_create_costs_one_text_read_and_one_lv_parse_at_any_size(
                  f'vgv{uuid.uuid4().hex[:6]}', ttl=5, grace=1.0).open()
     alerts = []
     try:
-        with SharedVG(hosts=2, size=2 << 30) as shared:
+        with SharedVG(hosts=2, size=8 << 30) as shared:
             here, there = (h.lvm for h in shared.hosts)
             views, vg = vgview.VGViews(here), shared.vg
             guard = eng.guard(views.seqno,
                               on_alert=lambda vg, msg: alerts.append(msg))
-            _fill(here, vg, 300)
+            _fill(here, vg, count)
 
             def create(name):
                 assert views.info(vg, reread=False).free > 4 * MiB
@@ -134,8 +137,8 @@ def test_a_create_costs_one_text_read_and_one_lv_parse_at_any_size(
             lv = create('new')
             assert lv['size'] == 4 * MiB and lv['name'] == 'new'
             # One text read (after the change), the new LV and the piece
-            # where the LV list ends parsed, one LVM command: as at 10
-            # LVs.
+            # where the LV list ends parsed, one LVM command, whatever the
+            # LV count.
             assert counts == {'read_text': 1, '_lv_section': 2,
                               'lvcreate': 1}, counts
             assert not alerts

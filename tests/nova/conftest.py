@@ -197,7 +197,11 @@ def nova(cinder, tmp_path_factory):
     child = Child([python, '-m', 'tests.nova.nova_proc',
                    cinder[0].url.rsplit('/v3/', 1)[0], PROJECT], env, log)
     try:
-        child.receive(300)
+        ready = child.receive(300)
+        # Cinder calls Nova's API (swap volume) at the port the Nova
+        # process serves it on, as the admin of Nova's project.
+        cinder[1].send({'nova': ready['url'], 'token': f'admin:{PROJECT}'})
+        assert cinder[1].receive(30) == {'ok': True}
         yield Nova(child)
         child.send({'op': 'quit'})
     finally:

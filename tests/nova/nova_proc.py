@@ -5,17 +5,20 @@ in the Nova virtualenv; reads one JSON command a line on stdin, answers
 one JSON line on stdout (events of a paused flow too)."""
 import json
 import logging
+import mmap
 import os
 import select
 import sys
 import time
 from unittest import mock
+from xml.etree import ElementTree
 
 import fixtures
 from keystoneauth1 import loading as ks_loading
 from nova import context as nova_context
 from nova import objects
 from nova.tests import fixtures as nova_fixtures
+from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional.libvirt import base
 from nova.virt.libvirt import utils as libvirt_utils
 from oslo_utils import fileutils
@@ -37,6 +40,57 @@ def hear():
         time.sleep(0.05)
     line = sys.stdin.readline()
     return json.loads(line) if line else None
+
+
+class CinderHeaders:
+    """Nova's API app as Cinder calls it: the harness's stubbed keystone
+    context reads the user, project and roles from the headers its own
+    client sets; Cinder's novaclient sends only a token, here
+    ``<user>:<project>`` (noauth's form). Mapped onto those headers, with
+    the admin role Nova's swap policy asks for (``service_or_admin``; a
+    real Cinder brings a service token)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        user, _, project = environ.get('HTTP_X_AUTH_TOKEN', '').partition(
+            ':')
+        environ.update({'HTTP_X_AUTH_USER': user, 'HTTP_X_USER_ID': user,
+                        'HTTP_X_AUTH_PROJECT_ID': project,
+                        'HTTP_X_ROLES': 'reader,member,admin'})
+        return self.app(environ, start_response)
+
+
+def serve_http(app):
+    """Serve ``app`` on a port of 127.0.0.1 in a green thread of Nova's
+    eventlet hub (as nova-api under eventlet): its URL."""
+    import eventlet
+    from eventlet import wsgi
+    sock = eventlet.listen(('127.0.0.1', 0))
+    eventlet.spawn(wsgi.server, sock, CinderHeaders(app),
+                   log=logging.getLogger('nova-http'), log_output=True)
+    return sock, f'http://127.0.0.1:{sock.getsockname()[1]}/v2.1'
+
+
+def copy_device(src, dst):
+    """What qemu's block copy does: every byte of ``src`` onto ``dst``,
+    unbuffered (the test side writes and reads unbuffered too), synced
+    at the end."""
+    chunk = 16 << 20
+    buf = mmap.mmap(-1, chunk)
+    fin = os.open(src, os.O_RDONLY | os.O_DIRECT)
+    fout = os.open(dst, os.O_WRONLY | os.O_DIRECT)
+    try:
+        size = os.lseek(fin, 0, os.SEEK_END)
+        for offset in range(0, size, chunk):
+            n = os.preadv(fin, [buf], offset)
+            os.pwritev(fout, [memoryview(buf)[:n]], offset)
+        os.fsync(fout)
+        return size
+    finally:
+        os.close(fin)
+        os.close(fout)
 
 
 class NoCinder(fixtures.Fixture):
@@ -109,7 +163,17 @@ def serve_case(cinder_url, project):
             # nothing of the volumes is touched.
             self.stub_out('nova.virt.libvirt.LibvirtDriver._create_image',
                           self._create_image)
-            say({'ready': True})
+            # fakelibvirt's block copy copies nothing and never pivots:
+            # the swap's copy and pivot as libvirt does them.
+            self.stub_out('nova.tests.fixtures.libvirt.Domain.blockCopy',
+                          self._block_copy)
+            self.stub_out('nova.tests.fixtures.libvirt.Domain.blockJobAbort',
+                          self._block_job_abort)
+            # Cinder calls Nova's API over HTTP (swap volume): the
+            # harness's app, also on a real port.
+            sock, url = serve_http(self.api_fixture.app())
+            self.addCleanup(sock.close)
+            say({'ready': True, 'url': url})
             while True:
                 cmd = hear()
                 if cmd is None or cmd['op'] == 'quit':
@@ -123,6 +187,33 @@ def serve_case(cinder_url, project):
         def _create_image(driver, context, instance, *args, **kwargs):
             fileutils.ensure_tree(libvirt_utils.get_instance_path(instance))
             return False, False
+
+        # -- block copy (swap volume) in fakelibvirt --
+
+        copies = {}
+
+        @staticmethod
+        def _disk(domain, dev):
+            return next(d for d in domain._def['devices']['disks']
+                        if d['target_dev'] == dev)
+
+        def _block_copy(self, domain, disk, destxml, flags=0):
+            """Copy the disk's device onto the destination's, as the
+            mirror job does before it is ready to pivot."""
+            source = ElementTree.fromstring(destxml).find('./source')
+            dest = source.get('dev') or source.get('file')
+            src = self._disk(domain, disk)['source']
+            size = copy_device(src, dest)
+            logging.getLogger(__name__).info(
+                'block copy of %s: %s to %s, %d bytes', disk, src, dest, size)
+            self.copies[(domain.UUIDString(), disk)] = dest
+            return 0
+
+        def _block_job_abort(self, domain, disk, flags=0):
+            """With pivot: the disk's source is the copy's destination."""
+            dest = self.copies.pop((domain.UUIDString(), disk), None)
+            if dest and flags & fakelibvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT:
+                self._disk(domain, disk)['source'] = dest
 
         # -- live migration in fakelibvirt --
 

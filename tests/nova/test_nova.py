@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 from coordinator.api.client import Client
+from tests.functional.test_cinder import disk_state
 from tests.functional.test_cinder import read_block
 from tests.functional.test_cinder import where_active
 from tests.functional.test_cinder import write_block
@@ -24,15 +25,17 @@ def lv(vid):
     return 'volume-' + vid
 
 
-def device(spec, host, vid):
-    """The LV's device path on ``host``."""
-    return os.path.join(spec['hosts'][host]['dev'], spec['vg'], lv(vid))
+def device(spec, host, vid, name=None):
+    """The LV's device path on ``host`` (``name``: the LV's, if not the
+    volume's own)."""
+    return os.path.join(spec['hosts'][host]['dev'], spec['vg'],
+                        name or lv(vid))
 
 
-def holders(spec, vid):
+def holders(spec, vid, name=None):
     """(host, mode) of each lease holder, as the daemons record them."""
     shown = Client(spec['hosts']['volume-1']['socket']).call(
-        'show', vg=spec['vg'], lv=lv(vid))
+        'show', vg=spec['vg'], lv=name or lv(vid))
     return sorted((h['host'], h['mode']) for h in shown['holders'])
 
 
@@ -480,4 +483,88 @@ def test_direct_swap_volume_is_refused_by_nova(api):
         cinder.wait(vid, 'available')
         assert_free(cinder, spec, vid)
         cinder.delete(vid)
+    finish(api, server, root)
+
+
+def migrated(cinder, vid, timeout=180):
+    """The volume once Cinder's migration of it ended (fails on error)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        vol = cinder.volume(vid)
+        status = vol['os-vol-mig-status-attr:migstat']
+        if status == 'success' and vol['status'] == 'in-use':
+            return vol
+        assert status != 'error' and time.monotonic() < deadline, (
+            f'migration of {vid}: {status}, volume {vol["status"]}')
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize('how', ['migrate', 'retype'])
+def test_swap_volume_by_cinder_migration(api, how):
+    cinder, nova, spec = api
+    server, root, vid = attached(api, 'compute-1')
+    data = put(spec, 'compute-1', vid)
+    # The scheduler put it on either backend: it goes to the other.
+    backends = ['volume-1@lvmcoord#lvmcoord', 'volume-1@lvmcoord2#lvmcoord2']
+    source = cinder.volume(vid)['os-vol-host-attr:host']
+    backends.remove(source)
+    [dest] = backends
+    # Cinder migrates the attached volume to the other backend (same VG,
+    # same daemon), asked to (migrate) or for a type only that backend
+    # has (retype, on-demand migration): it creates the destination
+    # volume there, asks Nova to swap (PUT os-volume_attachments/{vid});
+    # Nova attaches the destination on compute-1, block-copies, pivots,
+    # drops the source's attachment and calls migrate_volume_completion;
+    # Cinder gives the volume's id the destination's LV and deletes the
+    # source's.
+    vtype = None
+    if how == 'migrate':
+        action = {'os-migrate_volume': {
+            'host': dest, 'force_host_copy': False, 'lock_volume': False}}
+    else:
+        vtype = cinder.call('POST', '/types', {'volume_type': {
+            'name': 'on-' + uuid.uuid4().hex[:8], 'extra_specs': {
+                'volume_backend_name': dest.rsplit('#', 1)[1]}}})[
+            'volume_type']
+        action = {'os-retype': {'new_type': vtype['id'],
+                                'migration_policy': 'on-demand'}}
+    cinder.call('POST', f'/volumes/{vid}/action', action)
+    vol = migrated(cinder, vid)
+    assert vol['os-vol-host-attr:host'] == dest
+    if vtype:
+        assert vol['volume_type'] == vtype['name']
+    temp = vol['os-vol-mig-status-attr:name_id']
+    assert temp not in (None, vid)
+    new = lv(temp)
+    # The migration's temporary record (now naming the source's LV) is
+    # deleted, and the source's LV with it.
+    cinder.wait(temp, 'deleted')
+    assert lv(vid) not in disk_state(spec)[1]
+    assert new in disk_state(spec)[1]
+    assert where_active(spec, lv(vid)) == []
+    # The destination's LV: active and leased on compute-1 only.
+    assert where_active(spec, new) == ['compute-1']
+    assert holders(spec, vid, new) == [('compute-1', 'exclusive')]
+    # Cinder's attachment (Nova's new one, moved to the volume's id) and
+    # Nova's mapping point at it.
+    assert cinder.attached_hosts(vid) == [(server, 'compute-1')]
+    [attachment] = [a['attachment_id'] for a in vol['attachments']]
+    assert [(b['volume'], b['attachment'], b['device_path'])
+            for b in nova('bdms', server=server)] == sorted(
+        [(root, cinder.volume(root)['attachments'][0]['attachment_id'],
+          device(spec, 'compute-1', root)),
+         (vid, attachment, device(spec, 'compute-1', vid, new))])
+    # The data written before, through the new device: the block copy
+    # (doc/nova.md: Cinder copies nothing for an attached volume).
+    assert read_block(device(spec, 'compute-1', vid, new), 4096, 8192) \
+        == data
+    nova('detach', server=server, volume=vid)
+    cinder.wait(vid, 'available')
+    assert where_active(spec, new) == []
+    assert holders(spec, vid, new) == []
+    assert cinder.attached_hosts(vid) == []
+    cinder.delete(vid)
+    assert new not in disk_state(spec)[1]
+    if vtype:
+        cinder.call('DELETE', f'/types/{vtype["id"]}')
     finish(api, server, root)

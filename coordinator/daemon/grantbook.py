@@ -25,6 +25,9 @@ import time
 import zlib
 
 ACTIVATING, ACTIVE = 'activating', 'active'
+# A deactivated LV whose release did not reach etcd: no device any more,
+# its grant still there until the release lands.
+RELEASING = 'releasing'
 
 _MAGIC = b'lvmcoord-grants'
 # A lock-free reader that finds a slot being written waits this long at

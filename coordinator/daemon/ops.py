@@ -314,12 +314,21 @@ class Operations:
             return self._route(host, 'deactivate', vg=vg, lv=lv)
         # The device goes first (refused while open): the lease is
         # released only once nothing here can write.
+        record = self.book.get(vg, lv) if self.book is not None else None
         self.backend.deactivate(vg, lv)
         self._forget(vg, lv)
         result = {'vg': vg, 'lv': lv, 'host': self.host, 'released': True}
-        # Routed: the reply rides on the release (no write of its own).
-        result['released'] = self.leases.release(
-            vg, lv, rider=routing.reply_rider('deactivate', result))
+        try:
+            # Routed: the reply rides on the release (no write of its own).
+            result['released'] = self.leases.release(
+                vg, lv, rider=routing.reply_rider('deactivate', result))
+        except errors.CoordError:
+            if record is not None:
+                # Forgotten, the grant would outlive its device for good:
+                # kept as a release to finish (the fencer, a start).
+                self.book.put(vg, lv, **dict(record,
+                                             state=grantbook.RELEASING))
+            raise
         if result['released']:
             metrics.RELEASES.inc()
             self.events('release', vg=vg, lv=lv)

@@ -71,7 +71,8 @@ def at_start(leases, lvm, backend, book, fencer, emit,
                     LOG.warning('%s/%s: changed while reconciling; left '
                                 'as it is', vg, lv)
                     continue
-                if record.get('state') == grantbook.ACTIVATING:
+                if record.get('state') in (grantbook.ACTIVATING,
+                                           grantbook.RELEASING):
                     _release(leases, book, vg, lv, record, emit)
                 else:
                     _restore(leases, lvm, backend, book, vg, lv, record,
@@ -128,9 +129,10 @@ def _release(leases, book, vg, lv, record, emit):
     if mine is not None and mine.token == record.get('token'):
         leases.release(vg, lv)
     book.drop(vg, lv)
-    LOG.warning('%s/%s: granted but never activated; released', vg, lv)
-    emit('reconciled', vg=vg, lv=lv, action='released',
-         reason='granted, device never made')
+    why = 'deactivated, release pending' if record.get('state') == \
+        grantbook.RELEASING else 'granted, device never made'
+    LOG.warning('%s/%s: %s; released', vg, lv, why)
+    emit('reconciled', vg=vg, lv=lv, action='released', reason=why)
 
 
 def _restore(leases, lvm, backend, book, vg, lv, record, emit, fencer):

@@ -19,6 +19,7 @@ from coordinator import errors
 from coordinator.api.server import APIServer
 from coordinator.daemon import checkconf
 from coordinator.daemon import fence
+from coordinator.daemon import grantbook
 from coordinator.daemon import grantwatch
 from coordinator.daemon import metrics
 from coordinator.daemon import proof
@@ -281,6 +282,10 @@ class FenceWorker(_Worker):
                                       ctx.book, fencer)
         threading.Thread(target=watch.run, args=(self.stopping,),
                          name='grant-watch', daemon=True).start()
+        # Off the fencer's loop: an etcd that does not answer must not
+        # delay a tick.
+        threading.Thread(target=self._finish_releases, name='releases',
+                         daemon=True).start()
         rewound = None
         while True:
             with errors.logged(LOG, 'fencer: history not judged'):
@@ -331,6 +336,24 @@ class FenceWorker(_Worker):
         self.ctx.emit(kind, **{k: [f'{v}/{lv}' for v, lv in val]
                                if k == 'lvs' else val
                                for k, val in fields.items()})
+
+    def _finish_releases(self, every=2.0):
+        """Land the releases a deactivate left to do (etcd did not answer
+        once its device was gone): retried until they do."""
+        book, leases = self.ctx.book, self.ctx.engine.leases
+        while not self.stopping.wait(every):
+            for (vg, lv), record in book.all().items():
+                if record.get('state') != grantbook.RELEASING:
+                    continue
+                try:
+                    leases.release_grant(vg, lv, record.get('token'))
+                except errors.CoordError as exc:
+                    LOG.debug('%s/%s: release still pending: %s', vg, lv,
+                              exc)
+                    continue
+                with book.locked():
+                    if book.get(vg, lv) == record:
+                        book.drop(vg, lv)
 
     def _retired(self, vg, lv):
         """The device is gone: forget it, and drop our entry if the grant

@@ -360,6 +360,24 @@ class LeaseTable:
                 return True
             state = self._state(vg, lv, ranges[0], res.revision)
 
+    def release_grant(self, vg, lv, token):
+        """Drop our grant on vg/lv if it is still the one with ``token``
+        (a newer grant of ours is left alone); True if dropped."""
+        host = self.session.host
+        state = None
+        while True:
+            holders, ledger_rev, _ = state or self.read(vg, lv)
+            mine = next((h for h in holders if h.host == host), None)
+            if mine is None or mine.token != token:
+                return False
+            res, ranges = self._commit_without(vg, lv, ledger_rev, holders,
+                                               host, None)
+            if res.succeeded:
+                LOG.info('released %s/%s from %s (token %s)', vg, lv, host,
+                         token)
+                return True
+            state = self._state(vg, lv, ranges[0], res.revision)
+
     def break_(self, vg, lv, host, token, force=False):
         """Admin override: drop ``host``'s grant, proven by its token."""
         holders, ledger_rev, _ = self.read(vg, lv)

@@ -404,3 +404,40 @@ def test_daemon_killed_right_after_activation_is_reset_before_takeover():
             assert writer.write() is not None
         finally:
             writer.close()
+
+
+@pytest.mark.parametrize('heal', ['within the session', 'after it expired'])
+def test_deactivate_whose_release_failed_is_released_later(cut_cluster,
+                                                           heal):
+    """compute-1 deactivates vol-r while cut from etcd: its device goes,
+    its release fails. Once etcd answers again -- the same session, or a
+    new one after the old expired -- the grant is released by the daemon
+    itself: no holder is left behind a device that is gone (the chaos
+    run's dead-lease-after-settle, seed 8)."""
+    cluster, part = cut_cluster
+    vg = cluster.vg.vg
+    c1, c2 = cluster['compute-1'].client, cluster['compute-2'].client
+    c2.call('create', vg=vg, lv='vol-r', size=4 * MiB)
+    got = c1.call('activate', vg=vg, lv='vol-r', instance='vm-1')
+    session = c1.call('status')['session']
+    part.cut()
+    try:
+        with pytest.raises(Exception) as err:
+            c1.call('deactivate', vg=vg, lv='vol-r')
+        assert 'etcd' in str(err.value), err.value
+        assert not os.path.exists(got['path']), 'the device is still there'
+        book = grantbook.GrantBook(cluster['compute-1'].state_dir, 'sandbox')
+        assert book.get(vg, 'vol-r')['state'] == grantbook.RELEASING
+        if heal == 'after it expired':
+            wait_for(lambda: [h for h in c2.call(
+                'show', vg=vg, lv='vol-r')['holders'] if not h['alive']],
+                60, "compute-1's session to expire")
+    finally:
+        part.heal()
+    wait_for(lambda: c2.call('show', vg=vg, lv='vol-r')['holders'] == [],
+             60, "compute-1's grant released")
+    wait_for(lambda: book.get(vg, 'vol-r') is None, 30,
+             'the finished release dropped from the book')
+    if heal == 'within the session':
+        assert c1.call('status')['session'] == session
+    c2.call('delete', vg=vg, lv='vol-r')

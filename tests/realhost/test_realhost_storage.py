@@ -580,16 +580,16 @@ def writes_held(host, lv):
 
 @pytest.mark.timeout(900)
 def test_s8_write_queued_in_the_map_never_lands(pr, record):
-    """g1's writer on vol-m has a write queued in g1's multipath map (both
+    """g1's writer on vol-qm has a write queued in g1's multipath map (both
     paths offline, queue_if_no_path: below the LV, where a suspend does
-    not reach) when g1 is cut from etcd; g2 takes vol-m over (g1's key
+    not reach) when g1 is cut from etcd; g2 takes vol-qm over (g1's key
     preempted) and stamps it; g1 heals, then its paths come back: the
     queued write goes out and is refused at the target, every block of
-    vol-m still reads as g2 stamped it, and g1's new key is registered
+    vol-qm still reads as g2 stamped it, and g1's new key is registered
     only after its map was drained (it was still queueing)."""
     (g1, g2), inis, etcd = pr
     ini = inis['g1']
-    lv = 'vol-m'
+    lv = 'vol-qm'
     pattern = r'queueing stopped on \[mplu \(dm-'
     seen_drains = len(g1.log_lines(pattern))
     ini.set_queueing(True)
@@ -628,7 +628,7 @@ def test_s8_write_queued_in_the_map_never_lands(pr, record):
     record.update(writer_errors=sorted({w[4] for w in writes(
         g1, 'writer-m.log') if w[4] != 'ok'}), preempt_took_s=t['fence'][
         'took'], paths_back_to_drain_s=round(drains[0][0] - back, 2))
-    wait_for('g1 retires vol-m', lambda: retired(g1, lv), timeout=180)
+    wait_for('g1 retires vol-qm', lambda: retired(g1, lv), timeout=180)
     g2.ok('deactivate', vg=MP_VG, lv=lv)
 
 @pytest.mark.timeout(120)

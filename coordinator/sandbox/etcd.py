@@ -21,19 +21,32 @@ _LIVE = set()
 
 def free_port():
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count):
+    """``count`` distinct such ports: held open together while chosen (one
+    at a time, the kernel can hand out the port just closed again: two
+    members were given one peer URL, and etcd refused the cluster)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Member:
     """One etcd member process."""
 
-    def __init__(self, name, data_dir, cluster_token):
+    def __init__(self, name, data_dir, cluster_token, ports=None):
         self.name = name
         self.data_dir = data_dir
-        self.client_port = free_port()
-        self.peer_port = free_port()
+        self.client_port, self.peer_port = ports or free_ports(2)
         self.token = cluster_token
         self.proc = None
 
@@ -115,8 +128,10 @@ class EtcdCluster:
     def __init__(self, size=1):
         self.dir = tempfile.mkdtemp(prefix='lvmcoord-etcd-')
         token = os.path.basename(self.dir)
+        ports = free_ports(2 * size)
         self.members = [Member(f'm{i}', os.path.join(self.dir, f'm{i}'),
-                               token) for i in range(size)]
+                               token, ports[2 * i:2 * i + 2])
+                        for i in range(size)]
         self.initial = ','.join(f'{m.name}={m.peer_url}'
                                 for m in self.members)
 
